@@ -1,0 +1,341 @@
+"""Training data: image folders, tensorflow-datasets, and `builtin:flowers`.
+
+Images are decoded and resized once into a uint8 array held in memory
+(`ImageData`); `train_dataset` then serves shuffled, flipped float batches from
+it. Every epoch's order and flips are a function of (seed, epoch) alone, so a
+resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+import concurrent.futures
+import dataclasses
+import os
+import socket
+import threading
+import urllib.parse
+import warnings
+
+import numpy as np
+
+from diffusion_keras.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+BUILTIN_PREFIX = "builtin:"
+TFDS_PREFIX = "tfds:"
+
+
+@dataclasses.dataclass
+class ImageData:
+    """Decoded images `(n, size, size, channels)` uint8, with optional labels.
+
+    Attributes:
+        images: numpy uint8 array.
+        labels: numpy int array `(n,)` or None.
+        class_names: list of str, one per label value, or None.
+        source: str. Where the images came from.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray = None
+    class_names: list = None
+    source: str = ""
+
+    def __len__(self):
+        return len(self.images)
+
+
+# -- decoding --------------------------------------------------------------
+
+
+def _to_rgb_array(image):
+    """A PIL image of any mode as an (h, w, 3) uint8 array."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit, 32-bit and float grayscale: scale to 8 bits rather than clip.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(array.max(), 1.0)
+        if image.mode == "F":
+            top = 1.0 if array.max() <= 1.0 else array.max()
+        array = np.clip(array / top * 255.0, 0, 255).astype(np.uint8)
+        return np.repeat(array[..., None], 3, axis=-1)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        # Composite over white: transparent areas become background, not black.
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def resize_array(array, image_size, center_crop=False):
+    """Resizes an (h, w, 3) uint8 array to (size, size, 3) with bilinear
+    filtering, after an optional centre crop to a square."""
+    from PIL import Image
+
+    if center_crop:
+        height, width = array.shape[:2]
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        array = array[top : top + side, left : left + side]
+    image = Image.fromarray(array)
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_image_file(path, image_size, center_crop=False):
+    """Decodes one image file to (size, size, 3) uint8; raises on bad files."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        array = _to_rgb_array(image)
+    return resize_array(array, image_size, center_crop)
+
+
+def list_image_files(folder):
+    """Image files below `folder` at any depth, sorted, hidden ones left out.
+
+    Returns `(image_paths, other_paths)`; the second lists files that do not
+    have an image extension.
+    """
+    image_paths, other_paths = [], []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            path = os.path.join(root, name)
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                image_paths.append(path)
+            else:
+                other_paths.append(path)
+    return sorted(image_paths), sorted(other_paths)
+
+
+def _warn_skipped(skipped, what):
+    if skipped:
+        shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        warnings.warn(f"skipped {len(skipped)} {what}: {shown}", stacklevel=3)
+
+
+def load_folder(folder, image_size, center_crop=False, with_labels=False, workers=None):
+    """Decodes every image below `folder` (jpg, png, bmp, gif, any depth).
+
+    Unreadable files are skipped with one warning naming how many. With
+    `with_labels`, the first-level subfolder of each image is its class.
+    """
+    if not os.path.exists(folder):
+        raise DataError(f"data folder {folder!r} does not exist")
+    if not os.path.isdir(folder):
+        raise DataError(f"data path {folder!r} is not a folder")
+    paths, others = list_image_files(folder)
+    if not paths:
+        raise DataError(
+            f"no image files (jpg, png, bmp, gif) found in {folder!r}"
+            + (f"; it has {len(others)} other files" if others else "")
+        )
+    _warn_skipped(others, "files that are not images")
+
+    def decode(path):
+        try:
+            return decode_image_file(path, image_size, center_crop)
+        except Exception:  # noqa: BLE001 - any decoder failure means a bad file
+            return None
+
+    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        arrays = list(pool.map(decode, paths))
+    bad = [p for p, a in zip(paths, arrays) if a is None]
+    _warn_skipped(bad, "unreadable image files")
+    kept = [(p, a) for p, a in zip(paths, arrays) if a is not None]
+    if not kept:
+        raise DataError(f"none of the {len(paths)} image files in {folder!r} could be read")
+    images = np.stack([a for _, a in kept])
+    labels = class_names = None
+    if with_labels:
+        classes = [os.path.relpath(p, folder).split(os.sep)[0] for p, _ in kept]
+        if any(os.sep not in os.path.relpath(p, folder) for p, _ in kept):
+            raise DataError(
+                f"class labels come from subfolders, but {folder!r} has images at its top level"
+            )
+        class_names = sorted(set(classes))
+        labels = np.array([class_names.index(c) for c in classes], dtype=np.int32)
+    return ImageData(images, labels, class_names, source=folder)
+
+
+# -- tensorflow-datasets ---------------------------------------------------
+
+
+def _hosts_reachable(urls, timeout=3.0):
+    """True if any URL's host accepts a TCP connection within `timeout` s."""
+    hosts = sorted({urllib.parse.urlparse(u).hostname for u in urls} - {None})
+    result = []
+
+    def probe(host):
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            result.append(host)
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=probe, args=(h,), daemon=True) for h in hosts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return bool(result)
+
+
+def load_tfds(name, image_size, data_dir=None, download=True, center_crop=False):
+    """Loads every split of the tensorflow-datasets set `name`.
+
+    A data set that is not prepared in `data_dir` is downloaded when its
+    download hosts answer; otherwise this fails at once with one line rather
+    than retrying for minutes.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(f"unknown tensorflow-datasets data set {name!r}") from None
+    except Exception as error:  # noqa: BLE001 - tfds raises several kinds
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"could not open tfds data set {name!r}: {first}") from None
+    if not builder.is_prepared():
+        urls = list(builder.url_infos or {})
+        if not download:
+            raise DataError(f"tfds data set {name!r} is not downloaded in {builder.data_dir}")
+        if urls and not _hosts_reachable(urls):
+            raise DataError(
+                f"tfds data set {name!r} is not downloaded in {builder.data_dir} and "
+                "its download site cannot be reached (no network?); use "
+                "--data builtin:flowers or an image folder instead"
+            )
+        try:
+            builder.download_and_prepare()
+        except Exception as error:  # noqa: BLE001
+            first = (
+                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            )
+            raise DataError(f"could not download tfds data set {name!r}: {first}") from None
+    features = builder.info.features
+    image_key = (
+        "image"
+        if "image" in features
+        else next((k for k, v in features.items() if isinstance(v, tfds.features.Image)), None)
+    )
+    if image_key is None:
+        raise DataError(f"tfds data set {name!r} has no image feature")
+    label_key = "label" if "label" in features else None
+    split = "+".join(sorted(builder.info.splits.keys()))
+    images, labels = [], []
+    for example in tfds.as_numpy(builder.as_dataset(split=split)):
+        array = example[image_key]
+        if array.shape[-1] == 1:
+            array = np.repeat(array, 3, axis=-1)
+        images.append(resize_array(array[..., :3], image_size, center_crop))
+        if label_key:
+            labels.append(int(example[label_key]))
+    if not images:
+        raise DataError(f"tfds data set {name!r} has no images")
+    class_names = None
+    if label_key and hasattr(features[label_key], "names"):
+        class_names = list(features[label_key].names)
+    return ImageData(
+        np.stack(images),
+        np.array(labels, dtype=np.int32) if label_key else None,
+        class_names,
+        source=f"{TFDS_PREFIX}{name}",
+    )
+
+
+# -- entry point -----------------------------------------------------------
+
+
+def load_images(source, image_size=64, center_crop=False, with_labels=False, data_dir=None):
+    """Loads training images from a folder, `tfds:NAME` or `builtin:flowers[:N]`.
+
+    Args:
+        source: str. An image folder, `tfds:NAME` (e.g. `tfds:oxford_flowers102`)
+            or `builtin:flowers` (2048 generated flowers; `builtin:flowers:N`
+            for N of them).
+        image_size: int. Images are resized to `image_size` squared.
+        center_crop: bool. Crop to a centred square before resizing.
+        with_labels: bool. Also return class labels (folder: first-level
+            subfolders).
+        data_dir: str or None. tensorflow-datasets data folder.
+    """
+    from diffusion_keras.flowers import DEFAULT_COUNT, flower_images
+
+    if source.startswith(BUILTIN_PREFIX):
+        name, _, count = source[len(BUILTIN_PREFIX) :].partition(":")
+        if name != "flowers":
+            raise DataError(f"unknown built-in data set {name!r}; the one built in is 'flowers'")
+        try:
+            count = int(count) if count else DEFAULT_COUNT
+        except ValueError:
+            raise DataError(f"builtin:flowers:N needs a whole number, got {count!r}") from None
+        if count < 1:
+            raise DataError(f"builtin:flowers:N needs N >= 1, got {count}")
+        return ImageData(flower_images(count, image_size), source=source)
+    if source.startswith(TFDS_PREFIX):
+        return load_tfds(source[len(TFDS_PREFIX) :], image_size, data_dir, center_crop=center_crop)
+    return load_folder(source, image_size, center_crop, with_labels)
+
+
+def epoch_batches(data, batch_size, repetitions, seed, epoch, flip=True):
+    """The uint8 batches of one epoch, a function of (seed, epoch) alone.
+
+    An epoch is `repetitions` shuffled passes over the images; the last
+    incomplete batch is dropped, as in the book.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    count = len(data.images)
+    order = np.concatenate([rng.permutation(count) for _ in range(repetitions)])
+    flips = rng.uniform(size=len(order)) < 0.5 if flip else None
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        index = order[start : start + batch_size]
+        batch = data.images[index]
+        if flip:
+            mask = flips[start : start + batch_size]
+            batch = np.where(mask[:, None, None, None], batch[:, :, ::-1], batch)
+        yield batch
+
+
+def steps_per_epoch(data, batch_size, repetitions):
+    return (len(data.images) * repetitions) // batch_size
+
+
+def train_dataset(data, batch_size, repetitions=5, seed=0, flip=True, first_epoch=0, epochs=None):
+    """A `tf.data.Dataset` of float32 batches in [0, 1] for epochs
+    `first_epoch`, `first_epoch + 1`, ... (forever when `epochs` is None)."""
+    import tensorflow as tf
+
+    if steps_per_epoch(data, batch_size, repetitions) < 1:
+        raise DataError(
+            f"{len(data.images)} images x {repetitions} repetitions is fewer than "
+            f"one batch of {batch_size}; lower --batch-size or add images"
+        )
+    shape = (batch_size,) + data.images.shape[1:]
+
+    def batches():
+        epoch = first_epoch
+        while epochs is None or epoch < epochs:
+            yield from epoch_batches(data, batch_size, repetitions, seed, epoch, flip)
+            epoch += 1
+
+    dataset = tf.data.Dataset.from_generator(
+        batches, output_signature=tf.TensorSpec(shape, tf.uint8)
+    )
+    dataset = dataset.map(lambda x: tf.cast(x, tf.float32) / 255.0)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def image_dataset(data, batch_size):
+    """The images once, in order, as float32 batches (for `adapt` and eval)."""
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices(data.images).batch(batch_size)
+    return dataset.map(lambda x: tf.cast(x, tf.float32) / 255.0)

@@ -1,0 +1,21 @@
+"""The errors the package reports to people as one line (exit code 2 in CLIs)."""
+
+
+class DiffusionKerasError(ValueError):
+    """Base class: a problem with the user's input, stated in one line."""
+
+
+class UsageError(DiffusionKerasError):
+    """A bad command-line argument or combination of arguments."""
+
+
+class DataError(DiffusionKerasError):
+    """Training data that cannot be used."""
+
+
+class TrainingError(DiffusionKerasError):
+    """A training run that cannot go on."""
+
+
+class ModelFileError(DiffusionKerasError):
+    """A model file that is missing, damaged or not a `DiffusionModel`."""

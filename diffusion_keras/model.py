@@ -1,0 +1,431 @@
+"""`DiffusionModel`: the book's DDIM-style denoising diffusion model in Keras 3."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+from diffusion_keras.schedules import get_schedule, validate_schedule
+from diffusion_keras.unet import BOOK_WIDTHS, build_unet, validate_unet_args
+
+LOSSES = ("mae", "mse")
+
+
+def _loss_function(name):
+    if name == "mae":
+        return lambda y_true, y_pred: ops.mean(ops.abs(y_true - y_pred))
+    return lambda y_true, y_pred: ops.mean(ops.square(y_true - y_pred))
+
+
+def _images_of(data):
+    # `fit` passes whatever the dataset yields; labels, if any, are ignored.
+    if isinstance(data, (tuple, list)):
+        return data[0]
+    if isinstance(data, dict):
+        return data["image"]
+    return data
+
+
+@keras.saving.register_keras_serializable(package="diffusion_keras")
+class DiffusionModel(keras.Model):
+    """A denoising diffusion model with an EMA copy of its U-Net.
+
+    Training (`fit`) adds noise at a random diffusion time to each image and
+    teaches the U-Net to predict that noise. Sampling (`generate`) starts from
+    pure noise and runs the deterministic DDIM reverse process with the EMA
+    network. The defaults are the book's model.
+
+    Args:
+        image_size: int. Height and width of the images. Defaults to 64.
+        channels: int. Image channels. Defaults to 3.
+        widths: sequence of int. U-Net widths (down blocks, then the middle).
+            Defaults to `(32, 64, 96, 128)`.
+        block_depth: int. Residual blocks per level. Defaults to 2.
+        embedding_dims: int. Noise embedding size. Defaults to 32.
+        embedding_min_frequency: float. Defaults to 1.0.
+        embedding_max_frequency: float. Defaults to 1000.0.
+        schedule: str. `"offset_cosine"`, `"cosine"` or `"linear"`.
+            Defaults to `"offset_cosine"`.
+        min_signal_rate: float. Signal rate at t=1. Defaults to 0.02.
+        max_signal_rate: float. Signal rate at t=0. Defaults to 0.95.
+        ema: float. Decay of the exponential moving average of the weights,
+            in [0, 1). Defaults to 0.999.
+        ema_warmup: bool. Grow the decay as `min(ema, (1 + n) / (10 + n))` with
+            the step count `n`, so the EMA network is useful from the first
+            epoch. Defaults to True.
+        loss: str. `"mae"` (the book's) or `"mse"` on the predicted noise.
+            Defaults to `"mae"`.
+        seed: int or None. Seeds the initial weights and the training noise;
+            training is then reproducible and resumable. Defaults to a random seed, which is
+            saved with the model.
+
+    References:
+    - [Song et al., 2020 (DDIM)](https://arxiv.org/abs/2010.02502)
+    - [Ho et al., 2020 (DDPM)](https://arxiv.org/abs/2006.11239)
+    """
+
+    def __init__(
+        self,
+        image_size=64,
+        channels=3,
+        widths=BOOK_WIDTHS,
+        block_depth=2,
+        embedding_dims=32,
+        embedding_min_frequency=1.0,
+        embedding_max_frequency=1000.0,
+        schedule="offset_cosine",
+        min_signal_rate=0.02,
+        max_signal_rate=0.95,
+        ema=0.999,
+        ema_warmup=True,
+        loss="mae",
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        validate_unet_args(image_size, widths, block_depth, channels, embedding_dims)
+        validate_schedule(schedule, min_signal_rate, max_signal_rate)
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {ema}")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose one of: {', '.join(LOSSES)}")
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        self.image_size = int(image_size)
+        self.channels = int(channels)
+        self.widths = [int(w) for w in widths]
+        self.block_depth = int(block_depth)
+        self.embedding_dims = int(embedding_dims)
+        self.embedding_min_frequency = float(embedding_min_frequency)
+        self.embedding_max_frequency = float(embedding_max_frequency)
+        self.schedule = schedule
+        self.min_signal_rate = float(min_signal_rate)
+        self.max_signal_rate = float(max_signal_rate)
+        self.ema = float(ema)
+        self.ema_warmup = bool(ema_warmup)
+        self.loss_name = loss
+        self.seed = int(seed)
+
+        self.diffusion_schedule = get_schedule(schedule, min_signal_rate, max_signal_rate)
+        self.loss_fn = _loss_function(loss)
+
+        self.normalizer = layers.Normalization(name="normalizer")
+        self.normalizer.build((None, image_size, image_size, channels))
+        unet_args = dict(
+            image_size=self.image_size,
+            channels=self.channels,
+            widths=self.widths,
+            block_depth=self.block_depth,
+            embedding_dims=self.embedding_dims,
+            embedding_min_frequency=self.embedding_min_frequency,
+            embedding_max_frequency=self.embedding_max_frequency,
+        )
+        self.network = build_unet(name="network", seed=self.seed, **unet_args)
+        # The EMA network starts as an exact copy (the book's `clone_model`
+        # re-initialised it) and is never trained directly.
+        self.ema_network = build_unet(name="ema_network", **unet_args)
+        self.ema_network.set_weights(self.network.get_weights())
+        self.ema_network.trainable = False
+
+        # Counters saved with the model: training steps taken (drives the EMA
+        # warm-up and the training noise), and evaluation batches seen.
+        self.train_steps = self.add_weight(
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            name="train_steps",
+        )
+        self.eval_steps = self.add_weight(
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            name="eval_steps",
+        )
+        self.normalizer_adapted = self.add_weight(
+            shape=(),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
+            name="normalizer_adapted",
+        )
+        self.noise_loss_tracker = keras.metrics.Mean(name="n_loss")
+        self.image_loss_tracker = keras.metrics.Mean(name="i_loss")
+        self._compiled_samplers = {}
+        self.built = True
+
+    # -- configuration -------------------------------------------------------
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "widths": list(self.widths),
+            "block_depth": self.block_depth,
+            "embedding_dims": self.embedding_dims,
+            "embedding_min_frequency": self.embedding_min_frequency,
+            "embedding_max_frequency": self.embedding_max_frequency,
+            "schedule": self.schedule,
+            "min_signal_rate": self.min_signal_rate,
+            "max_signal_rate": self.max_signal_rate,
+            "ema": self.ema,
+            "ema_warmup": self.ema_warmup,
+            "loss": self.loss_name,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    @property
+    def metrics(self):
+        return [self.noise_loss_tracker, self.image_loss_tracker]
+
+    # -- normalisation -------------------------------------------------------
+
+    def adapt(self, dataset):
+        """Computes the per-channel mean and variance of the images in `dataset`.
+
+        Args:
+            dataset: a `tf.data.Dataset` or array of images in [0, 1]; labels
+                in `(image, label)` elements are ignored.
+        """
+        if isinstance(dataset, tf.data.Dataset):
+            dataset = dataset.map(lambda *e: _images_of(e if len(e) > 1 else e[0]))
+        self.normalizer.adapt(dataset)
+        self.normalizer_adapted.assign(1)
+
+    def _mean_and_std(self):
+        # Read the normalizer's variables (not its cached `mean` tensor) so a
+        # compiled function always sees the current statistics.
+        mean = ops.reshape(self.normalizer.adapt_mean, (1, 1, 1, self.channels))
+        variance = ops.reshape(self.normalizer.adapt_variance, (1, 1, 1, self.channels))
+        return mean, ops.maximum(ops.sqrt(variance), keras.backend.epsilon())
+
+    def normalize(self, images):
+        mean, std = self._mean_and_std()
+        return (ops.cast(images, "float32") - mean) / std
+
+    def denormalize(self, images):
+        mean, std = self._mean_and_std()
+        return ops.clip(mean + images * std, 0.0, 1.0)
+
+    # -- the diffusion model -------------------------------------------------
+
+    def denoise(self, noisy_images, noise_rates, signal_rates, training):
+        """Splits noisy images into predicted noise and predicted clean images.
+
+        The training network is used when `training`, the EMA network otherwise.
+        """
+        network = self.network if training else self.ema_network
+        pred_noises = network([noisy_images, noise_rates**2], training=training)
+        pred_noises = ops.cast(pred_noises, "float32")
+        pred_images = (noisy_images - noise_rates * pred_noises) / signal_rates
+        return pred_noises, pred_images
+
+    def _noisy_batch(self, images, seed):
+        """Draws noises and diffusion times for a batch and mixes them in."""
+        images = self.normalize(_images_of(images))
+        batch_size = ops.shape(images)[0]
+        noises = tf.random.stateless_normal(ops.shape(images), seed=seed)
+        diffusion_times = tf.random.stateless_uniform(
+            (batch_size, 1, 1, 1), seed=tf.stack([seed[0], seed[1] + (1 << 40)])
+        )
+        noise_rates, signal_rates = self.diffusion_schedule(diffusion_times)
+        noisy_images = signal_rates * images + noise_rates * noises
+        return images, noises, noisy_images, noise_rates, signal_rates
+
+    def _step_seed(self, counter, stream):
+        # A stateless seed from (model seed, stream, counter): the same model,
+        # seed and step always draw the same noise, so a resumed run repeats an
+        # uninterrupted one. Each replica of a distributed run draws its own.
+        replica = tf.distribute.get_replica_context()
+        replica_id = 0 if replica is None else replica.replica_id_in_sync_group
+        replica_id = tf.cast(replica_id, "int64")
+        return tf.stack(
+            [
+                tf.constant(self.seed, "int64") * 4 + stream,
+                counter * 1024 + replica_id,
+            ]
+        )
+
+    def ema_decay(self):
+        """The EMA decay for the next update, with the warm-up if enabled."""
+        if not self.ema_warmup:
+            return ops.convert_to_tensor(self.ema, "float32")
+        n = ops.cast(self.train_steps, "float32")
+        return ops.minimum(self.ema, (1.0 + n) / (10.0 + n))
+
+    def update_ema(self):
+        decay = self.ema_decay()
+        for weight, ema_weight in zip(self.network.weights, self.ema_network.weights):
+            ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)
+
+    def train_step(self, data):
+        seed = self._step_seed(self.train_steps, stream=0)
+        images, noises, noisy_images, noise_rates, signal_rates = self._noisy_batch(data, seed)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            # 1. Train the network to split noisy images into noise and image.
+            pred_noises, pred_images = self.denoise(
+                noisy_images, noise_rates, signal_rates, training=True
+            )
+            noise_loss = self.loss_fn(noises, pred_noises)
+            # 2. The optimizer sums gradients over replicas, so each replica's
+            #    loss is divided by their number: N replicas with global batch B
+            #    take the same step as one device with batch B. `scale_loss`
+            #    applies loss scaling under mixed_float16.
+            scaled_loss = self.optimizer.scale_loss(noise_loss / replicas)
+        gradients = tape.gradient(scaled_loss, self.network.trainable_weights)
+        self.optimizer.apply(gradients, self.network.trainable_weights)
+        # 3. The EMA network follows the trained one, BatchNorm statistics too.
+        self.update_ema()
+        self.train_steps.assign_add(1)
+
+        image_loss = self.loss_fn(images, pred_images)
+        self.noise_loss_tracker.update_state(noise_loss)
+        self.image_loss_tracker.update_state(image_loss)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        seed = self._step_seed(self.eval_steps, stream=1)
+        images, noises, noisy_images, noise_rates, signal_rates = self._noisy_batch(data, seed)
+        pred_noises, pred_images = self.denoise(
+            noisy_images, noise_rates, signal_rates, training=False
+        )
+        self.eval_steps.assign_add(1)
+        self.noise_loss_tracker.update_state(self.loss_fn(noises, pred_noises))
+        self.image_loss_tracker.update_state(self.loss_fn(images, pred_images))
+        return {m.name: m.result() for m in self.metrics}
+
+    # -- sampling ------------------------------------------------------------
+
+    def ddim_step(self, current_images, step, diffusion_steps):
+        """One deterministic DDIM step (eta = 0) from step `step` of `diffusion_steps`.
+
+        Returns `(next_images, pred_images)`. With x_t the current images,
+        `signal_rates**2` is the paper's alpha-bar_t: the step predicts the noise
+        eps, estimates x_0 = (x_t - noise_rate * eps) / signal_rate, and moves to
+        the next time as x_next = next_signal_rate * x_0 + next_noise_rate * eps
+        (Song et al. 2020, eq. 12 with sigma = 0).
+        """
+        batch_size = ops.shape(current_images)[0]
+        step_size = 1.0 / ops.cast(diffusion_steps, "float32")
+        diffusion_times = ops.ones((batch_size, 1, 1, 1)) - ops.cast(step, "float32") * step_size
+        noise_rates, signal_rates = self.diffusion_schedule(diffusion_times)
+        pred_noises, pred_images = self.denoise(
+            current_images, noise_rates, signal_rates, training=False
+        )
+        next_noise_rates, next_signal_rates = self.diffusion_schedule(diffusion_times - step_size)
+        next_images = next_signal_rates * pred_images + next_noise_rates * pred_noises
+        return next_images, pred_images
+
+    def reverse_diffusion(self, initial_noise, diffusion_steps):
+        """Runs DDIM from `initial_noise` (normalised space) in `diffusion_steps`
+        steps and returns the last predicted images, as the book does. Eager;
+        `generate` uses a compiled equivalent."""
+        current_images = ops.convert_to_tensor(initial_noise, "float32")
+        pred_images = current_images
+        for step in range(diffusion_steps):
+            current_images, pred_images = self.ddim_step(current_images, step, diffusion_steps)
+        return pred_images
+
+    def _compiled_sampler(self, kind):
+        # Compiled once per model and reused: a batch dimension of None and the
+        # step count as a tensor mean no retracing for other sizes.
+        if kind not in self._compiled_samplers:
+            spec = tf.TensorSpec((None, self.image_size, self.image_size, self.channels), "float32")
+            step_spec = tf.TensorSpec((), "int32")
+            if kind == "loop":
+
+                def loop(initial_noise, diffusion_steps):
+                    current_images = initial_noise
+                    pred_images = initial_noise
+                    for step in tf.range(diffusion_steps):
+                        current_images, pred_images = self.ddim_step(
+                            current_images, step, diffusion_steps
+                        )
+                    return pred_images
+
+                function = tf.function(loop, input_signature=[spec, step_spec])
+            else:
+                function = tf.function(self.ddim_step, input_signature=[spec, step_spec, step_spec])
+            self._compiled_samplers[kind] = function
+        return self._compiled_samplers[kind]
+
+    def generate(
+        self,
+        num_images=None,
+        diffusion_steps=20,
+        initial_noise=None,
+        seed=None,
+        batch_size=64,
+        progress=False,
+    ):
+        """Generates images in [0, 1] as a numpy array `(n, size, size, channels)`.
+
+        Args:
+            num_images: int. How many images; may be omitted when
+                `initial_noise` is given.
+            diffusion_steps: int. DDIM steps. Defaults to 20.
+            initial_noise: array or None. Starting noise `(n, size, size,
+                channels)`; drawn from `seed` when None.
+            seed: int or None. Same seed, same images.
+            batch_size: int. Images denoised at once. The result does not depend
+                on it. Defaults to 64.
+            progress: bool. Show a progress bar over the diffusion steps.
+        """
+        if initial_noise is None:
+            if num_images is None or int(num_images) < 1:
+                raise ValueError(f"num_images must be >= 1, got {num_images}")
+            initial_noise = self.make_noise(int(num_images), seed)
+        initial_noise = np.asarray(initial_noise, dtype="float32")
+        expected = (self.image_size, self.image_size, self.channels)
+        if initial_noise.ndim != 4 or initial_noise.shape[1:] != expected:
+            raise ValueError(
+                f"initial_noise must have shape (n, {expected[0]}, {expected[1]}, "
+                f"{expected[2]}), got {initial_noise.shape}"
+            )
+        if num_images is not None and int(num_images) != len(initial_noise):
+            raise ValueError(
+                f"num_images is {num_images} but initial_noise has {len(initial_noise)} images"
+            )
+        if int(diffusion_steps) < 1:
+            raise ValueError(f"diffusion_steps must be >= 1, got {diffusion_steps}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        diffusion_steps = int(diffusion_steps)
+        chunks = range(0, len(initial_noise), int(batch_size))
+        bar = None
+        if progress:
+            bar = keras.utils.Progbar(len(chunks) * diffusion_steps, unit_name="step")
+        outputs = []
+        steps_tensor = tf.constant(diffusion_steps, "int32")
+        for start in chunks:
+            chunk = tf.constant(initial_noise[start : start + int(batch_size)])
+            if bar is None:
+                pred_images = self._compiled_sampler("loop")(chunk, steps_tensor)
+            else:
+                step_function = self._compiled_sampler("step")
+                current_images = chunk
+                for step in range(diffusion_steps):
+                    current_images, pred_images = step_function(
+                        current_images, tf.constant(step, "int32"), steps_tensor
+                    )
+                    bar.add(1)
+            outputs.append(ops.convert_to_numpy(self.denormalize(pred_images)))
+        return np.concatenate(outputs, axis=0)
+
+    def make_noise(self, num_images, seed=None):
+        """Standard normal noise `(num_images, size, size, channels)` from `seed`.
+
+        Drawn with numpy, so the same seed gives the same noise on every
+        machine and for every batch size.
+        """
+        rng = np.random.default_rng(seed)
+        shape = (num_images, self.image_size, self.image_size, self.channels)
+        return rng.standard_normal(shape, dtype=np.float32)

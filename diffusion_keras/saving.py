@@ -1,0 +1,48 @@
+"""Loading model files safely, with one-line errors."""
+
+import json
+import os
+import zipfile
+
+import keras
+
+from diffusion_keras.errors import ModelFileError
+from diffusion_keras.model import DiffusionModel
+
+
+def load_model(path, compile=True):
+    """Loads a `DiffusionModel` saved with `model.save("x.keras")`.
+
+    Keras's `safe_mode` stays on, so a shared model file cannot run code.
+    Raises `ModelFileError` with one line when the file is missing, is not a
+    `.keras` archive, is truncated, or holds some other model.
+    """
+    if not os.path.exists(path):
+        raise ModelFileError(f"model file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ModelFileError(
+            f"{path!r} is a folder; pass the .keras file (e.g. RUN_DIR/model.keras)"
+        )
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(
+            f"{path!r} is not a Keras model file (.keras archive); is it truncated?"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (KeyError, zipfile.BadZipFile, json.JSONDecodeError, OSError):
+        raise ModelFileError(f"{path!r} is a damaged or truncated Keras model file") from None
+    name = f"{config.get('module', '')}>{config.get('class_name', '')}"
+    registered = config.get("registered_name") or ""
+    if not registered.startswith("diffusion_keras>"):
+        raise ModelFileError(
+            f"{path!r} holds a {registered or name!r}, not a diffusion_keras DiffusionModel"
+        )
+    try:
+        model = keras.models.load_model(path, compile=compile, safe_mode=True)
+    except Exception as error:  # noqa: BLE001 - Keras raises many kinds here
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFileError(f"could not load {path!r}: {first}") from None
+    if not isinstance(model, DiffusionModel):
+        raise ModelFileError(f"{path!r} is not a DiffusionModel")
+    return model

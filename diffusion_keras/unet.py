@@ -1,0 +1,109 @@
+"""The book's U-Net noise predictor, with its sizes as arguments."""
+
+import keras
+from keras import layers
+
+from diffusion_keras.layers import (
+    KernelInitializers,
+    SinusoidalEmbedding,
+    down_block,
+    residual_block,
+    up_block,
+)
+
+BOOK_WIDTHS = (32, 64, 96, 128)
+
+
+def validate_unet_args(image_size, widths, block_depth, channels=3, embedding_dims=32):
+    """Raises `ValueError` with one clear line when the U-Net cannot be built."""
+    widths = tuple(widths)
+    if len(widths) < 2 or any(int(w) < 1 for w in widths):
+        raise ValueError(
+            f"widths needs at least two positive numbers (down blocks, then the "
+            f"middle), got {list(widths)}"
+        )
+    if block_depth < 1:
+        raise ValueError(f"block depth must be >= 1, got {block_depth}")
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    if embedding_dims < 2 or embedding_dims % 2:
+        raise ValueError(f"embedding size must be even and >= 2, got {embedding_dims}")
+    factor = 2 ** (len(widths) - 1)
+    if image_size < factor or image_size % factor:
+        raise ValueError(
+            f"image size {image_size} must be a positive multiple of {factor} "
+            f"(2**{len(widths) - 1} for {len(widths) - 1} down blocks)"
+        )
+
+
+def build_unet(
+    image_size=64,
+    channels=3,
+    widths=BOOK_WIDTHS,
+    block_depth=2,
+    embedding_dims=32,
+    embedding_min_frequency=1.0,
+    embedding_max_frequency=1000.0,
+    name="unet",
+    seed=None,
+):
+    """Builds the U-Net that predicts the noise in a noisy image.
+
+    Inputs are the noisy images `(batch, image_size, image_size, channels)` and
+    their noise variances `(batch, 1, 1, 1)`. The variance is embedded with
+    `SinusoidalEmbedding`, upsampled to the image size and concatenated to a 1x1
+    conv of the image. `widths[:-1]` are the down blocks (each pushing
+    `block_depth` outputs onto a skip list), `widths[-1]` the middle residual
+    blocks, and the up blocks pop the skips in reverse. The output conv starts at
+    zero, so an untrained network predicts no noise. The defaults are the book's
+    network: 1,953,507 weights.
+
+    Args:
+        image_size: int. Height and width. Defaults to 64.
+        channels: int. Image channels. Defaults to 3.
+        widths: sequence of int. Widths of the down blocks, then the middle.
+            Defaults to `(32, 64, 96, 128)`.
+        block_depth: int. Residual blocks per down/up block, and in the middle.
+            Defaults to 2.
+        embedding_dims: int. Size of the noise embedding. Defaults to 32.
+        embedding_min_frequency: float. Defaults to 1.0.
+        embedding_max_frequency: float. Defaults to 1000.0.
+        name: str. Model name. Defaults to `"unet"`.
+        seed: int or None. Seeds the initial weights. Defaults to None.
+
+    References:
+    - [Ronneberger et al., 2015](https://arxiv.org/abs/1505.04597)
+    - [Ho et al., 2020](https://arxiv.org/abs/2006.11239)
+    """
+    validate_unet_args(image_size, widths, block_depth, channels, embedding_dims)
+    widths = [int(w) for w in widths]
+    noisy_images = keras.Input(shape=(image_size, image_size, channels))
+    noise_variances = keras.Input(shape=(1, 1, 1))
+
+    initializers = KernelInitializers(seed)
+    x = layers.Conv2D(widths[0], kernel_size=1, kernel_initializer=initializers())(noisy_images)
+    # The embedding is computed in float32 whatever the precision policy: its
+    # highest frequencies would lose their phase in half precision.
+    noise_embedding = SinusoidalEmbedding(
+        embedding_dims,
+        embedding_min_frequency,
+        embedding_max_frequency,
+        dtype="float32",
+    )(noise_variances)
+    noise_embedding = layers.UpSampling2D(size=image_size, interpolation="nearest")(noise_embedding)
+    x = layers.Concatenate()([x, noise_embedding])
+
+    skips = []
+    for width in widths[:-1]:
+        x = down_block(x, skips, width, block_depth, initializers)
+    for _ in range(block_depth):
+        x = residual_block(x, widths[-1], initializers)
+    for width in reversed(widths[:-1]):
+        x = up_block(x, skips, width, block_depth, initializers)
+
+    # float32 output so that the loss and the sampler's arithmetic stay exact
+    # under mixed precision.
+    pred_noises = layers.Conv2D(
+        channels, kernel_size=1, kernel_initializer="zeros", dtype="float32"
+    )(x)
+    return keras.Model([noisy_images, noise_variances], pred_noises, name=name)

@@ -1,0 +1,89 @@
+"""Generate images with a trained model: `python generate.py RUN_DIR/model.keras`."""
+
+import os
+
+os.environ.setdefault("DIFFUSION_KERAS_QUIET", "1")  # before TensorFlow loads
+
+from diffusion_keras.cli import OneLineParser, int_list, positive_int, run
+
+
+def parser():
+    p = OneLineParser(description="Generate images with a trained diffusion model.")
+    add = p.add_argument
+    add("model", help="a model file saved by train.py (RUN_DIR/model.keras)")
+    add("--output", default="generated.png", help="PNG grid to write (default generated.png)")
+    add("--output-dir", help="also write one PNG per image into this folder")
+    add(
+        "--num-images",
+        type=positive_int,
+        default=10,
+        help="images (per row with --show-steps; default 10)",
+    )
+    add("--steps", type=positive_int, default=20, help="diffusion steps (default 20)")
+    add("--seed", type=int, default=None, help="same seed, same images (default: random)")
+    add(
+        "--columns", type=positive_int, default=None, help="images per row of the grid (default 10)"
+    )
+    add("--batch-size", type=positive_int, default=64, help="images denoised at once (default 64)")
+    add(
+        "--interpolate",
+        action="store_true",
+        help="rows of spherical interpolations between two noises, as in the book",
+    )
+    add("--rows", type=positive_int, default=5, help="rows for --interpolate (default 5)")
+    add(
+        "--interpolation-points",
+        type=positive_int,
+        default=11,
+        help="images per --interpolate row (default 11)",
+    )
+    add(
+        "--show-steps",
+        type=int_list,
+        default=None,
+        help="comma-separated step counts: the same noise denoised with each, one row each",
+    )
+    add("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    import numpy as np
+
+    from diffusion_keras.images import save_grid, save_images, spherical_interpolation
+    from diffusion_keras.saving import load_model
+
+    model = load_model(args.model)
+    progress = not args.no_progress
+    generate = dict(diffusion_steps=args.steps, batch_size=args.batch_size, progress=progress)
+    if args.interpolate:
+        rng = np.random.default_rng(args.seed)
+        fractions = np.linspace(0.0, 1.0, args.interpolation_points)
+        noises = []
+        for _ in range(args.rows):
+            a, b = model.make_noise(2, rng.integers(2**63))
+            noises.append(spherical_interpolation(a, b, fractions))
+        images = model.generate(initial_noise=np.concatenate(noises), **generate)
+        columns = args.interpolation_points
+    elif args.show_steps:
+        noise = model.make_noise(args.num_images, args.seed)
+        rows = []
+        for steps in args.show_steps:
+            generate["diffusion_steps"] = steps
+            rows.append(model.generate(initial_noise=noise, **generate))
+        images = np.concatenate(rows)
+        columns = args.num_images
+    else:
+        images = model.generate(args.num_images, seed=args.seed, **generate)
+        columns = args.columns or min(args.num_images, 10)
+    save_grid(images, args.output, columns=columns)
+    print(f"wrote {len(images)} images to {args.output}")
+    if args.output_dir:
+        save_images(images, args.output_dir)
+        print(f"wrote {len(images)} PNG files to {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))

@@ -1,0 +1,76 @@
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(image_size=16, widths=(8, 16), block_depth=1, embedding_dims=8)
+
+
+def tiny_model(**overrides):
+    """A small DiffusionModel (16x16, widths 8/16), compiled, normalizer adapted."""
+    import keras
+
+    from diffusion_keras import DiffusionModel
+
+    settings = dict(TINY, seed=1)
+    settings.update(overrides)
+    model = DiffusionModel(**settings)
+    size = model.image_size
+    model.adapt(np.random.default_rng(0).uniform(size=(8, size, size, model.channels)))
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
+    return model
+
+
+def blob_images(count, size=16, seed=0):
+    """Smooth images: a coloured disc on a plain background, float32 in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    coords = (np.arange(size) + 0.5) / size
+    y, x = np.meshgrid(coords, coords, indexing="ij")
+    images = np.empty((count, size, size, 3), np.float32)
+    for i in range(count):
+        background = rng.uniform(0.0, 0.3, 3)
+        colour = rng.uniform(0.5, 1.0, 3)
+        cx, cy, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.15, 0.35)
+        inside = ((x - cx) ** 2 + (y - cy) ** 2 < r**2)[..., None]
+        images[i] = np.where(inside, colour, background)
+    return images
+
+
+def write_png_folder(folder, count=40, size=20, nested=True):
+    """Writes `count` PNG images (of `size`, resized later) into `folder`."""
+    from PIL import Image
+
+    images = blob_images(count, size)
+    paths = []
+    for i, image in enumerate(images):
+        sub = os.path.join(folder, f"class_{i % 2}" if nested else "")
+        os.makedirs(sub, exist_ok=True)
+        path = os.path.join(sub, f"img_{i:03d}.png")
+        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def run_script(script, *args, timeout=600, cwd=None):
+    """Runs one of the CLIs in a fresh Python process."""
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or ROOT,
+        env=env,
+    )
+
+
+@pytest.fixture
+def png_folder(tmp_path):
+    folder = tmp_path / "images"
+    write_png_folder(str(folder))
+    return str(folder)

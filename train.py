@@ -1,0 +1,136 @@
+"""Train the book's diffusion model: `python train.py` (see --help)."""
+
+import os
+
+os.environ.setdefault("DIFFUSION_KERAS_QUIET", "1")  # before TensorFlow loads
+
+import dataclasses
+
+from diffusion_keras.cli import (
+    OneLineParser,
+    UsageError,
+    int_list,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    run,
+    unit_interval,
+)
+
+# Settings that may differ from the saved run when resuming.
+RESUMABLE = {"epochs", "keep_checkpoints", "plot_images", "plot_diffusion_steps", "data"}
+
+
+def parser():
+    p = OneLineParser(description="Train a denoising diffusion model (defaults: the book's).")
+    add = p.add_argument
+    add("--data", help="image folder, tfds:NAME or builtin:flowers[:N] (default builtin:flowers)")
+    add("--image-size", type=positive_int, help="height and width (default 64)")
+    add("--batch-size", type=positive_int, help="default 64")
+    add("--epochs", type=positive_int, help="default 50")
+    add(
+        "--dataset-repetitions",
+        type=positive_int,
+        help="passes over the data per epoch (default 5)",
+    )
+    add("--widths", type=int_list, help="U-Net widths, comma-separated (default 32,64,96,128)")
+    add("--block-depth", type=positive_int, help="residual blocks per level (default 2)")
+    add("--embedding-dims", type=positive_int, help="noise embedding size (default 32)")
+    add("--learning-rate", type=positive_float, help="AdamW learning rate (default 1e-3)")
+    add("--weight-decay", type=non_negative_float, help="AdamW weight decay (default 1e-4)")
+    add("--ema", type=unit_interval, help="EMA decay in [0, 1) (default 0.999)")
+    add(
+        "--ema-warmup",
+        action=__import__("argparse").BooleanOptionalAction,
+        help="grow the EMA decay from 0.1 with the step count (default on)",
+    )
+    add(
+        "--schedule",
+        choices=["offset_cosine", "cosine", "linear"],
+        help="diffusion schedule (default offset_cosine)",
+    )
+    add("--loss", choices=["mae", "mse"], help="loss on the predicted noise (default mae)")
+    add("--seed", type=int, help="seed for data order, flips and noise (default 42)")
+    add(
+        "--flip",
+        action=__import__("argparse").BooleanOptionalAction,
+        help="random horizontal flips (default on)",
+    )
+    add(
+        "--center-crop",
+        action=__import__("argparse").BooleanOptionalAction,
+        help="crop images to a centred square before resizing (default off)",
+    )
+    add("--output", help="run directory (default runs/flowers)")
+    add(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output from its last checkpoint",
+    )
+    add("--keep-checkpoints", type=positive_int, help="checkpoints kept (default 3)")
+    add("--plot-images", type=positive_int, help="images in each epoch's sample grid (default 10)")
+    add("--plot-diffusion-steps", type=positive_int, help="steps for the sample grids (default 20)")
+    add(
+        "--verbose",
+        type=int,
+        choices=[0, 1, 2],
+        default=None,
+        help="Keras verbosity (default: progress bar)",
+    )
+    return p
+
+
+def config_from_args(args):
+    from diffusion_keras.training import TrainConfig
+
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    if "widths" in given:
+        given["widths"] = tuple(given["widths"])
+    if not args.resume:
+        return TrainConfig(**given)
+    import os
+
+    from diffusion_keras.training import run_paths
+
+    output = given.get("output", TrainConfig.output)
+    config_path = run_paths(output)["config"]
+    if not os.path.exists(config_path):
+        raise UsageError(f"--resume: {config_path} not found; is {output!r} a run directory?")
+    config = TrainConfig.load(config_path)
+    for name, value in given.items():
+        if name == "output":
+            continue
+        if name not in RESUMABLE and value != getattr(config, name):
+            raise UsageError(
+                f"--resume: --{name.replace('_', '-')} {value} differs from the run's "
+                f"{getattr(config, name)}; only {', '.join(sorted(RESUMABLE))} may change"
+            )
+        setattr(config, name, value)
+    return config
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    from diffusion_keras.data import load_images
+    from diffusion_keras.training import run_paths, train
+    from diffusion_keras.unet import validate_unet_args
+
+    config = config_from_args(args)
+    validate_unet_args(
+        config.image_size, config.widths, config.block_depth, embedding_dims=config.embedding_dims
+    )
+    data = load_images(config.data, config.image_size, center_crop=config.center_crop)
+    print(f"{len(data)} images from {config.data}; run directory {config.output}")
+    verbose = "auto" if args.verbose is None else args.verbose
+    train(config, resume=args.resume, verbose=verbose, data=data)
+    paths = run_paths(config.output)
+    print(f"saved {paths['model']}; samples in {paths['samples']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))
