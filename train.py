@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("DIFFUSION_KERAS_QUIET", "1")  # before TensorFlow loads
 
 import dataclasses
+import sys
 
 from diffusion_keras.cli import (
     OneLineParser,
@@ -126,8 +127,16 @@ def main(argv=None):
     data = load_images(config.data, config.image_size, center_crop=config.center_crop)
     print(f"{len(data)} images from {config.data}; run directory {config.output}")
     verbose = "auto" if args.verbose is None else args.verbose
-    train(config, resume=args.resume, verbose=verbose, data=data)
     paths = run_paths(config.output)
+    try:
+        train(config, resume=args.resume, verbose=verbose, data=data)
+    except KeyboardInterrupt:
+        print(
+            f"\ntrain.py: interrupted; the current weights are in {paths['interrupted']}, "
+            "and --resume continues from the last epoch checkpoint",
+            file=sys.stderr,
+        )
+        return 130
     print(f"saved {paths['model']}; samples in {paths['samples']}")
     return 0
 

@@ -3,6 +3,7 @@
 import argparse
 import os
 import sys
+import warnings
 
 from diffusion_keras.errors import DiffusionKerasError, UsageError  # noqa: F401
 
@@ -19,6 +20,8 @@ class OneLineParser(argparse.ArgumentParser):
 def run(main, argv=None):
     """Runs `main(argv)`; known errors become one line and exit code 2."""
     prog = os.path.basename(sys.argv[0])
+    # Warnings (skipped files, say) as one line each, without the source line.
+    warnings.formatwarning = lambda message, *args, **kwargs: f"{prog}: warning: {message}\n"
     try:
         return main(argv)
     except (DiffusionKerasError, ValueError, OSError) as error:

@@ -146,11 +146,10 @@ def load_folder(folder, image_size, center_crop=False, with_labels=False, worker
 
     with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         arrays = list(pool.map(decode, paths))
-    bad = [p for p, a in zip(paths, arrays) if a is None]
-    _warn_skipped(bad, "unreadable image files")
     kept = [(p, a) for p, a in zip(paths, arrays) if a is not None]
     if not kept:
         raise DataError(f"none of the {len(paths)} image files in {folder!r} could be read")
+    _warn_skipped([p for p, a in zip(paths, arrays) if a is None], "unreadable image files")
     images = np.stack([a for _, a in kept])
     labels = class_names = None
     if with_labels:

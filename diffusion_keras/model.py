@@ -379,6 +379,11 @@ class DiffusionModel(keras.Model):
                 on it. Defaults to 64.
             progress: bool. Show a progress bar over the diffusion steps.
         """
+        if not int(self.normalizer_adapted.numpy()):
+            raise ValueError(
+                "this model's normalizer was never adapted, so its images would be "
+                "garbage; call model.adapt(images) before training"
+            )
         if initial_noise is None:
             if num_images is None or int(num_images) < 1:
                 raise ValueError(f"num_images must be >= 1, got {num_images}")

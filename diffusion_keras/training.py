@@ -7,6 +7,8 @@ A run directory holds `config.json`, `checkpoints/epoch_NNN.keras`,
 import dataclasses
 import json
 import os
+import shutil
+import warnings
 
 import keras
 
@@ -18,9 +20,10 @@ from diffusion_keras.callbacks import (
     save_model_atomically,
 )
 from diffusion_keras.data import image_dataset, load_images, steps_per_epoch, train_dataset
-from diffusion_keras.errors import TrainingError
+from diffusion_keras.errors import ModelFileError, TrainingError
 from diffusion_keras.model import DiffusionModel
-from diffusion_keras.unet import BOOK_WIDTHS
+from diffusion_keras.saving import load_model
+from diffusion_keras.unet import BOOK_WIDTHS, build_unet
 
 
 @dataclasses.dataclass
@@ -99,10 +102,18 @@ def build_model(config):
     return model
 
 
-def latest_checkpoint(run_dir):
-    """`(epoch, path)` of the newest checkpoint of a run, or None."""
-    found = list_checkpoints(os.path.join(run_dir, "checkpoints"))
-    return found[-1] if found else None
+def load_latest_checkpoint(run_dir):
+    """`(epoch, model)` from the newest checkpoint of a run that loads, or None.
+
+    A damaged newest checkpoint (a disk that filled up, say) is skipped with a
+    warning in favour of the one before it.
+    """
+    for epoch, path in reversed(list_checkpoints(os.path.join(run_dir, "checkpoints"))):
+        try:
+            return epoch, load_model(path)
+        except ModelFileError as error:
+            warnings.warn(f"skipping checkpoint: {error}", stacklevel=2)
+    return None
 
 
 def run_paths(run_dir):
@@ -111,8 +122,45 @@ def run_paths(run_dir):
         "checkpoints": os.path.join(run_dir, "checkpoints"),
         "samples": os.path.join(run_dir, "samples"),
         "logs": os.path.join(run_dir, "logs"),
+        "history": os.path.join(run_dir, "history.csv"),
         "model": os.path.join(run_dir, "model.keras"),
+        "interrupted": os.path.join(run_dir, "interrupted.keras"),
     }
+
+
+def checkpoint_bytes(config):
+    """About how large one checkpoint of `config`'s model is: network, EMA
+    network and AdamW's two moments, in float32."""
+    unet = build_unet(
+        config.image_size,
+        widths=config.widths,
+        block_depth=config.block_depth,
+        embedding_dims=config.embedding_dims,
+    )
+    return 4 * 4 * unet.count_params()
+
+
+def check_output_dir(run_dir, needed_bytes):
+    """Fails at once, in one line, when the run directory cannot be written or
+    its disk cannot hold the checkpoints."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = os.path.join(run_dir, ".write_test")
+        with open(probe, "wb") as handle:
+            handle.write(b"0" * 4096)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.remove(probe)
+    except OSError as error:
+        raise TrainingError(
+            f"cannot write to the run directory {run_dir!r}: {error.strerror or error}"
+        ) from None
+    free = shutil.disk_usage(run_dir).free
+    if free < needed_bytes:
+        raise TrainingError(
+            f"only {free / 1e6:.0f} MB free for {run_dir!r}; checkpoints need about "
+            f"{needed_bytes / 1e6:.0f} MB"
+        )
 
 
 def train(config, resume=False, verbose="auto", data=None, extra_callbacks=()):
@@ -129,22 +177,44 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=()):
 
     Returns:
         The trained `DiffusionModel`.
+
+    Raises:
+        TrainingError: the run directory is unusable, there is no checkpoint
+            to resume, or the loss became NaN or infinite (the last good
+            checkpoint and model are left untouched).
+        KeyboardInterrupt: after saving the current weights to
+            `RUN_DIR/interrupted.keras`.
     """
     paths = run_paths(config.output)
-    os.makedirs(config.output, exist_ok=True)
-    checkpoint = latest_checkpoint(config.output) if resume else None
-    if resume and checkpoint is None:
-        raise TrainingError(f"--resume: no checkpoint found in {paths['checkpoints']}")
-
+    # Room for the kept checkpoints, one being written, and the final model.
+    check_output_dir(config.output, (config.keep_checkpoints + 2) * checkpoint_bytes(config))
     if data is None:
         data = load_images(config.data, config.image_size, center_crop=config.center_crop)
     steps = steps_per_epoch(data, config.batch_size, config.dataset_repetitions)
-    dataset_check = train_dataset(data, config.batch_size, config.dataset_repetitions)
-    del dataset_check  # raises DataError early when there is less than a batch
+    # Built now so that less than a batch of data fails before any model is built.
+    dataset = train_dataset(
+        data,
+        config.batch_size,
+        config.dataset_repetitions,
+        seed=config.seed,
+        flip=config.flip,
+        epochs=config.epochs,
+    )
 
-    if checkpoint is not None:
-        initial_epoch, path = checkpoint
-        model = keras.models.load_model(path)
+    if resume:
+        found = load_latest_checkpoint(config.output)
+        if found is None:
+            raise TrainingError(f"--resume: no usable checkpoint in {paths['checkpoints']}")
+        initial_epoch, model = found
+        dataset = train_dataset(
+            data,
+            config.batch_size,
+            config.dataset_repetitions,
+            seed=config.seed,
+            flip=config.flip,
+            first_epoch=initial_epoch,
+            epochs=config.epochs,
+        )
     else:
         initial_epoch = 0
         model = build_model(config)
@@ -161,28 +231,26 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=()):
             seed=config.seed,
         ),
         EpochCheckpoint(paths["checkpoints"], keep=config.keep_checkpoints, nan_guard=nan_guard),
+        keras.callbacks.CSVLogger(paths["history"], append=True),
         keras.callbacks.TensorBoard(log_dir=paths["logs"], write_graph=False),
         *extra_callbacks,
     ]
-    dataset = train_dataset(
-        data,
-        config.batch_size,
-        config.dataset_repetitions,
-        seed=config.seed,
-        flip=config.flip,
-        first_epoch=initial_epoch,
-        epochs=config.epochs,
-    )
-    if initial_epoch < config.epochs:
-        model.fit(
-            dataset,
-            epochs=config.epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,
-        )
+    try:
+        if initial_epoch < config.epochs:
+            model.fit(
+                dataset,
+                epochs=config.epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,
+            )
+    except KeyboardInterrupt:
+        # Mid-epoch weights: kept for generate.py, but --resume restarts from the
+        # last epoch checkpoint so that a resumed run stays exact.
+        save_model_atomically(model, paths["interrupted"])
+        raise
     if nan_guard.failure:
         raise TrainingError(
             f"training stopped: {nan_guard.failure}; the last good checkpoint in "

@@ -3,8 +3,9 @@ import os
 
 import numpy as np
 import pytest
-from conftest import run_script
 from PIL import Image
+
+from conftest import run_script
 
 TINY_FLAGS = [
     "--image-size",

@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, TINY, blob_images, tiny_model
 
+from conftest import ROOT, TINY, blob_images, tiny_model
 from diffusion_keras import DiffusionModel
 
 
