@@ -43,6 +43,12 @@ def parser():
         default=None,
         help="comma-separated step counts: the same noise denoised with each, one row each",
     )
+    add(
+        "--precision",
+        choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+        default="auto",
+        help="numeric precision for sampling (default auto: see the README)",
+    )
     add("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -54,7 +60,7 @@ def main(argv=None):
     from diffusion_keras.images import save_grid, save_images, spherical_interpolation
     from diffusion_keras.saving import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, compile=False, precision=args.precision)
     progress = not args.no_progress
     generate = dict(diffusion_steps=args.steps, batch_size=args.batch_size, progress=progress)
     if args.interpolate:

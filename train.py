@@ -51,6 +51,11 @@ def parser():
         help="diffusion schedule (default offset_cosine)",
     )
     add("--loss", choices=["mae", "mse"], help="loss on the predicted noise (default mae)")
+    add(
+        "--precision",
+        choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+        help="numeric precision (default auto: see the README)",
+    )
     add("--seed", type=int, help="seed for data order, flips and noise (default 42)")
     add(
         "--flip",
@@ -105,6 +110,10 @@ def config_from_args(args):
     for name, value in given.items():
         if name == "output":
             continue
+        if name == "precision":
+            from diffusion_keras.precision import resolve_precision
+
+            value = resolve_precision(value)
         if name not in RESUMABLE and value != getattr(config, name):
             raise UsageError(
                 f"--resume: --{name.replace('_', '-')} {value} differs from the run's "

@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from diffusion_keras.precision import validate_precision
 from diffusion_keras.schedules import get_schedule, validate_schedule
 from diffusion_keras.unet import BOOK_WIDTHS, build_unet, validate_unet_args
 
@@ -58,6 +59,8 @@ class DiffusionModel(keras.Model):
         seed: int or None. Seeds the initial weights and the training noise;
             training is then reproducible and resumable. Defaults to a random seed, which is
             saved with the model.
+        precision: str. `"float32"`, `"mixed_bfloat16"` or `"mixed_float16"`.
+            Defaults to `"float32"`. `with_precision` converts a model.
 
     References:
     - [Song et al., 2020 (DDIM)](https://arxiv.org/abs/2010.02502)
@@ -80,9 +83,14 @@ class DiffusionModel(keras.Model):
         ema_warmup=True,
         loss="mae",
         seed=None,
+        precision="float32",
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        validate_precision(precision)
+        kwargs.pop("dtype", None)
+        # The model's own policy makes `compile` wrap the optimizer in a
+        # LossScaleOptimizer under mixed_float16.
+        super().__init__(dtype=precision, **kwargs)
         validate_unet_args(image_size, widths, block_depth, channels, embedding_dims)
         validate_schedule(schedule, min_signal_rate, max_signal_rate)
         if not 0.0 <= ema < 1.0:
@@ -105,11 +113,12 @@ class DiffusionModel(keras.Model):
         self.ema_warmup = bool(ema_warmup)
         self.loss_name = loss
         self.seed = int(seed)
+        self.precision = precision
 
         self.diffusion_schedule = get_schedule(schedule, min_signal_rate, max_signal_rate)
         self.loss_fn = _loss_function(loss)
 
-        self.normalizer = layers.Normalization(name="normalizer")
+        self.normalizer = layers.Normalization(name="normalizer", dtype="float32")
         self.normalizer.build((None, image_size, image_size, channels))
         unet_args = dict(
             image_size=self.image_size,
@@ -119,6 +128,7 @@ class DiffusionModel(keras.Model):
             embedding_dims=self.embedding_dims,
             embedding_min_frequency=self.embedding_min_frequency,
             embedding_max_frequency=self.embedding_max_frequency,
+            precision=precision,
         )
         self.network = build_unet(name="network", seed=self.seed, **unet_args)
         # The EMA network starts as an exact copy (the book's `clone_model`
@@ -175,11 +185,25 @@ class DiffusionModel(keras.Model):
             "ema_warmup": self.ema_warmup,
             "loss": self.loss_name,
             "seed": self.seed,
+            "precision": self.precision,
         }
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    def with_precision(self, precision):
+        """This model (weights, EMA, normalizer, counters) in another precision.
+
+        Returns `self` when the precision is the same; otherwise a new,
+        uncompiled model with the same weights.
+        """
+        validate_precision(precision)
+        if precision == self.precision:
+            return self
+        model = type(self).from_config({**self.get_config(), "precision": precision})
+        model.set_weights(self.get_weights())
+        return model
 
     @property
     def metrics(self):
@@ -343,15 +367,22 @@ class DiffusionModel(keras.Model):
             if kind == "loop":
 
                 def loop(initial_noise, diffusion_steps):
-                    current_images = initial_noise
-                    pred_images = initial_noise
-                    for step in tf.range(diffusion_steps):
-                        current_images, pred_images = self.ddim_step(
+                    # An explicit while loop: one graph node for all steps,
+                    # with no AutoGraph source conversion to go wrong.
+                    def body(step, current_images, pred_images):
+                        next_images, pred_images = self.ddim_step(
                             current_images, step, diffusion_steps
                         )
+                        return step + 1, next_images, pred_images
+
+                    _, _, pred_images = tf.while_loop(
+                        lambda step, *_: step < diffusion_steps,
+                        body,
+                        (tf.constant(0), initial_noise, initial_noise),
+                    )
                     return pred_images
 
-                function = tf.function(loop, input_signature=[spec, step_spec])
+                function = tf.function(loop, input_signature=[spec, step_spec], autograph=False)
             else:
                 function = tf.function(self.ddim_step, input_signature=[spec, step_spec, step_spec])
             self._compiled_samplers[kind] = function

@@ -8,10 +8,15 @@ import keras
 
 from diffusion_keras.errors import ModelFileError
 from diffusion_keras.model import DiffusionModel
+from diffusion_keras.precision import resolve_precision
 
 
-def load_model(path, compile=True):
+def load_model(path, compile=True, precision=None):
     """Loads a `DiffusionModel` saved with `model.save("x.keras")`.
+
+    With `precision` (`"float32"`, `"mixed_bfloat16"`, `"mixed_float16"` or
+    `"auto"`), the model is converted to it (uncompiled) when it was saved in
+    another one.
 
     Keras's `safe_mode` stays on, so a shared model file cannot run code.
     Raises `ModelFileError` with one line when the file is missing, is not a
@@ -45,4 +50,6 @@ def load_model(path, compile=True):
         raise ModelFileError(f"could not load {path!r}: {first}") from None
     if not isinstance(model, DiffusionModel):
         raise ModelFileError(f"{path!r} is not a DiffusionModel")
+    if precision is not None:
+        model = model.with_precision(resolve_precision(precision))
     return model

@@ -22,6 +22,7 @@ from diffusion_keras.callbacks import (
 from diffusion_keras.data import image_dataset, load_images, steps_per_epoch, train_dataset
 from diffusion_keras.errors import ModelFileError, TrainingError
 from diffusion_keras.model import DiffusionModel
+from diffusion_keras.precision import resolve_precision
 from diffusion_keras.saving import load_model
 from diffusion_keras.unet import BOOK_WIDTHS, build_unet
 
@@ -55,6 +56,7 @@ class TrainConfig:
     ema_warmup: bool = True
     loss: str = "mae"
     seed: int = 42
+    precision: str = "auto"
     # outputs
     output: str = "runs/flowers"
     plot_images: int = 10
@@ -93,6 +95,7 @@ def build_model(config):
         ema_warmup=config.ema_warmup,
         loss=config.loss,
         seed=config.seed,
+        precision=resolve_precision(config.precision),
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(
@@ -186,6 +189,7 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=()):
             `RUN_DIR/interrupted.keras`.
     """
     paths = run_paths(config.output)
+    config.precision = resolve_precision(config.precision)
     # Room for the kept checkpoints, one being written, and the final model.
     check_output_dir(config.output, (config.keep_checkpoints + 2) * checkpoint_bytes(config))
     if data is None:

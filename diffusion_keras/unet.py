@@ -10,6 +10,7 @@ from diffusion_keras.layers import (
     residual_block,
     up_block,
 )
+from diffusion_keras.precision import dtype_policy, validate_precision
 
 BOOK_WIDTHS = (32, 64, 96, 128)
 
@@ -46,6 +47,7 @@ def build_unet(
     embedding_max_frequency=1000.0,
     name="unet",
     seed=None,
+    precision="float32",
 ):
     """Builds the U-Net that predicts the noise in a noisy image.
 
@@ -70,13 +72,27 @@ def build_unet(
         embedding_max_frequency: float. Defaults to 1000.0.
         name: str. Model name. Defaults to `"unet"`.
         seed: int or None. Seeds the initial weights. Defaults to None.
+        precision: str. `"float32"`, `"mixed_bfloat16"` or `"mixed_float16"`;
+            the embedding and the output conv stay float32. Defaults to
+            `"float32"`.
 
     References:
     - [Ronneberger et al., 2015](https://arxiv.org/abs/1505.04597)
     - [Ho et al., 2020](https://arxiv.org/abs/2006.11239)
     """
     validate_unet_args(image_size, widths, block_depth, channels, embedding_dims)
-    widths = [int(w) for w in widths]
+    validate_precision(precision)
+    with dtype_policy(precision):
+        return _build_unet(
+            image_size, channels, [int(w) for w in widths], block_depth, embedding_dims,
+            embedding_min_frequency, embedding_max_frequency, name, seed,
+        )  # fmt: skip
+
+
+def _build_unet(
+    image_size, channels, widths, block_depth, embedding_dims,
+    embedding_min_frequency, embedding_max_frequency, name, seed,
+):  # fmt: skip
     noisy_images = keras.Input(shape=(image_size, image_size, channels))
     noise_variances = keras.Input(shape=(1, 1, 1))
 

@@ -1,0 +1,67 @@
+import keras
+import numpy as np
+import pytest
+
+from conftest import blob_images, run_script, tiny_model
+from diffusion_keras.precision import PRECISIONS, auto_precision, resolve_precision
+from diffusion_keras.saving import load_model
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_precision_trains_and_round_trips(precision, tmp_path):
+    model = tiny_model(precision=precision)
+    history = model.fit(blob_images(16), batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["n_loss"][0])
+    if precision == "mixed_float16":
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    compute = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+    convs = [layer for layer in model.network.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs[1].compute_dtype == compute[precision]
+    # The output conv stays float32, so the loss and the sampler are float32.
+    assert convs[-1].compute_dtype == "float32"
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = load_model(path)
+    assert loaded.precision == precision
+    np.testing.assert_array_equal(loaded.generate(2, 3, seed=0), model.generate(2, 3, seed=0))
+    loaded.fit(blob_images(8), batch_size=8, epochs=1, verbose=0)
+
+
+def test_a_model_samples_in_another_precision(tmp_path):
+    model = tiny_model(precision="mixed_bfloat16")
+    model.fit(blob_images(16), batch_size=8, epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    as_float32 = load_model(path, precision="float32")
+    assert as_float32.precision == "float32"
+    assert as_float32.network.layers[3].compute_dtype == "float32"
+    for a, b in zip(as_float32.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    difference = np.abs(as_float32.generate(4, 5, seed=1) - model.generate(4, 5, seed=1))
+    assert difference.mean() < 0.02
+
+
+def test_auto_precision_follows_the_rule(monkeypatch):
+    import diffusion_keras.precision as precision
+
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert auto_precision() == "mixed_bfloat16"
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx2"})
+    assert auto_precision() == "float32"
+    assert resolve_precision("float32") == "float32"
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        resolve_precision("half")
+
+
+def test_generate_cli_takes_a_precision(tmp_path):
+    model = tiny_model()
+    model.fit(blob_images(8), batch_size=8, epochs=1, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    out = tmp_path / "bf16.png"
+    result = run_script(
+        "generate.py", path, "--precision", "mixed_bfloat16", "--num-images", 2, "--steps", 2,
+        "--output", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert out.exists()
