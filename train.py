@@ -19,7 +19,10 @@ from diffusion_keras.cli import (
 )
 
 # Settings that may differ from the saved run when resuming.
-RESUMABLE = {"epochs", "keep_checkpoints", "plot_images", "plot_diffusion_steps", "data"}
+RESUMABLE = {
+    "epochs", "keep_checkpoints", "plot_images", "plot_diffusion_steps", "data",
+    "strategy", "cpu_replicas",
+}  # fmt: skip
 
 
 def parser():
@@ -66,6 +69,16 @@ def parser():
         "--center-crop",
         action=__import__("argparse").BooleanOptionalAction,
         help="crop images to a centred square before resizing (default off)",
+    )
+    add(
+        "--strategy",
+        choices=["auto", "default", "mirrored", "multiworker", "tpu"],
+        help="tf.distribute strategy (default auto: mirrored when more than one GPU)",
+    )
+    add(
+        "--cpu-replicas",
+        type=positive_int,
+        help="split the CPU into N logical devices, to try multi-device training",
     )
     add("--output", help="run directory (default runs/flowers)")
     add(
@@ -130,15 +143,21 @@ def main(argv=None):
     from diffusion_keras.unet import validate_unet_args
 
     config = config_from_args(args)
+    from diffusion_keras.distribute import make_strategy
+
+    strategy = make_strategy(config.strategy, config.cpu_replicas)
     validate_unet_args(
         config.image_size, config.widths, config.block_depth, embedding_dims=config.embedding_dims
     )
     data = load_images(config.data, config.image_size, center_crop=config.center_crop)
-    print(f"{len(data)} images from {config.data}; run directory {config.output}")
+    print(
+        f"{len(data)} images from {config.data}; run directory {config.output}; "
+        f"{strategy.num_replicas_in_sync} replica(s)"
+    )
     verbose = "auto" if args.verbose is None else args.verbose
     paths = run_paths(config.output)
     try:
-        train(config, resume=args.resume, verbose=verbose, data=data)
+        train(config, resume=args.resume, verbose=verbose, data=data, strategy=strategy)
     except KeyboardInterrupt:
         print(
             f"\ntrain.py: interrupted; the current weights are in {paths['interrupted']}, "
@@ -146,7 +165,10 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 130
-    print(f"saved {paths['model']}; samples in {paths['samples']}")
+    from diffusion_keras.distribute import worker_index
+
+    if worker_index(strategy) is None:
+        print(f"saved {paths['model']}; samples in {paths['samples']}")
     return 0
 
 

@@ -88,10 +88,11 @@ class KernelInitializers:
         return keras.initializers.GlorotUniform(seed=self.seed * 1000 + self.count)
 
 
-def residual_block(x, width, initializers=None):
+def residual_block(x, width, initializers=None, synchronized=False):
     """Batch norm (no scale, no centre), two 3x3 convs, and a skip connection.
 
-    A 1x1 conv matches the skip's width to `width` when they differ.
+    A 1x1 conv matches the skip's width to `width` when they differ. With
+    `synchronized`, batch statistics are taken over all replicas' batches.
     """
     initializers = initializers or KernelInitializers()
     input_width = x.shape[-1]
@@ -99,7 +100,7 @@ def residual_block(x, width, initializers=None):
         residual = x
     else:
         residual = layers.Conv2D(width, kernel_size=1, kernel_initializer=initializers())(x)
-    x = layers.BatchNormalization(center=False, scale=False)(x)
+    x = layers.BatchNormalization(center=False, scale=False, synchronized=synchronized)(x)
     x = layers.Conv2D(
         width,
         kernel_size=3,
@@ -111,20 +112,20 @@ def residual_block(x, width, initializers=None):
     return layers.Add()([x, residual])
 
 
-def down_block(x, skips, width, block_depth, initializers=None):
+def down_block(x, skips, width, block_depth, initializers=None, synchronized=False):
     """`block_depth` residual blocks, each pushing its output onto `skips`, then
     2x2 average pooling."""
     for _ in range(block_depth):
-        x = residual_block(x, width, initializers)
+        x = residual_block(x, width, initializers, synchronized)
         skips.append(x)
     return layers.AveragePooling2D(pool_size=2)(x)
 
 
-def up_block(x, skips, width, block_depth, initializers=None):
+def up_block(x, skips, width, block_depth, initializers=None, synchronized=False):
     """2x bilinear upsampling, then `block_depth` residual blocks, each taking
     the last entry popped from `skips`."""
     x = layers.UpSampling2D(size=2, interpolation="bilinear")(x)
     for _ in range(block_depth):
         x = layers.Concatenate()([x, skips.pop()])
-        x = residual_block(x, width, initializers)
+        x = residual_block(x, width, initializers, synchronized)
     return x

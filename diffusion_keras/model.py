@@ -129,6 +129,10 @@ class DiffusionModel(keras.Model):
             embedding_min_frequency=self.embedding_min_frequency,
             embedding_max_frequency=self.embedding_max_frequency,
             precision=precision,
+            # Built inside a multi-replica strategy's scope: batch statistics
+            # over the global batch, as on one device.
+            synchronized_batch_norm=tf.distribute.has_strategy()
+            and tf.distribute.get_strategy().num_replicas_in_sync > 1,
         )
         self.network = build_unet(name="network", seed=self.seed, **unet_args)
         # The EMA network starts as an exact copy (the book's `clone_model`
@@ -252,13 +256,23 @@ class DiffusionModel(keras.Model):
         return pred_noises, pred_images
 
     def _noisy_batch(self, images, seed):
-        """Draws noises and diffusion times for a batch and mixes them in."""
+        """Draws noises and diffusion times for a batch and mixes them in.
+
+        Under a distribution strategy each replica holds a slice of the global
+        batch; it draws the noise of the whole global batch and keeps its own
+        slice, so every image gets the noise it would get on one device.
+        """
         images = self.normalize(_images_of(images))
-        batch_size = ops.shape(images)[0]
-        noises = tf.random.stateless_normal(ops.shape(images), seed=seed)
+        local_batch = ops.shape(images)[0]
+        replica = tf.distribute.get_replica_context()
+        replicas = 1 if replica is None else replica.num_replicas_in_sync
+        replica_id = 0 if replica is None else replica.replica_id_in_sync_group
+        global_shape = tf.concat([[local_batch * replicas], ops.shape(images)[1:]], axis=0)
+        start = replica_id * local_batch
+        noises = tf.random.stateless_normal(global_shape, seed=seed)[start : start + local_batch]
         diffusion_times = tf.random.stateless_uniform(
-            (batch_size, 1, 1, 1), seed=tf.stack([seed[0], seed[1] + (1 << 40)])
-        )
+            (local_batch * replicas, 1, 1, 1), seed=tf.stack([seed[0], seed[1] + (1 << 40)])
+        )[start : start + local_batch]
         noise_rates, signal_rates = self.diffusion_schedule(diffusion_times)
         noisy_images = signal_rates * images + noise_rates * noises
         return images, noises, noisy_images, noise_rates, signal_rates
@@ -266,16 +280,8 @@ class DiffusionModel(keras.Model):
     def _step_seed(self, counter, stream):
         # A stateless seed from (model seed, stream, counter): the same model,
         # seed and step always draw the same noise, so a resumed run repeats an
-        # uninterrupted one. Each replica of a distributed run draws its own.
-        replica = tf.distribute.get_replica_context()
-        replica_id = 0 if replica is None else replica.replica_id_in_sync_group
-        replica_id = tf.cast(replica_id, "int64")
-        return tf.stack(
-            [
-                tf.constant(self.seed, "int64") * 4 + stream,
-                counter * 1024 + replica_id,
-            ]
-        )
+        # uninterrupted one.
+        return tf.stack([tf.constant(self.seed, "int64") * 4 + stream, tf.cast(counter, "int64")])
 
     def ema_decay(self):
         """The EMA decay for the next update, with the warm-up if enabled."""

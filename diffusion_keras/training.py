@@ -20,6 +20,7 @@ from diffusion_keras.callbacks import (
     save_model_atomically,
 )
 from diffusion_keras.data import image_dataset, load_images, steps_per_epoch, train_dataset
+from diffusion_keras.distribute import fit_multiworker, is_multiworker, worker_index
 from diffusion_keras.errors import ModelFileError, TrainingError
 from diffusion_keras.model import DiffusionModel
 from diffusion_keras.precision import resolve_precision
@@ -57,6 +58,9 @@ class TrainConfig:
     loss: str = "mae"
     seed: int = 42
     precision: str = "auto"
+    # distribution
+    strategy: str = "auto"
+    cpu_replicas: int = 1
     # outputs
     output: str = "runs/flowers"
     plot_images: int = 10
@@ -166,7 +170,7 @@ def check_output_dir(run_dir, needed_bytes):
         )
 
 
-def train(config, resume=False, verbose="auto", data=None, extra_callbacks=()):
+def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), strategy=None):
     """Trains a model as `config` says and writes the run directory.
 
     Args:
@@ -177,6 +181,9 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=()):
         data: `ImageData` or None. Already loaded images; loaded from
             `config.data` when None.
         extra_callbacks: more Keras callbacks.
+        strategy: a `tf.distribute.Strategy` or None (the current one). Under
+            `MultiWorkerMirroredStrategy` the chief writes the run directory
+            and every other worker writes to `RUN_DIR/.worker_K/`.
 
     Returns:
         The trained `DiffusionModel`.
@@ -188,61 +195,81 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=()):
         KeyboardInterrupt: after saving the current weights to
             `RUN_DIR/interrupted.keras`.
     """
-    paths = run_paths(config.output)
+    import tensorflow as tf
+
+    strategy = strategy or tf.distribute.get_strategy()
+    worker = worker_index(strategy)
+    chief = worker is None
+    run_dir = config.output if chief else os.path.join(config.output, f".worker_{worker}")
+    paths = run_paths(run_dir)
     config.precision = resolve_precision(config.precision)
     # Room for the kept checkpoints, one being written, and the final model.
-    check_output_dir(config.output, (config.keep_checkpoints + 2) * checkpoint_bytes(config))
+    check_output_dir(run_dir, (config.keep_checkpoints + 2) * checkpoint_bytes(config))
     if data is None:
         data = load_images(config.data, config.image_size, center_crop=config.center_crop)
     steps = steps_per_epoch(data, config.batch_size, config.dataset_repetitions)
-    # Built now so that less than a batch of data fails before any model is built.
-    dataset = train_dataset(
-        data,
-        config.batch_size,
-        config.dataset_repetitions,
-        seed=config.seed,
-        flip=config.flip,
-        epochs=config.epochs,
-    )
 
-    if resume:
-        found = load_latest_checkpoint(config.output)
-        if found is None:
-            raise TrainingError(f"--resume: no usable checkpoint in {paths['checkpoints']}")
-        initial_epoch, model = found
-        dataset = train_dataset(
+    def make_dataset(first_epoch=0):
+        return train_dataset(
             data,
             config.batch_size,
             config.dataset_repetitions,
             seed=config.seed,
             flip=config.flip,
-            first_epoch=initial_epoch,
+            first_epoch=first_epoch,
             epochs=config.epochs,
         )
-    else:
-        initial_epoch = 0
-        model = build_model(config)
-        model.adapt(image_dataset(data, config.batch_size))
-    config.save(paths["config"])
+
+    # Built now so that less than a batch of data fails before any model is built.
+    make_dataset()
+    with strategy.scope():
+        if resume:
+            found = load_latest_checkpoint(config.output)
+            if found is None:
+                raise TrainingError(
+                    f"--resume: no usable checkpoint in {run_paths(config.output)['checkpoints']}"
+                )
+            initial_epoch, model = found
+        else:
+            initial_epoch = 0
+            model = build_model(config)
+            model.adapt(image_dataset(data, config.batch_size))
+    if chief:
+        config.save(paths["config"])
 
     nan_guard = NanGuard()
     callbacks = [
         nan_guard,
-        SampleGrid(
-            paths["samples"],
-            num_images=config.plot_images,
-            diffusion_steps=config.plot_diffusion_steps,
-            seed=config.seed,
-        ),
         EpochCheckpoint(paths["checkpoints"], keep=config.keep_checkpoints, nan_guard=nan_guard),
         keras.callbacks.CSVLogger(paths["history"], append=True),
-        keras.callbacks.TensorBoard(log_dir=paths["logs"], write_graph=False),
-        *extra_callbacks,
     ]
+    if chief:
+        callbacks += [
+            SampleGrid(
+                paths["samples"],
+                num_images=config.plot_images,
+                diffusion_steps=config.plot_diffusion_steps,
+                seed=config.seed,
+            ),
+            keras.callbacks.TensorBoard(log_dir=paths["logs"], write_graph=False),
+        ]
+    callbacks += list(extra_callbacks)
     try:
-        if initial_epoch < config.epochs:
+        if initial_epoch < config.epochs and is_multiworker(strategy):
+            fit_multiworker(
+                model,
+                strategy,
+                lambda: make_dataset(initial_epoch),
+                config.batch_size,
+                epochs=config.epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps,
+                callbacks=callbacks,
+                verbose=1 if verbose == "auto" else verbose,
+            )
+        elif initial_epoch < config.epochs:
             model.fit(
-                dataset,
+                make_dataset(initial_epoch),
                 epochs=config.epochs,
                 initial_epoch=initial_epoch,
                 steps_per_epoch=steps,

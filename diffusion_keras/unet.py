@@ -48,6 +48,7 @@ def build_unet(
     name="unet",
     seed=None,
     precision="float32",
+    synchronized_batch_norm=False,
 ):
     """Builds the U-Net that predicts the noise in a noisy image.
 
@@ -75,6 +76,9 @@ def build_unet(
         precision: str. `"float32"`, `"mixed_bfloat16"` or `"mixed_float16"`;
             the embedding and the output conv stay float32. Defaults to
             `"float32"`.
+        synchronized_batch_norm: bool. Batch statistics over all replicas of a
+            distribution strategy, so that N replicas train as one device.
+            Defaults to False.
 
     References:
     - [Ronneberger et al., 2015](https://arxiv.org/abs/1505.04597)
@@ -86,12 +90,13 @@ def build_unet(
         return _build_unet(
             image_size, channels, [int(w) for w in widths], block_depth, embedding_dims,
             embedding_min_frequency, embedding_max_frequency, name, seed,
+            synchronized_batch_norm,
         )  # fmt: skip
 
 
 def _build_unet(
     image_size, channels, widths, block_depth, embedding_dims,
-    embedding_min_frequency, embedding_max_frequency, name, seed,
+    embedding_min_frequency, embedding_max_frequency, name, seed, synchronized,
 ):  # fmt: skip
     noisy_images = keras.Input(shape=(image_size, image_size, channels))
     noise_variances = keras.Input(shape=(1, 1, 1))
@@ -111,11 +116,11 @@ def _build_unet(
 
     skips = []
     for width in widths[:-1]:
-        x = down_block(x, skips, width, block_depth, initializers)
+        x = down_block(x, skips, width, block_depth, initializers, synchronized)
     for _ in range(block_depth):
-        x = residual_block(x, widths[-1], initializers)
+        x = residual_block(x, widths[-1], initializers, synchronized)
     for width in reversed(widths[:-1]):
-        x = up_block(x, skips, width, block_depth, initializers)
+        x = up_block(x, skips, width, block_depth, initializers, synchronized)
 
     # float32 output so that the loss and the sampler's arithmetic stay exact
     # under mixed precision.

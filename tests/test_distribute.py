@@ -1,0 +1,141 @@
+"""tf.distribute: N replicas train exactly as one device, on one machine and
+across worker processes on 127.0.0.1."""
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_script, write_png_folder
+from diffusion_keras.distribute import make_strategy
+from diffusion_keras.errors import UsageError
+from diffusion_keras.launch import launch_local_workers, tf_configs
+from diffusion_keras.saving import load_model
+
+ONE_STEP_ON_TWO_DEVICES = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from diffusion_keras.distribute import make_strategy
+strategy = make_strategy("mirrored", cpu_replicas=2)
+import numpy as np, tensorflow as tf
+from conftest import blob_images, tiny_model
+data = blob_images(16)
+
+def one_step(strategy):
+    with strategy.scope():
+        model = tiny_model(seed=3)
+        model.adapt(data)
+    start = [w.copy() for w in model.network.get_weights()]
+    model.fit(data, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    return model, start
+
+one, start = one_step(tf.distribute.OneDeviceStrategy("/cpu:0"))
+two, _ = one_step(strategy)
+assert two.distribute_strategy.num_replicas_in_sync == 2
+for name in ["network", "ema_network"]:
+    a, b = getattr(one, name).get_weights(), getattr(two, name).get_weights()
+    print(name, max(float(np.abs(x - y).max()) for x, y in zip(a, b)))
+print("moved", max(float(np.abs(x - y).max()) for x, y in zip(one.network.get_weights(), start)))
+"""
+
+
+def test_one_step_on_two_devices_equals_one_device():
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", ONE_STEP_ON_TWO_DEVICES, os.path.join(ROOT, "tests")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = dict(line.split() for line in result.stdout.strip().splitlines())
+    print(figures)
+    moved = float(figures["moved"])
+    assert moved > 1e-3  # the step really moved the weights
+    # Equal within float tolerance (a loss not divided by the replica count
+    # would move the weights twice as far).
+    assert float(figures["network"]) < 1e-6 * max(1.0, moved * 100)
+    assert float(figures["ema_network"]) < 1e-6 * max(1.0, moved * 100)
+
+
+TINY_FLAGS = [
+    "--image-size", 16, "--widths", "8,16", "--block-depth", 1, "--embedding-dims", 8,
+    "--batch-size", 8, "--dataset-repetitions", 1, "--plot-diffusion-steps", 2,
+    "--plot-images", 2, "--verbose", 2, "--seed", 4,
+]  # fmt: skip
+
+
+def max_difference(a, b):
+    return max(float(np.abs(x - y).max()) for x, y in zip(a.get_weights(), b.get_weights()))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A single-process run, a two-worker run, and a two-worker run that is
+    stopped after one epoch and resumed, all on the same data and seed."""
+    root = tmp_path_factory.mktemp("distribute")
+    data = str(root / "data")
+    write_png_folder(data, count=32)
+    flags = ["--data", data, *TINY_FLAGS]
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+
+    single = root / "single"
+    result = run_script("train.py", "--output", single, "--strategy", "default", "--epochs", 2,
+                        *flags)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+    def workers(output, *extra):
+        command = [os.path.join(ROOT, "train.py"), "--strategy", "multiworker",
+                   "--output", str(output), *map(str, extra)]  # fmt: skip
+        start = time.monotonic()
+        codes = launch_local_workers(
+            command, 2, timeout=300, env=env, log_dir=str(output) + "_logs"
+        )
+        assert codes == [0, 0], open(str(output) + "_logs/worker_0.log").read()[-3000:]
+        return time.monotonic() - start
+
+    multi = root / "multi"
+    seconds = workers(multi, "--epochs", 2, *flags)
+    print(f"two workers on 127.0.0.1, 2 epochs of 4 steps: {seconds:.1f}s")
+    resumed = root / "resumed"
+    workers(resumed, "--epochs", 1, *flags)
+    workers(resumed, "--resume", "--epochs", 2)
+    return {"single": single, "multi": multi, "resumed": resumed}
+
+
+def test_two_workers_end_identical_and_match_one_process(runs):
+    chief = load_model(str(runs["multi"] / "model.keras"))
+    worker = load_model(str(runs["multi"] / ".worker_1" / "model.keras"))
+    single = load_model(str(runs["single"] / "model.keras"))
+    assert max_difference(chief, worker) == 0.0
+    difference = max_difference(chief, single)
+    print(f"two workers vs one process, largest weight difference: {difference:.2e}")
+    assert difference < 2e-3
+    assert int(chief.train_steps.numpy()) == int(single.train_steps.numpy()) == 8
+    assert (runs["multi"] / "samples" / "epoch_002.png").exists()
+    assert not (runs["multi"] / ".worker_1" / "samples").exists()
+
+
+def test_a_multiworker_run_resumes(runs):
+    straight = load_model(str(runs["multi"] / "model.keras"))
+    resumed = load_model(str(runs["resumed"] / "model.keras"))
+    assert int(resumed.train_steps.numpy()) == 8
+    assert max_difference(straight, resumed) < 1e-5
+
+
+def test_tf_configs_describe_a_loopback_cluster():
+    import json
+
+    configs = [json.loads(c) for c in tf_configs(3)]
+    addresses = configs[0]["cluster"]["worker"]
+    assert len(set(addresses)) == 3 and all(a.startswith("127.0.0.1:") for a in addresses)
+    assert [c["task"]["index"] for c in configs] == [0, 1, 2]
+
+
+def test_multiworker_without_tf_config_is_refused(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(UsageError, match="TF_CONFIG"):
+        make_strategy("multiworker")
+    with pytest.raises(UsageError, match="unknown strategy 'ring'"):
+        make_strategy("ring")
