@@ -1,6 +1,7 @@
 """Shared pieces of the command-line tools: one-line errors and exit codes."""
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -40,35 +41,31 @@ def positive_int(text):
     return value
 
 
-def positive_float(text):
+def _finite_float(text):
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     return value
 
 
-def non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
+def _float_in(accept, description):
+    """An argparse type: a finite float for which `accept(value)` holds."""
+
+    def parse(text):
+        value = _finite_float(text)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {description}, got {text}")
+        return value
+
+    return parse
 
 
-def unit_interval(text):
-    """A float in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
-    return value
+positive_float = _float_in(lambda v: v > 0, "a positive number")
+non_negative_float = _float_in(lambda v: v >= 0, "a number >= 0")
+unit_interval = _float_in(lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
 def int_list(text):

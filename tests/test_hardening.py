@@ -112,7 +112,8 @@ def test_unusable_data_fails_before_any_model_is_built(tmp_path, make, message):
     [
         ("train.py", ["--batch-size", "0"], "--batch-size: expected a number >= 1"),
         ("train.py", ["--epochs", "-3"], "--epochs: expected a number >= 1"),
-        ("train.py", ["--learning-rate", "nan"], "--learning-rate: expected a positive"),
+        ("train.py", ["--learning-rate", "nan"], "--learning-rate: expected a finite number"),
+        ("train.py", ["--learning-rate", "0"], "--learning-rate: expected a positive number"),
         ("train.py", ["--weight-decay", "-1"], "--weight-decay: expected a number >= 0"),
         ("train.py", ["--ema", "1"], "--ema: expected a number in [0, 1)"),
         ("train.py", ["--image-size", "20", "--widths", "8,16,32,64"], "multiple of 8"),
