@@ -59,6 +59,11 @@ def parser():
         choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
         help="numeric precision (default auto: see the README)",
     )
+    add(
+        "--jit-compile",
+        choices=["auto", "on", "off"],
+        help="compile the training step with XLA (default auto: off; see the README)",
+    )
     add("--seed", type=int, help="seed for data order, flips and noise (default 42)")
     add(
         "--flip",

@@ -65,3 +65,18 @@ def test_generate_cli_takes_a_precision(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert out.exists()
+
+
+@pytest.mark.parametrize("setting, expected", [("auto", False), ("off", False), ("on", True)])
+def test_jit_compile_setting(setting, expected):
+    from diffusion_keras.training import TrainConfig, build_model
+
+    config = TrainConfig(image_size=16, widths=(8, 16), block_depth=1, jit_compile=setting)
+    assert build_model(config).jit_compile is expected
+
+
+def test_unknown_jit_compile_setting_is_refused():
+    from diffusion_keras.training import resolve_jit_compile
+
+    with pytest.raises(ValueError, match="jit_compile must be auto, on or off"):
+        resolve_jit_compile("maybe")
