@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("DIFFUSION_KERAS_QUIET", "1")  # before TensorFlow loads
 
-from diffusion_keras.cli import OneLineParser, int_list, positive_int, run
+from diffusion_keras.cli import OneLineParser, eta_value, int_list, positive_int, run
 
 
 def parser():
@@ -43,6 +43,10 @@ def parser():
         default=None,
         help="comma-separated step counts: the same noise denoised with each, one row each",
     )
+    add("--sampler", choices=["ddim", "dpmpp_2m"], default="ddim",
+        help="ddim (the book's) or dpmpp_2m (second order: fewer steps)")  # fmt: skip
+    add("--eta", type=eta_value, default=0.0,
+        help="ddim only: fresh noise per step, 0 (deterministic) to 1 (DDPM-like)")  # fmt: skip
     add(
         "--precision",
         choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
@@ -62,7 +66,10 @@ def main(argv=None):
 
     model = load_model(args.model, compile=False, precision=args.precision)
     progress = not args.no_progress
-    generate = dict(diffusion_steps=args.steps, batch_size=args.batch_size, progress=progress)
+    generate = dict(
+        diffusion_steps=args.steps, batch_size=args.batch_size, progress=progress,
+        sampler=args.sampler, eta=args.eta, seed=args.seed,
+    )  # fmt: skip
     if args.interpolate:
         rng = np.random.default_rng(args.seed)
         fractions = np.linspace(0.0, 1.0, args.interpolation_points)
@@ -81,7 +88,7 @@ def main(argv=None):
         images = np.concatenate(rows)
         columns = args.num_images
     else:
-        images = model.generate(args.num_images, seed=args.seed, **generate)
+        images = model.generate(args.num_images, **generate)
         columns = args.columns or min(args.num_images, 10)
     save_grid(images, args.output, columns=columns)
     print(f"wrote {len(images)} images to {args.output}")
