@@ -69,6 +69,15 @@ def run_script(script, *args, timeout=600, cwd=None):
     )
 
 
+def one_line_error(result):
+    """Asserts a CLI failed as the house rules say: exit code 2, one line on
+    stderr, no traceback. Returns the line."""
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
 @pytest.fixture
 def png_folder(tmp_path):
     folder = tmp_path / "images"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_script
+from conftest import one_line_error, run_script
 
 TINY_FLAGS = [
     "--image-size",
@@ -27,14 +27,6 @@ TINY_FLAGS = [
     "--verbose",
     2,
 ]
-
-
-def one_line_error(result):
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
 
 
 def test_train_resume_and_generate_end_to_end(png_folder, tmp_path):

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, TINY, blob_images, run_script, tiny_model, write_png_folder
+from conftest import (
+    ROOT,
+    TINY,
+    blob_images,
+    one_line_error,
+    run_script,
+    tiny_model,
+    write_png_folder,
+)
 from diffusion_keras import DiffusionModel
 from diffusion_keras.data import load_images
 from diffusion_keras.errors import ModelFileError, TrainingError
@@ -25,13 +33,6 @@ TINY_FLAGS = [
     "--batch-size", 8, "--dataset-repetitions", 1, "--plot-diffusion-steps", 2,
     "--plot-images", 2, "--verbose", 2,
 ]  # fmt: skip
-
-
-def one_line_error(result):
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
 
 
 # -- images users actually have ---------------------------------------------
