@@ -26,6 +26,19 @@ def tiny_model(**overrides):
     return model
 
 
+def fit_on_blobs(model, steps_per_epoch, epochs=1, learning_rate=3e-3):
+    """Adapts `model` to 64 blob images and trains it on them (batch 16);
+    returns `(data, history)`."""
+    import tensorflow as tf
+
+    data = blob_images(64, model.image_size)
+    model.adapt(data)
+    model.optimizer.learning_rate.assign(learning_rate)
+    dataset = tf.data.Dataset.from_tensor_slices(data).repeat().shuffle(64, seed=0).batch(16)
+    history = model.fit(dataset, steps_per_epoch=steps_per_epoch, epochs=epochs, verbose=0)
+    return data, history
+
+
 def blob_images(count, size=16, seed=0):
     """Smooth images: a coloured disc on a plain background, float32 in [0, 1]."""
     rng = np.random.default_rng(seed)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, TINY, blob_images, tiny_model
+from conftest import ROOT, TINY, blob_images, fit_on_blobs, tiny_model
 from diffusion_keras import DiffusionModel
 
 
@@ -70,12 +70,8 @@ def test_train_step_moves_ema_by_the_decay():
 
 
 def test_training_learns_and_ema_samples_look_like_the_data():
-    data = blob_images(64)
     model = tiny_model()
-    model.adapt(data)
-    model.optimizer.learning_rate.assign(3e-3)
-    dataset = tf.data.Dataset.from_tensor_slices(data).repeat().shuffle(64, seed=0).batch(16)
-    history = model.fit(dataset, steps_per_epoch=50, epochs=4, verbose=0)
+    data, history = fit_on_blobs(model, steps_per_epoch=50, epochs=4)
     losses = history.history["n_loss"]
     assert losses[-1] < 0.6 * losses[0], losses
     samples = model.generate(32, 20, seed=0)

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from conftest import blob_images, tiny_model
+from conftest import fit_on_blobs, tiny_model
 from diffusion_keras.samplers import ddim_update, validate_sampler
 
 SETTINGS = [("ddim", 0.0), ("ddim", 0.5), ("ddim", 1.0), ("dpmpp_2m", 0.0)]
@@ -10,12 +9,8 @@ SETTINGS = [("ddim", 0.0), ("ddim", 0.5), ("ddim", 1.0), ("dpmpp_2m", 0.0)]
 
 @pytest.fixture(scope="module")
 def model():
-    data = blob_images(64)
     model = tiny_model()
-    model.adapt(data)
-    model.optimizer.learning_rate.assign(3e-3)
-    dataset = tf.data.Dataset.from_tensor_slices(data).repeat().shuffle(64, seed=0).batch(16)
-    model.fit(dataset, steps_per_epoch=100, epochs=1, verbose=0)
+    fit_on_blobs(model, steps_per_epoch=100)
     return model
 
 
