@@ -4,7 +4,15 @@ import os
 
 os.environ.setdefault("DIFFUSION_KERAS_QUIET", "1")  # before TensorFlow loads
 
-from diffusion_keras.cli import OneLineParser, eta_value, int_list, positive_int, run
+from diffusion_keras.cli import (
+    OneLineParser,
+    UsageError,
+    eta_value,
+    int_list,
+    non_negative_float,
+    positive_int,
+    run,
+)
 
 
 def parser():
@@ -47,6 +55,15 @@ def parser():
         help="ddim (the book's) or dpmpp_2m (second order: fewer steps)")  # fmt: skip
     add("--eta", type=eta_value, default=0.0,
         help="ddim only: fresh noise per step, 0 (deterministic) to 1 (DDPM-like)")  # fmt: skip
+    add("--class", dest="class_label", metavar="NAME|INDEX",
+        help="generate this class: a conditional model's, or the classifier's")  # fmt: skip
+    add("--guidance-scale", type=non_negative_float, default=1.0,
+        help="classifier-free guidance weight: 1 conditional (default), 0 unconditional, "
+        "more pushes harder to the class")  # fmt: skip
+    add("--classifier", help="a classifier saved by train.py --train-classifier "
+        "(default with --classifier-scale: classifier.keras beside the model)")  # fmt: skip
+    add("--classifier-scale", type=non_negative_float, default=None,
+        help="classifier guidance strength (default 1 when --classifier is given)")  # fmt: skip
     add(
         "--precision",
         choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
@@ -55,6 +72,31 @@ def parser():
     )
     add("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def classifier_guidance(args, model):
+    """The classifier and its scale from the flags, as `generate` arguments."""
+    path = args.classifier
+    if path is None and args.classifier_scale is not None:
+        path = os.path.join(os.path.dirname(os.path.abspath(args.model)), "classifier.keras")
+        if not os.path.exists(path):
+            raise UsageError(
+                f"--classifier-scale: no classifier.keras beside {args.model}; train one with "
+                "train.py --train-classifier or pass --classifier PATH"
+            )
+    if path is None:
+        if args.class_label is not None and not model.num_classes:
+            raise UsageError(
+                "--class: this model is not class-conditional; steer it with a classifier "
+                "(--classifier-scale S, see train.py --train-classifier)"
+            )
+        return {}
+    from diffusion_keras.saving import load_classifier
+
+    if args.class_label is None:
+        raise UsageError("classifier guidance needs --class NAME|INDEX")
+    scale = 1.0 if args.classifier_scale is None else args.classifier_scale
+    return {"classifier": load_classifier(path), "classifier_scale": scale}
 
 
 def main(argv=None):
@@ -68,7 +110,8 @@ def main(argv=None):
     progress = not args.no_progress
     generate = dict(
         diffusion_steps=args.steps, batch_size=args.batch_size, progress=progress,
-        sampler=args.sampler, eta=args.eta, seed=args.seed,
+        sampler=args.sampler, eta=args.eta, seed=args.seed, class_labels=args.class_label,
+        guidance_scale=args.guidance_scale, **classifier_guidance(args, model),
     )  # fmt: skip
     if args.interpolate:
         rng = np.random.default_rng(args.seed)

@@ -21,7 +21,8 @@ from diffusion_keras.cli import (
 # Settings that may differ from the saved run when resuming.
 RESUMABLE = {
     "epochs", "keep_checkpoints", "plot_images", "plot_diffusion_steps", "data",
-    "strategy", "cpu_replicas",
+    "strategy", "cpu_replicas", "train_classifier", "classifier_epochs", "kid_diffusion_steps",
+    "kid_features",
 }  # fmt: skip
 
 
@@ -53,7 +54,46 @@ def parser():
         choices=["offset_cosine", "cosine", "linear"],
         help="diffusion schedule (default offset_cosine)",
     )
-    add("--loss", choices=["mae", "mse"], help="loss on the predicted noise (default mae)")
+    add("--loss", choices=["mae", "mse"], help="loss on the prediction (default mae)")
+    add(
+        "--prediction",
+        choices=["noise", "image", "velocity"],
+        help="what the network predicts (default noise, the book's)",
+    )
+    add(
+        "--conditional",
+        action="store_true",
+        default=None,
+        help="class-conditional model: classes are the data folder's subfolders (or tfds labels)",
+    )
+    add(
+        "--label-dropout",
+        type=unit_interval,
+        help="--conditional: share of labels trained as 'no class' (default 0.1)",
+    )
+    add(
+        "--train-classifier",
+        action="store_true",
+        default=None,
+        help="also train a classifier of noisy images for classifier guidance",
+    )
+    add("--classifier-epochs", type=positive_int, help="classifier epochs (default 10)")
+    add(
+        "--kid-every",
+        type=positive_int,
+        help="measure KID on held-out images every N epochs (default: never)",
+    )
+    add("--kid-images", type=positive_int, help="images held out for KID (default 200)")
+    add(
+        "--kid-diffusion-steps",
+        type=positive_int,
+        help="sampling steps for the KID images (default 5)",
+    )
+    add(
+        "--kid-features",
+        choices=["auto", "inception", "random"],
+        help="KID features: auto (Inception if its weights load, else random; default)",
+    )
     add(
         "--precision",
         choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
@@ -154,7 +194,12 @@ def main(argv=None):
     validate_unet_args(
         config.image_size, config.widths, config.block_depth, embedding_dims=config.embedding_dims
     )
-    data = load_images(config.data, config.image_size, center_crop=config.center_crop)
+    data = load_images(
+        config.data,
+        config.image_size,
+        center_crop=config.center_crop,
+        with_labels=config.conditional or config.train_classifier,
+    )
     print(
         f"{len(data)} images from {config.data}; run directory {config.output}; "
         f"{strategy.num_replicas_in_sync} replica(s)"

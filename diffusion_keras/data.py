@@ -284,11 +284,12 @@ def load_images(source, image_size=64, center_crop=False, with_labels=False, dat
     return load_folder(source, image_size, center_crop, with_labels)
 
 
-def epoch_batches(data, batch_size, repetitions, seed, epoch, flip=True):
+def epoch_batches(data, batch_size, repetitions, seed, epoch, flip=True, labels=False):
     """The uint8 batches of one epoch, a function of (seed, epoch) alone.
 
     An epoch is `repetitions` shuffled passes over the images; the last
-    incomplete batch is dropped, as in the book.
+    incomplete batch is dropped, as in the book. With `labels`, each batch is
+    `(images, labels)`.
     """
     rng = np.random.default_rng([seed, epoch])
     count = len(data.images)
@@ -300,18 +301,23 @@ def epoch_batches(data, batch_size, repetitions, seed, epoch, flip=True):
         if flip:
             mask = flips[start : start + batch_size]
             batch = np.where(mask[:, None, None, None], batch[:, :, ::-1], batch)
-        yield batch
+        yield (batch, data.labels[index]) if labels else batch
 
 
 def steps_per_epoch(data, batch_size, repetitions):
     return (len(data.images) * repetitions) // batch_size
 
 
-def train_dataset(data, batch_size, repetitions=5, seed=0, flip=True, first_epoch=0, epochs=None):
+def train_dataset(
+    data, batch_size, repetitions=5, seed=0, flip=True, first_epoch=0, epochs=None, labels=False
+):
     """A `tf.data.Dataset` of float32 batches in [0, 1] for epochs
-    `first_epoch`, `first_epoch + 1`, ... (forever when `epochs` is None)."""
+    `first_epoch`, `first_epoch + 1`, ... (forever when `epochs` is None).
+    With `labels`, elements are `(images, labels)`."""
     import tensorflow as tf
 
+    if labels:
+        require_labels(data)
     if steps_per_epoch(data, batch_size, repetitions) < 1:
         raise DataError(
             f"{len(data.images)} images x {repetitions} repetitions is fewer than "
@@ -322,14 +328,45 @@ def train_dataset(data, batch_size, repetitions=5, seed=0, flip=True, first_epoc
     def batches():
         epoch = first_epoch
         while epochs is None or epoch < epochs:
-            yield from epoch_batches(data, batch_size, repetitions, seed, epoch, flip)
+            yield from epoch_batches(data, batch_size, repetitions, seed, epoch, flip, labels)
             epoch += 1
 
-    dataset = tf.data.Dataset.from_generator(
-        batches, output_signature=tf.TensorSpec(shape, tf.uint8)
-    )
-    dataset = dataset.map(lambda x: tf.cast(x, tf.float32) / 255.0)
+    signature = tf.TensorSpec(shape, tf.uint8)
+    if labels:
+        signature = (signature, tf.TensorSpec((batch_size,), tf.int32))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    to_float = lambda x: tf.cast(x, tf.float32) / 255.0
+    if labels:
+        dataset = dataset.map(lambda x, y: (to_float(x), y))
+    else:
+        dataset = dataset.map(to_float)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def require_labels(data):
+    """Raises `DataError` unless `data` has labels of at least two classes."""
+    if data.labels is None:
+        raise DataError(
+            f"{data.source or 'these images'} has no class labels; use an image folder "
+            "with one subfolder per class, or a tfds data set with labels"
+        )
+    if len(np.unique(data.labels)) < 2:
+        raise DataError(f"{data.source} has images of only one class; classes need two or more")
+
+
+def split_held_out(data, count, seed=0):
+    """`(train, held_out)`: `count` images set aside (chosen by `seed`), for
+    measuring KID on images the model never trained on."""
+    if not 0 < count < len(data.images):
+        raise DataError(f"cannot hold out {count} of {len(data.images)} images")
+    order = np.random.default_rng([seed, 7]).permutation(len(data.images))
+    kept, held = np.sort(order[count:]), np.sort(order[:count])
+
+    def subset(index):
+        labels = None if data.labels is None else data.labels[index]
+        return ImageData(data.images[index], labels, data.class_names, data.source)
+
+    return subset(kept), subset(held)
 
 
 def image_dataset(data, batch_size):

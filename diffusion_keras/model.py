@@ -11,6 +11,7 @@ from diffusion_keras.schedules import get_schedule, validate_schedule
 from diffusion_keras.unet import BOOK_WIDTHS, build_unet, validate_unet_args
 
 LOSSES = ("mae", "mse")
+PREDICTIONS = ("noise", "image", "velocity")
 
 
 def _loss_function(name):
@@ -20,12 +21,21 @@ def _loss_function(name):
 
 
 def _images_of(data):
-    # `fit` passes whatever the dataset yields; labels, if any, are ignored.
+    # `fit` passes whatever the dataset yields: images, (images, labels), or a
+    # tfds-style dict.
     if isinstance(data, (tuple, list)):
         return data[0]
     if isinstance(data, dict):
         return data["image"]
     return data
+
+
+def _labels_of(data):
+    if isinstance(data, (tuple, list)) and len(data) > 1:
+        return data[1]
+    if isinstance(data, dict) and "label" in data:
+        return data["label"]
+    return None
 
 
 @keras.saving.register_keras_serializable(package="diffusion_keras")
@@ -55,8 +65,22 @@ class DiffusionModel(keras.Model):
         ema_warmup: bool. Grow the decay as `min(ema, (1 + n) / (10 + n))` with
             the step count `n`, so the EMA network is useful from the first
             epoch. Defaults to True.
-        loss: str. `"mae"` (the book's) or `"mse"` on the predicted noise.
+        loss: str. `"mae"` (the book's) or `"mse"` on the prediction.
             Defaults to `"mae"`.
+        prediction: str. What the network predicts: `"noise"` (the book's),
+            `"image"` (the clean image) or `"velocity"` (v = signal_rate *
+            noise - noise_rate * image, Salimans & Ho 2022). The loss is taken
+            on it; `denoise` turns any of them into noise and image. Defaults
+            to `"noise"`.
+        num_classes: int. With N > 0 the model is class-conditional: batches
+            are `(images, labels)` with labels in 0..N-1, and `generate` takes
+            `class_labels` and a classifier-free `guidance_scale`. Defaults to
+            0 (unconditional, the book's).
+        class_names: list of str or None. A name for each class, saved with
+            the model, so `generate` takes names. Defaults to `"0"`, `"1"`...
+        label_dropout: float. In [0, 1): the share of training labels
+            replaced by the null class, so that one network learns both the
+            conditional and the unconditional model. Defaults to 0.1.
         seed: int or None. Seeds the initial weights and the training noise;
             training is then reproducible and resumable. Defaults to a random seed, which is
             saved with the model.
@@ -66,6 +90,8 @@ class DiffusionModel(keras.Model):
     References:
     - [Song et al., 2020 (DDIM)](https://arxiv.org/abs/2010.02502)
     - [Ho et al., 2020 (DDPM)](https://arxiv.org/abs/2006.11239)
+    - [Salimans & Ho, 2022 (velocity)](https://arxiv.org/abs/2202.00512)
+    - [Ho & Salimans, 2022 (classifier-free guidance)](https://arxiv.org/abs/2207.12598)
     """
 
     def __init__(
@@ -85,6 +111,10 @@ class DiffusionModel(keras.Model):
         loss="mae",
         seed=None,
         precision="float32",
+        prediction="noise",
+        num_classes=0,
+        class_names=None,
+        label_dropout=0.1,
         **kwargs,
     ):
         validate_precision(precision)
@@ -92,12 +122,25 @@ class DiffusionModel(keras.Model):
         # The model's own policy makes `compile` wrap the optimizer in a
         # LossScaleOptimizer under mixed_float16.
         super().__init__(dtype=precision, **kwargs)
-        validate_unet_args(image_size, widths, block_depth, channels, embedding_dims)
+        validate_unet_args(image_size, widths, block_depth, channels, embedding_dims, num_classes)
         validate_schedule(schedule, min_signal_rate, max_signal_rate)
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {ema}")
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of: {', '.join(LOSSES)}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(
+                f"unknown prediction {prediction!r}; choose one of: {', '.join(PREDICTIONS)}"
+            )
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        if class_names is None:
+            class_names = [str(i) for i in range(num_classes)]
+        class_names = [str(name) for name in class_names]
+        if len(class_names) != num_classes or len(set(class_names)) != num_classes:
+            raise ValueError(
+                f"class_names must be {num_classes} different names, got {class_names}"
+            )
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
         self.image_size = int(image_size)
@@ -115,6 +158,10 @@ class DiffusionModel(keras.Model):
         self.loss_name = loss
         self.seed = int(seed)
         self.precision = precision
+        self.prediction = prediction
+        self.num_classes = int(num_classes)
+        self.class_names = class_names
+        self.label_dropout = float(label_dropout)
 
         self.diffusion_schedule = get_schedule(schedule, min_signal_rate, max_signal_rate)
         self.loss_fn = _loss_function(loss)
@@ -130,6 +177,7 @@ class DiffusionModel(keras.Model):
             embedding_min_frequency=self.embedding_min_frequency,
             embedding_max_frequency=self.embedding_max_frequency,
             precision=precision,
+            num_classes=self.num_classes,
             # Built inside a multi-replica strategy's scope: batch statistics
             # over the global batch, as on one device.
             synchronized_batch_norm=tf.distribute.has_strategy()
@@ -167,6 +215,7 @@ class DiffusionModel(keras.Model):
         )
         self.noise_loss_tracker = keras.metrics.Mean(name="n_loss")
         self.image_loss_tracker = keras.metrics.Mean(name="i_loss")
+        self.velocity_loss_tracker = keras.metrics.Mean(name="v_loss")
         self._compiled_samplers = {}
         self.built = True
 
@@ -191,6 +240,10 @@ class DiffusionModel(keras.Model):
             "loss": self.loss_name,
             "seed": self.seed,
             "precision": self.precision,
+            "prediction": self.prediction,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "label_dropout": self.label_dropout,
         }
 
     @classmethod
@@ -212,7 +265,10 @@ class DiffusionModel(keras.Model):
 
     @property
     def metrics(self):
-        return [self.noise_loss_tracker, self.image_loss_tracker]
+        trackers = [self.noise_loss_tracker, self.image_loss_tracker]
+        if self.prediction == "velocity":
+            trackers.append(self.velocity_loss_tracker)
+        return trackers
 
     # -- normalisation -------------------------------------------------------
 
@@ -245,38 +301,106 @@ class DiffusionModel(keras.Model):
 
     # -- the diffusion model -------------------------------------------------
 
-    def denoise(self, noisy_images, noise_rates, signal_rates, training):
+    @property
+    def null_class(self):
+        """The label that means "no class": what label dropout trains and
+        classifier-free guidance's unconditional half uses."""
+        return self.num_classes
+
+    def network_outputs(self, noisy_images, noise_rates, class_labels=None, training=False):
+        """The raw prediction (noise, image or velocity) of the training
+        network when `training`, of the EMA network otherwise. A conditional
+        model given no labels predicts for the null class."""
+        network = self.network if training else self.ema_network
+        inputs = [noisy_images, noise_rates**2]
+        if self.num_classes:
+            if class_labels is None:
+                class_labels = ops.full((ops.shape(noisy_images)[0],), self.null_class, "int32")
+            inputs.append(ops.cast(ops.reshape(class_labels, (-1,)), "int32"))
+        return ops.cast(network(inputs, training=training), "float32")
+
+    def split_prediction(self, outputs, noisy_images, noise_rates, signal_rates):
+        """The network's outputs as `(pred_noises, pred_images)`.
+
+        With x = signal * image + noise * eps and signal**2 + noise**2 = 1 (true
+        of every schedule here), a prediction of eps, of the image or of the
+        velocity v = signal * eps - noise * image each gives the other two:
+        image = signal * x - noise * v and eps = noise * x + signal * v.
+        """
+        if self.prediction == "noise":
+            pred_noises = outputs
+            pred_images = (noisy_images - noise_rates * pred_noises) / signal_rates
+        elif self.prediction == "image":
+            pred_images = outputs
+            pred_noises = (noisy_images - signal_rates * pred_images) / noise_rates
+        else:
+            pred_images = signal_rates * noisy_images - noise_rates * outputs
+            pred_noises = noise_rates * noisy_images + signal_rates * outputs
+        return pred_noises, pred_images
+
+    def prediction_targets(self, images, noises, noise_rates, signal_rates):
+        """What the network should output for these (normalised) images and
+        noises: the loss compares this with `network_outputs`."""
+        if self.prediction == "noise":
+            return noises
+        if self.prediction == "image":
+            return images
+        return signal_rates * noises - noise_rates * images
+
+    def denoise(self, noisy_images, noise_rates, signal_rates, training, class_labels=None):
         """Splits noisy images into predicted noise and predicted clean images.
 
         The training network is used when `training`, the EMA network otherwise.
         """
-        network = self.network if training else self.ema_network
-        pred_noises = network([noisy_images, noise_rates**2], training=training)
-        pred_noises = ops.cast(pred_noises, "float32")
-        pred_images = (noisy_images - noise_rates * pred_noises) / signal_rates
-        return pred_noises, pred_images
+        outputs = self.network_outputs(noisy_images, noise_rates, class_labels, training)
+        return self.split_prediction(outputs, noisy_images, noise_rates, signal_rates)
 
-    def _noisy_batch(self, images, seed):
-        """Draws noises and diffusion times for a batch and mixes them in.
-
-        Under a distribution strategy each replica holds a slice of the global
-        batch; it draws the noise of the whole global batch and keeps its own
-        slice, so every image gets the noise it would get on one device.
-        """
-        images = self.normalize(_images_of(images))
-        local_batch = ops.shape(images)[0]
+    def _global_draw(self, draw, local_batch, tail_shape, seed):
+        """Draws `draw(shape, seed)` for the whole global batch and keeps this
+        replica's slice: under a distribution strategy each replica holds a
+        slice of the global batch, and every image gets the draw it would get
+        on one device."""
         replica = tf.distribute.get_replica_context()
         replicas = 1 if replica is None else replica.num_replicas_in_sync
         replica_id = 0 if replica is None else replica.replica_id_in_sync_group
-        global_shape = tf.concat([[local_batch * replicas], ops.shape(images)[1:]], axis=0)
         start = replica_id * local_batch
-        noises = tf.random.stateless_normal(global_shape, seed=seed)[start : start + local_batch]
-        diffusion_times = tf.random.stateless_uniform(
-            (local_batch * replicas, 1, 1, 1), seed=tf.stack([seed[0], seed[1] + (1 << 40)])
-        )[start : start + local_batch]
+        shape = tf.concat([[local_batch * replicas], tf.cast(tail_shape, "int32")], axis=0)
+        return draw(shape, seed)[start : start + local_batch]
+
+    def _noisy_batch(self, images, seed):
+        """Draws noises and diffusion times for a batch and mixes them in."""
+        images = self.normalize(_images_of(images))
+        local_batch = ops.shape(images)[0]
+        noises = self._global_draw(
+            tf.random.stateless_normal, local_batch, ops.shape(images)[1:], seed
+        )
+        diffusion_times = self._global_draw(
+            tf.random.stateless_uniform, local_batch, [1, 1, 1], self._substream(seed, 1)
+        )
         noise_rates, signal_rates = self.diffusion_schedule(diffusion_times)
         noisy_images = signal_rates * images + noise_rates * noises
         return images, noises, noisy_images, noise_rates, signal_rates
+
+    def _training_labels(self, data, seed, local_batch):
+        """The batch's labels with `label_dropout` of them set to the null
+        class; None for an unconditional model."""
+        if not self.num_classes:
+            return None
+        labels = _labels_of(data)
+        if labels is None:
+            raise ValueError(
+                "this model is class-conditional (num_classes > 0); train it on "
+                "(images, labels) batches"
+            )
+        labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
+        draws = self._global_draw(
+            tf.random.stateless_uniform, local_batch, [], self._substream(seed, 2)
+        )
+        return ops.where(draws < self.label_dropout, self.null_class, labels)
+
+    @staticmethod
+    def _substream(seed, index):
+        return tf.stack([seed[0], seed[1] + index * (1 << 40)])
 
     def _step_seed(self, counter, stream):
         # A stateless seed from (model seed, stream, counter): the same model,
@@ -296,53 +420,109 @@ class DiffusionModel(keras.Model):
         for weight, ema_weight in zip(self.network.weights, self.ema_network.weights):
             ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)
 
+    def _track(self, images, noises, pred_noises, pred_images, targets, outputs):
+        self.noise_loss_tracker.update_state(self.loss_fn(noises, pred_noises))
+        self.image_loss_tracker.update_state(self.loss_fn(images, pred_images))
+        if self.prediction == "velocity":
+            self.velocity_loss_tracker.update_state(self.loss_fn(targets, outputs))
+        return {m.name: m.result() for m in self.metrics}
+
     def train_step(self, data):
         seed = self._step_seed(self.train_steps, stream=0)
         images, noises, noisy_images, noise_rates, signal_rates = self._noisy_batch(data, seed)
+        class_labels = self._training_labels(data, seed, ops.shape(images)[0])
+        targets = self.prediction_targets(images, noises, noise_rates, signal_rates)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            # 1. Train the network to split noisy images into noise and image.
-            pred_noises, pred_images = self.denoise(
-                noisy_images, noise_rates, signal_rates, training=True
-            )
-            noise_loss = self.loss_fn(noises, pred_noises)
+            # 1. Train the network to predict the noise (or the image, or the
+            #    velocity) in the noisy images.
+            outputs = self.network_outputs(noisy_images, noise_rates, class_labels, training=True)
+            loss = self.loss_fn(targets, outputs)
             # 2. The optimizer sums gradients over replicas, so each replica's
             #    loss is divided by their number: N replicas with global batch B
             #    take the same step as one device with batch B. `scale_loss`
             #    applies loss scaling under mixed_float16.
-            scaled_loss = self.optimizer.scale_loss(noise_loss / replicas)
+            scaled_loss = self.optimizer.scale_loss(loss / replicas)
         gradients = tape.gradient(scaled_loss, self.network.trainable_weights)
         self.optimizer.apply(gradients, self.network.trainable_weights)
         # 3. The EMA network follows the trained one, BatchNorm statistics too.
         self.update_ema()
         self.train_steps.assign_add(1)
 
-        image_loss = self.loss_fn(images, pred_images)
-        self.noise_loss_tracker.update_state(noise_loss)
-        self.image_loss_tracker.update_state(image_loss)
-        return {m.name: m.result() for m in self.metrics}
+        pred_noises, pred_images = self.split_prediction(
+            outputs, noisy_images, noise_rates, signal_rates
+        )
+        return self._track(images, noises, pred_noises, pred_images, targets, outputs)
 
     def test_step(self, data):
         seed = self._step_seed(self.eval_steps, stream=1)
         images, noises, noisy_images, noise_rates, signal_rates = self._noisy_batch(data, seed)
-        pred_noises, pred_images = self.denoise(
-            noisy_images, noise_rates, signal_rates, training=False
-        )
+        class_labels = None
+        if self.num_classes and _labels_of(data) is not None:
+            class_labels = _labels_of(data)
+        outputs = self.network_outputs(noisy_images, noise_rates, class_labels, training=False)
         self.eval_steps.assign_add(1)
-        self.noise_loss_tracker.update_state(self.loss_fn(noises, pred_noises))
-        self.image_loss_tracker.update_state(self.loss_fn(images, pred_images))
-        return {m.name: m.result() for m in self.metrics}
+        targets = self.prediction_targets(images, noises, noise_rates, signal_rates)
+        pred_noises, pred_images = self.split_prediction(
+            outputs, noisy_images, noise_rates, signal_rates
+        )
+        return self._track(images, noises, pred_noises, pred_images, targets, outputs)
 
     # -- sampling ------------------------------------------------------------
 
+    def guided_denoise(self, noisy_images, noise_rates, signal_rates, guide=None):
+        """`denoise` with the EMA network, steered as `guide` says.
+
+        `guide` is None (unconditional) or a dict with `class_labels` (int32
+        `(batch,)`), `guidance_scale` (a float, or None for the plain
+        conditional model), `classifier` (a `NoiseClassifier` or None) and
+        `classifier_scale`:
+        1. Classifier-free guidance (Ho & Salimans 2022, eq. 6): the network
+           runs for the labels and for the null class in one doubled batch, and
+           outputs = unconditional + w (conditional - unconditional); w = 1 is
+           the conditional model, w = 0 the unconditional one.
+        2. Classifier guidance (Dhariwal & Nichol 2021, algorithm 2): the
+           predicted noise moves against the classifier's log-probability
+           gradient, eps' = eps - s * noise_rate * grad_x log p(y | x_t).
+        """
+        if guide is None:
+            return self.denoise(noisy_images, noise_rates, signal_rates, training=False)
+        class_labels = guide["class_labels"]
+        conditional = class_labels if self.num_classes else None
+        if self.num_classes and guide["guidance_scale"] is not None:
+            batch = ops.shape(noisy_images)[0]
+            nulls = ops.full((batch,), self.null_class, "int32")
+            outputs = self.network_outputs(
+                ops.concatenate([noisy_images, noisy_images], axis=0),
+                ops.concatenate([noise_rates, noise_rates], axis=0),
+                ops.concatenate([class_labels, nulls], axis=0),
+            )
+            conditional_outputs, unconditional_outputs = outputs[:batch], outputs[batch:]
+            outputs = unconditional_outputs + guide["guidance_scale"] * (
+                conditional_outputs - unconditional_outputs
+            )
+        else:
+            outputs = self.network_outputs(noisy_images, noise_rates, conditional)
+        pred_noises, pred_images = self.split_prediction(
+            outputs, noisy_images, noise_rates, signal_rates
+        )
+        if guide.get("classifier") is not None:
+            gradients = guide["classifier"].log_probability_gradients(
+                noisy_images, noise_rates, class_labels
+            )
+            pred_noises = pred_noises - guide["classifier_scale"] * noise_rates * gradients
+            pred_images = (noisy_images - noise_rates * pred_noises) / signal_rates
+        return pred_noises, pred_images
+
     def sampling_step(
         self, current_images, pred_images, step, diffusion_steps, sampler="ddim", eta=0.0,
-        step_noises=None,
+        step_noises=None, guide=None,
     ):  # fmt: skip
         """One step of `sampler` from step `step` of `diffusion_steps`.
 
         `pred_images` is the previous step's clean-image estimate (used by the
-        multistep `dpmpp_2m`). Returns `(next_images, pred_images)`; see
+        multistep `dpmpp_2m`). `guide` steers the prediction (see
+        `guided_denoise`). Returns `(next_images, pred_images)`; see
         `diffusion_keras.samplers` for the update rules and their papers.
         """
         batch_size = ops.shape(current_images)[0]
@@ -351,8 +531,8 @@ class DiffusionModel(keras.Model):
         diffusion_times = ops.ones((batch_size, 1, 1, 1)) - step * step_size
         noise_rates, signal_rates = self.diffusion_schedule(diffusion_times)
         previous_pred_images = pred_images
-        pred_noises, pred_images = self.denoise(
-            current_images, noise_rates, signal_rates, training=False
+        pred_noises, pred_images = self.guided_denoise(
+            current_images, noise_rates, signal_rates, guide
         )
         next_noise_rates, next_signal_rates = self.diffusion_schedule(diffusion_times - step_size)
         if sampler == "ddim":
@@ -384,43 +564,57 @@ class DiffusionModel(keras.Model):
         return self.sampling_step(current_images, current_images, step, diffusion_steps)
 
     def reverse_diffusion(self, initial_noise, diffusion_steps, sampler="ddim", eta=0.0,
-                          step_noises=None):  # fmt: skip
+                          step_noises=None, guide=None):  # fmt: skip
         """Runs `sampler` from `initial_noise` (normalised space) in
         `diffusion_steps` steps and returns the last predicted images, as the
         book does. Eager, a Python loop; `generate` uses a compiled equivalent.
         `step_noises` `(diffusion_steps, n, size, size, channels)` is needed
-        when `eta` > 0."""
+        when `eta` > 0; `guide` is as in `guided_denoise`."""
         current_images = ops.convert_to_tensor(initial_noise, "float32")
         pred_images = current_images
         for step in range(diffusion_steps):
             current_images, pred_images = self.sampling_step(
                 current_images, pred_images, step, diffusion_steps, sampler, eta,
-                None if step_noises is None else step_noises[step],
+                None if step_noises is None else step_noises[step], guide,
             )  # fmt: skip
         return pred_images
 
-    def _compiled_sampler(self, kind, sampler, stochastic):
-        # Compiled once per (kind, sampler, stochastic) and reused: a batch
-        # dimension of None and the step count and eta as tensors mean no
-        # retracing for other sizes.
-        key = (kind, sampler, stochastic)
+    def _compiled_sampler(self, kind, sampler, stochastic, guidance, classifier):
+        # Compiled once per (kind, sampler, stochastic, guidance, classifier)
+        # and reused: a batch dimension of None and the step count, eta, labels
+        # and scales as tensors mean no retracing for other sizes or settings.
+        key = (kind, sampler, stochastic, guidance, None if classifier is None else id(classifier))
         if key in self._compiled_samplers:
-            return self._compiled_samplers[key]
+            return self._compiled_samplers[key][0]
         shape = (self.image_size, self.image_size, self.channels)
         spec = tf.TensorSpec((None,) + shape, "float32")
         scalar = tf.TensorSpec((), "int32")
-        eta_spec = tf.TensorSpec((), "float32")
+        real = tf.TensorSpec((), "float32")
+        labels_spec = tf.TensorSpec((None,), "int32")
+
+        def make_guide(class_labels, guidance_scale, classifier_scale):
+            if guidance == "none" and classifier is None:
+                return None
+            return {
+                "class_labels": class_labels,
+                "guidance_scale": guidance_scale if guidance == "cfg" else None,
+                "classifier": classifier,
+                "classifier_scale": classifier_scale,
+            }
+
         if kind == "loop":
             noise_spec = tf.TensorSpec((None, None) + shape, "float32")
 
-            def loop(initial_noise, diffusion_steps, eta, step_noises):
+            def loop(initial_noise, diffusion_steps, eta, step_noises, *guide_args):
+                guide = make_guide(*guide_args)
+
                 # An explicit while loop: one graph node for all steps, with no
                 # AutoGraph source conversion to go wrong.
                 def body(step, current_images, pred_images):
                     noises = step_noises[step] if stochastic else None
                     next_images, pred_images = self.sampling_step(
                         current_images, pred_images, step, diffusion_steps, sampler,
-                        eta if stochastic else 0.0, noises,
+                        eta if stochastic else 0.0, noises, guide,
                     )  # fmt: skip
                     return step + 1, next_images, pred_images
 
@@ -431,20 +625,55 @@ class DiffusionModel(keras.Model):
                 )
                 return pred_images
 
-            signature = [spec, scalar, eta_spec, noise_spec]
+            signature = [spec, scalar, real, noise_spec, labels_spec, real, real]
             function = tf.function(loop, input_signature=signature, autograph=False)
         else:
 
-            def one_step(current_images, pred_images, step, diffusion_steps, eta, step_noises):
+            def one_step(current_images, pred_images, step, diffusion_steps, eta, step_noises,
+                         *guide_args):  # fmt: skip
                 return self.sampling_step(
                     current_images, pred_images, step, diffusion_steps, sampler,
                     eta if stochastic else 0.0, step_noises if stochastic else None,
+                    make_guide(*guide_args),
                 )  # fmt: skip
 
-            signature = [spec, spec, scalar, scalar, eta_spec, spec]
+            signature = [spec, spec, scalar, scalar, real, spec, labels_spec, real, real]
             function = tf.function(one_step, input_signature=signature, autograph=False)
-        self._compiled_samplers[key] = function
+        # The classifier is kept with its function so that its id stays unique.
+        self._compiled_samplers[key] = (function, classifier)
         return function
+
+    def class_index(self, name_or_index):
+        """The label of a class given by name or by index (as int or str)."""
+        if not self.num_classes:
+            raise ValueError("this model is not class-conditional; it takes no class")
+        if isinstance(name_or_index, str) and name_or_index in self.class_names:
+            return self.class_names.index(name_or_index)
+        try:
+            index = int(name_or_index)
+        except (TypeError, ValueError):
+            index = None
+        if index is None or not 0 <= index < self.num_classes:
+            shown = ", ".join(self.class_names[:10]) + (", ..." if self.num_classes > 10 else "")
+            raise ValueError(
+                f"unknown class {name_or_index!r}; this model has {self.num_classes} "
+                f"classes: {shown} (or an index 0..{self.num_classes - 1})"
+            )
+        return index
+
+    def _resolve_labels(self, class_labels, count, classifier):
+        """Labels `(count,)` int32 from a name, an index or one per image."""
+        if class_labels is None:
+            return None
+        if isinstance(class_labels, (str, int, np.integer)):
+            class_labels = [class_labels] * count
+        class_labels = list(np.asarray(class_labels, dtype=object).reshape(-1))
+        if len(class_labels) != count:
+            raise ValueError(f"got {len(class_labels)} class labels for {count} images")
+        if self.num_classes:
+            return np.array([self.class_index(c) for c in class_labels], dtype=np.int32)
+        # An unconditional model steered by a classifier: the classifier's classes.
+        return np.array([classifier.class_index(c) for c in class_labels], dtype=np.int32)
 
     def generate(
         self,
@@ -456,6 +685,10 @@ class DiffusionModel(keras.Model):
         progress=False,
         sampler="ddim",
         eta=0.0,
+        class_labels=None,
+        guidance_scale=1.0,
+        classifier=None,
+        classifier_scale=1.0,
     ):
         """Generates images in [0, 1] as a numpy array `(n, size, size, channels)`.
 
@@ -476,6 +709,18 @@ class DiffusionModel(keras.Model):
             eta: float. For `ddim`, the share of fresh noise per step in
                 [0, 1]: 0 is deterministic DDIM, 1 DDPM-like ancestral sampling.
                 Defaults to 0.
+            class_labels: a class name or index for every image, or one per
+                image; None for unconditional images. A conditional model
+                takes its own classes; an unconditional one those of
+                `classifier`.
+            guidance_scale: float. Classifier-free guidance weight w >= 0 for
+                a conditional model: 1 is the conditional model, 0 the
+                unconditional one, larger pushes harder towards the class.
+                Defaults to 1.
+            classifier: a `NoiseClassifier` or None. Steers sampling towards
+                `class_labels` with its log-probability gradient.
+            classifier_scale: float. Classifier guidance strength s >= 0.
+                Defaults to 1.
         """
         if not int(self.normalizer_adapted.numpy()):
             raise ValueError(
@@ -483,6 +728,25 @@ class DiffusionModel(keras.Model):
                 "garbage; call model.adapt(images) before training"
             )
         validate_sampler(sampler, eta)
+        guidance_scale, classifier_scale = float(guidance_scale), float(classifier_scale)
+        if not (np.isfinite(guidance_scale) and guidance_scale >= 0.0):
+            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale}")
+        if not (np.isfinite(classifier_scale) and classifier_scale >= 0.0):
+            raise ValueError(f"classifier_scale must be a number >= 0, got {classifier_scale}")
+        if guidance_scale != 1.0 and not self.num_classes:
+            raise ValueError(
+                "guidance_scale needs a class-conditional model (train.py --conditional)"
+            )
+        if guidance_scale != 1.0 and class_labels is None:
+            raise ValueError("guidance_scale needs class_labels (a class to guide towards)")
+        if class_labels is not None and not self.num_classes and classifier is None:
+            raise ValueError(
+                "this model is not class-conditional; give a classifier to steer it to a class"
+            )
+        if classifier is not None:
+            if class_labels is None:
+                raise ValueError("classifier guidance needs class_labels")
+            classifier.check_compatible(self)
         if initial_noise is None:
             if num_images is None or int(num_images) < 1:
                 raise ValueError(f"num_images must be >= 1, got {num_images}")
@@ -504,6 +768,17 @@ class DiffusionModel(keras.Model):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         diffusion_steps, batch_size = int(diffusion_steps), int(batch_size)
         stochastic = float(eta) > 0.0
+        labels = self._resolve_labels(class_labels, len(initial_noise), classifier)
+        guidance = "none"
+        if self.num_classes and labels is not None:
+            guidance = "labels" if guidance_scale == 1.0 else "cfg"
+            if guidance_scale == 0.0 and classifier is None:
+                # w = 0 is the unconditional model: one pass for the null class.
+                labels = np.full_like(labels, self.null_class)
+                guidance = "labels"
+        if labels is None:
+            labels = np.zeros(len(initial_noise), np.int32)
+        guide_args = (tf.constant(guidance_scale, "float32"), tf.constant(classifier_scale))
         chunks = range(0, len(initial_noise), batch_size)
         bar = None
         if progress:
@@ -514,22 +789,25 @@ class DiffusionModel(keras.Model):
         for start in chunks:
             chunk = tf.constant(initial_noise[start : start + batch_size])
             count = int(chunk.shape[0])
+            chunk_labels = tf.constant(labels[start : start + count])
             step_noises = (
                 self._step_noises(seed, range(start, start + count), diffusion_steps)
                 if stochastic
                 else tf.zeros((1, count) + expected)
             )
             if bar is None:
-                function = self._compiled_sampler("loop", sampler, stochastic)
-                pred_images = function(chunk, steps_tensor, eta_tensor, step_noises)
+                function = self._compiled_sampler("loop", sampler, stochastic, guidance, classifier)
+                pred_images = function(
+                    chunk, steps_tensor, eta_tensor, step_noises, chunk_labels, *guide_args
+                )
             else:
-                function = self._compiled_sampler("step", sampler, stochastic)
+                function = self._compiled_sampler("step", sampler, stochastic, guidance, classifier)
                 current_images = pred_images = chunk
                 for step in range(diffusion_steps):
                     noises = step_noises[step] if stochastic else step_noises[0]
                     current_images, pred_images = function(
                         current_images, pred_images, tf.constant(step, "int32"), steps_tensor,
-                        eta_tensor, noises,
+                        eta_tensor, noises, chunk_labels, *guide_args,
                     )  # fmt: skip
                     bar.add(1)
             outputs.append(ops.convert_to_numpy(self.denormalize(pred_images)))

@@ -6,6 +6,7 @@ import zipfile
 
 import keras
 
+from diffusion_keras.classifier import NoiseClassifier
 from diffusion_keras.errors import ModelFileError
 from diffusion_keras.model import DiffusionModel
 from diffusion_keras.precision import resolve_precision
@@ -22,6 +23,19 @@ def load_model(path, compile=True, precision=None):
     Raises `ModelFileError` with one line when the file is missing, is not a
     `.keras` archive, is truncated, or holds some other model.
     """
+    model = _load(path, DiffusionModel, compile)
+    if precision is not None:
+        model = model.with_precision(resolve_precision(precision))
+    return model
+
+
+def load_classifier(path, compile=False):
+    """Loads a `NoiseClassifier` (`RUN_DIR/classifier.keras`), with the same
+    checks and one-line `ModelFileError`s as `load_model`."""
+    return _load(path, NoiseClassifier, compile)
+
+
+def _load(path, cls, compile):
     if not os.path.exists(path):
         raise ModelFileError(f"model file {path!r} does not exist")
     if os.path.isdir(path):
@@ -39,17 +53,15 @@ def load_model(path, compile=True, precision=None):
         raise ModelFileError(f"{path!r} is a damaged or truncated Keras model file") from None
     name = f"{config.get('module', '')}>{config.get('class_name', '')}"
     registered = config.get("registered_name") or ""
-    if not registered.startswith("diffusion_keras>"):
+    if registered != f"diffusion_keras>{cls.__name__}":
         raise ModelFileError(
-            f"{path!r} holds a {registered or name!r}, not a diffusion_keras DiffusionModel"
+            f"{path!r} holds a {registered or name!r}, not a diffusion_keras {cls.__name__}"
         )
     try:
         model = keras.models.load_model(path, compile=compile, safe_mode=True)
     except Exception as error:  # noqa: BLE001 - Keras raises many kinds here
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelFileError(f"could not load {path!r}: {first}") from None
-    if not isinstance(model, DiffusionModel):
-        raise ModelFileError(f"{path!r} is not a DiffusionModel")
-    if precision is not None:
-        model = model.with_precision(resolve_precision(precision))
+    if not isinstance(model, cls):
+        raise ModelFileError(f"{path!r} is not a {cls.__name__}")
     return model

@@ -19,7 +19,14 @@ from diffusion_keras.callbacks import (
     list_checkpoints,
     save_model_atomically,
 )
-from diffusion_keras.data import image_dataset, load_images, steps_per_epoch, train_dataset
+from diffusion_keras.data import (
+    image_dataset,
+    load_images,
+    require_labels,
+    split_held_out,
+    steps_per_epoch,
+    train_dataset,
+)
 from diffusion_keras.distribute import fit_multiworker, is_multiworker, worker_index
 from diffusion_keras.errors import ModelFileError, TrainingError
 from diffusion_keras.model import DiffusionModel
@@ -56,9 +63,20 @@ class TrainConfig:
     ema: float = 0.999
     ema_warmup: bool = True
     loss: str = "mae"
+    prediction: str = "noise"
     seed: int = 42
     precision: str = "auto"
     jit_compile: str = "auto"
+    # classes
+    conditional: bool = False
+    label_dropout: float = 0.1
+    train_classifier: bool = False
+    classifier_epochs: int = 10
+    # quality
+    kid_every: int = 0
+    kid_images: int = 200
+    kid_diffusion_steps: int = 5
+    kid_features: str = "auto"
     # distribution
     strategy: str = "auto"
     cpu_replicas: int = 1
@@ -86,9 +104,20 @@ class TrainConfig:
         return cls(**data)
 
 
-def build_model(config):
-    """A fresh, compiled `DiffusionModel` for `config` (normalizer not adapted)."""
+def build_model(config, class_names=None):
+    """A fresh, compiled `DiffusionModel` for `config` (normalizer not adapted).
+
+    A conditional config needs the `class_names` of its data."""
+    classes = {}
+    if config.conditional:
+        classes = dict(
+            num_classes=len(class_names),
+            class_names=list(class_names),
+            label_dropout=config.label_dropout,
+        )
     model = DiffusionModel(
+        prediction=config.prediction,
+        **classes,
         image_size=config.image_size,
         widths=config.widths,
         block_depth=config.block_depth,
@@ -146,6 +175,7 @@ def run_paths(run_dir):
         "history": os.path.join(run_dir, "history.csv"),
         "model": os.path.join(run_dir, "model.keras"),
         "interrupted": os.path.join(run_dir, "interrupted.keras"),
+        "classifier": os.path.join(run_dir, "classifier.keras"),
     }
 
 
@@ -219,8 +249,17 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
     config.precision = resolve_precision(config.precision)
     # Room for the kept checkpoints, one being written, and the final model.
     check_output_dir(run_dir, (config.keep_checkpoints + 2) * checkpoint_bytes(config))
+    with_labels = config.conditional or config.train_classifier
     if data is None:
-        data = load_images(config.data, config.image_size, center_crop=config.center_crop)
+        data = load_images(
+            config.data, config.image_size, center_crop=config.center_crop, with_labels=with_labels
+        )
+    if with_labels:
+        require_labels(data)
+    held_out = None
+    if config.kid_every:
+        # Held out before training, the same images for every resume of the run.
+        data, held_out = split_held_out(data, config.kid_images, config.seed)
     steps = steps_per_epoch(data, config.batch_size, config.dataset_repetitions)
 
     def make_dataset(first_epoch=0):
@@ -232,6 +271,7 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
             flip=config.flip,
             first_epoch=first_epoch,
             epochs=config.epochs,
+            labels=config.conditional,
         )
 
     # Built now so that less than a batch of data fails before any model is built.
@@ -246,7 +286,7 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
             initial_epoch, model = found
         else:
             initial_epoch = 0
-            model = build_model(config)
+            model = build_model(config, class_names_of(data) if config.conditional else None)
             model.adapt(image_dataset(data, config.batch_size))
     if chief:
         config.save(paths["config"])
@@ -267,6 +307,18 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
             ),
             keras.callbacks.TensorBoard(log_dir=paths["logs"], write_graph=False),
         ]
+        if held_out is not None:
+            from diffusion_keras.metrics import KIDMonitor, feature_extractor
+
+            kid = KIDMonitor(
+                held_out.images,
+                feature_extractor(config.kid_features, config.image_size),
+                every=config.kid_every,
+                diffusion_steps=config.kid_diffusion_steps,
+                seed=config.seed,
+            )
+            # Before the CSV and TensorBoard loggers, so that they record `kid`.
+            callbacks.insert(0, kid)
     callbacks += list(extra_callbacks)
     try:
         if initial_epoch < config.epochs and is_multiworker(strategy):
@@ -302,4 +354,56 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
             f"{paths['checkpoints']} is untouched (try a lower --learning-rate)"
         )
     save_model_atomically(model, paths["model"])
+    if config.train_classifier and chief:
+        classifier = train_classifier(model, data, config, verbose)
+        save_model_atomically(classifier, paths["classifier"])
     return model
+
+
+def class_names_of(data):
+    """The class names of labelled `data` (the label values when unnamed)."""
+    if data.class_names:
+        return list(data.class_names)
+    return [str(i) for i in range(int(data.labels.max()) + 1)]
+
+
+def train_classifier(model, data, config, verbose="auto"):
+    """Trains a `NoiseClassifier` for `model` on labelled `data`, for
+    `config.classifier_epochs` epochs: the U-Net's down widths, AdamW with the
+    run's learning rate, the run's batch size, repetitions and flips."""
+    from diffusion_keras.classifier import NoiseClassifier
+
+    require_labels(data)
+    classifier = NoiseClassifier.for_model(
+        model,
+        class_names_of(data),
+        widths=config.widths[:-1],
+        embedding_dims=config.embedding_dims,
+        seed=config.seed,
+    )
+    classifier.compile(
+        optimizer=keras.optimizers.AdamW(
+            learning_rate=config.learning_rate, weight_decay=config.weight_decay
+        )
+    )
+    nan_guard = NanGuard()
+    dataset = train_dataset(
+        data,
+        config.batch_size,
+        config.dataset_repetitions,
+        seed=config.seed + 1,
+        flip=config.flip,
+        epochs=config.classifier_epochs,
+        labels=True,
+    )
+    classifier.fit(
+        dataset,
+        epochs=config.classifier_epochs,
+        steps_per_epoch=steps_per_epoch(data, config.batch_size, config.dataset_repetitions),
+        callbacks=[nan_guard],
+        verbose=verbose,
+        shuffle=False,
+    )
+    if nan_guard.failure:
+        raise TrainingError(f"classifier training stopped: {nan_guard.failure}")
+    return classifier

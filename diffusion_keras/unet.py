@@ -15,8 +15,12 @@ from diffusion_keras.precision import dtype_policy, validate_precision
 BOOK_WIDTHS = (32, 64, 96, 128)
 
 
-def validate_unet_args(image_size, widths, block_depth, channels=3, embedding_dims=32):
+def validate_unet_args(
+    image_size, widths, block_depth, channels=3, embedding_dims=32, num_classes=0
+):
     """Raises `ValueError` with one clear line when the U-Net cannot be built."""
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
     widths = tuple(widths)
     if len(widths) < 2 or any(int(w) < 1 for w in widths):
         raise ValueError(
@@ -49,6 +53,7 @@ def build_unet(
     seed=None,
     precision="float32",
     synchronized_batch_norm=False,
+    num_classes=0,
 ):
     """Builds the U-Net that predicts the noise in a noisy image.
 
@@ -79,27 +84,33 @@ def build_unet(
         synchronized_batch_norm: bool. Batch statistics over all replicas of a
             distribution strategy, so that N replicas train as one device.
             Defaults to False.
+        num_classes: int. With N > 0 the network takes a third input, class
+            labels `(batch,)` in 0..N, where N is the null class used for
+            classifier-free guidance; each label is embedded (`embedding_dims`
+            values), upsampled and concatenated as the noise embedding is.
+            Defaults to 0 (unconditional, the book's).
 
     References:
     - [Ronneberger et al., 2015](https://arxiv.org/abs/1505.04597)
     - [Ho et al., 2020](https://arxiv.org/abs/2006.11239)
     """
-    validate_unet_args(image_size, widths, block_depth, channels, embedding_dims)
+    validate_unet_args(image_size, widths, block_depth, channels, embedding_dims, num_classes)
     validate_precision(precision)
     with dtype_policy(precision):
         return _build_unet(
             image_size, channels, [int(w) for w in widths], block_depth, embedding_dims,
             embedding_min_frequency, embedding_max_frequency, name, seed,
-            synchronized_batch_norm,
+            synchronized_batch_norm, int(num_classes),
         )  # fmt: skip
 
 
 def _build_unet(
     image_size, channels, widths, block_depth, embedding_dims,
-    embedding_min_frequency, embedding_max_frequency, name, seed, synchronized,
+    embedding_min_frequency, embedding_max_frequency, name, seed, synchronized, num_classes,
 ):  # fmt: skip
     noisy_images = keras.Input(shape=(image_size, image_size, channels))
     noise_variances = keras.Input(shape=(1, 1, 1))
+    inputs = [noisy_images, noise_variances]
 
     initializers = KernelInitializers(seed)
     x = layers.Conv2D(widths[0], kernel_size=1, kernel_initializer=initializers())(noisy_images)
@@ -112,7 +123,21 @@ def _build_unet(
         dtype="float32",
     )(noise_variances)
     noise_embedding = layers.UpSampling2D(size=image_size, interpolation="nearest")(noise_embedding)
-    x = layers.Concatenate()([x, noise_embedding])
+    features = [x, noise_embedding]
+    if num_classes:
+        class_labels = keras.Input(shape=(), dtype="int32")
+        inputs.append(class_labels)
+        # One more row than classes: the last is the null class ("no label").
+        class_embedding = layers.Embedding(
+            num_classes + 1,
+            embedding_dims,
+            embeddings_initializer=keras.initializers.RandomNormal(
+                stddev=1.0, seed=None if seed is None else seed * 1000
+            ),
+        )(class_labels)
+        class_embedding = layers.Reshape((1, 1, embedding_dims))(class_embedding)
+        features.append(layers.UpSampling2D(size=image_size)(class_embedding))
+    x = layers.Concatenate()(features)
 
     skips = []
     for width in widths[:-1]:
@@ -122,9 +147,7 @@ def _build_unet(
     for width in reversed(widths[:-1]):
         x = up_block(x, skips, width, block_depth, initializers, synchronized)
 
-    # float32 output so that the loss and the sampler's arithmetic stay exact
-    # under mixed precision.
-    pred_noises = layers.Conv2D(
-        channels, kernel_size=1, kernel_initializer="zeros", dtype="float32"
-    )(x)
-    return keras.Model([noisy_images, noise_variances], pred_noises, name=name)
+    # The prediction (noise in the book; or image, or velocity), in float32 so
+    # that the loss and the sampler's arithmetic stay exact under mixed precision.
+    outputs = layers.Conv2D(channels, kernel_size=1, kernel_initializer="zeros", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=name)

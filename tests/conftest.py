@@ -54,6 +54,34 @@ def blob_images(count, size=16, seed=0):
     return images
 
 
+def two_colour_images(count, size=16, seed=0):
+    """Blob images of two classes that differ in colour: class 0 ("red") is
+    tinted red, class 1 ("blue") blue. Returns `(images, labels)`."""
+    images = blob_images(count, size, seed)
+    labels = (np.arange(count) % 2).astype(np.int32)
+    tints = np.array([[1.0, 0.2, 0.2], [0.2, 0.2, 1.0]], np.float32)[labels]
+    return (0.35 * images + 0.65 * tints[:, None, None, :]).astype(np.float32), labels
+
+
+def write_two_colour_folder(folder, count=64, size=16):
+    """`folder/red/*.png` and `folder/blue/*.png` from `two_colour_images`."""
+    from PIL import Image
+
+    images, labels = two_colour_images(count, size)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        sub = os.path.join(folder, ("red", "blue")[label])
+        os.makedirs(sub, exist_ok=True)
+        array = np.round(image * 255).astype(np.uint8)
+        Image.fromarray(array).save(os.path.join(sub, f"img_{i:03d}.png"))
+    return folder
+
+
+def red_minus_blue(images):
+    """Mean red minus mean blue of a batch of images."""
+    means = np.asarray(images).mean(axis=(0, 1, 2))
+    return float(means[0] - means[2])
+
+
 def write_png_folder(folder, count=40, size=20, nested=True):
     """Writes `count` PNG images (of `size`, resized later) into `folder`."""
     from PIL import Image

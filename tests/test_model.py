@@ -189,3 +189,44 @@ def test_reloaded_model_keeps_ema_and_normalizer(tmp_path):
     np.testing.assert_array_equal(
         loaded.normalizer.adapt_mean.numpy(), model.normalizer.adapt_mean.numpy()
     )
+
+
+@pytest.mark.parametrize("prediction", ["noise", "image", "velocity"])
+def test_prediction_targets_split_back_into_noise_and_image(prediction):
+    model = DiffusionModel(**TINY, seed=0, prediction=prediction)
+    rng = np.random.default_rng(0)
+    images, noises = (rng.standard_normal((3, 16, 16, 3)).astype("float32") for _ in range(2))
+    times = tf.constant(rng.uniform(size=(3, 1, 1, 1)).astype("float32"))
+    noise_rates, signal_rates = model.diffusion_schedule(times)
+    noisy_images = signal_rates * images + noise_rates * noises
+    targets = model.prediction_targets(images, noises, noise_rates, signal_rates)
+    pred_noises, pred_images = model.split_prediction(
+        targets, noisy_images, noise_rates, signal_rates
+    )
+    np.testing.assert_allclose(pred_noises, noises, atol=1e-4)
+    np.testing.assert_allclose(pred_images, images, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "prediction, loss", [("noise", "mse"), ("image", "mae"), ("velocity", "mae")]
+)
+def test_every_prediction_target_trains_and_reloads(prediction, loss, tmp_path):
+    model = tiny_model(prediction=prediction, loss=loss)
+    _, history = fit_on_blobs(model, steps_per_epoch=30, epochs=2)
+    # The loss that is optimised: on the noise, the image or the velocity.
+    trained = history.history[
+        {"noise": "n_loss", "image": "i_loss", "velocity": "v_loss"}[prediction]
+    ]
+    assert np.isfinite(trained).all() and trained[-1] < trained[0], history.history
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.get_config()["prediction"] == prediction and loaded.loss_name == loss
+    for sampler in ("ddim", "dpmpp_2m"):
+        images = loaded.generate(3, 5, seed=0, sampler=sampler)
+        assert np.isfinite(images).all()
+        np.testing.assert_array_equal(images, model.generate(3, 5, seed=0, sampler=sampler))
+
+
+def test_unknown_prediction_is_refused():
+    with pytest.raises(ValueError, match="unknown prediction 'score'"):
+        DiffusionModel(**TINY, prediction="score")
