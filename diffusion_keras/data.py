@@ -263,10 +263,11 @@ def load_images(source, image_size=64, center_crop=False, with_labels=False, dat
         image_size: int. Images are resized to `image_size` squared.
         center_crop: bool. Crop to a centred square before resizing.
         with_labels: bool. Also return class labels (folder: first-level
-            subfolders).
+            subfolders; `builtin:flowers`: petal colour, red, green, blue or
+            purple).
         data_dir: str or None. tensorflow-datasets data folder.
     """
-    from diffusion_keras.flowers import DEFAULT_COUNT, flower_images
+    from diffusion_keras.flowers import CLASS_NAMES, DEFAULT_COUNT, flower_images, flower_labels
 
     if source.startswith(BUILTIN_PREFIX):
         name, _, count = source[len(BUILTIN_PREFIX) :].partition(":")
@@ -278,7 +279,11 @@ def load_images(source, image_size=64, center_crop=False, with_labels=False, dat
             raise DataError(f"builtin:flowers:N needs a whole number, got {count!r}") from None
         if count < 1:
             raise DataError(f"builtin:flowers:N needs N >= 1, got {count}")
-        return ImageData(flower_images(count, image_size), source=source)
+        if not with_labels:
+            return ImageData(flower_images(count, image_size), source=source)
+        return ImageData(
+            flower_images(count, image_size), flower_labels(count), list(CLASS_NAMES), source
+        )
     if source.startswith(TFDS_PREFIX):
         return load_tfds(source[len(TFDS_PREFIX) :], image_size, data_dir, center_crop=center_crop)
     return load_folder(source, image_size, center_crop, with_labels)

@@ -12,32 +12,57 @@ import numpy as np
 
 DEFAULT_COUNT = 2048
 _SUPERSAMPLING = 2
+# Classes by petal hue, for class-conditional training: (name, hue from, hue to).
+COLOUR_CLASSES = (
+    ("red", -0.08, 0.17),  # red, orange and yellow petals
+    ("green", 0.17, 0.45),
+    ("blue", 0.45, 0.70),
+    ("purple", 0.70, 0.92),  # purple and pink
+)
+CLASS_NAMES = [name for name, _, _ in COLOUR_CLASSES]
 
 
 def _hsv(h, s, v):
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), dtype=np.float32)
 
 
+def _first_draws(index):
+    """The random generator of flower `index` and its first draws: background
+    colours, centre, size and petal hue."""
+    rng = np.random.default_rng([20240801, index])
+    top = _hsv(rng.uniform(0.15, 0.45), rng.uniform(0.3, 0.8), rng.uniform(0.15, 0.6))
+    bottom = _hsv(rng.uniform(0.1, 0.4), rng.uniform(0.3, 0.9), rng.uniform(0.05, 0.45))
+    centre = rng.uniform(-0.2, 0.2, size=2)
+    flower_radius = rng.uniform(0.45, 0.9)
+    petal_hue = rng.uniform(0.0, 1.0)
+    return rng, top, bottom, centre, flower_radius, petal_hue
+
+
+def flower_labels(count=DEFAULT_COUNT):
+    """The colour class of each of the first `count` flowers (an index into
+    `CLASS_NAMES`), from its petal hue."""
+    labels = np.empty(count, dtype=np.int32)
+    for index in range(count):
+        hue = _first_draws(index)[5]
+        hue = hue - 1.0 if hue >= COLOUR_CLASSES[-1][2] else hue
+        labels[index] = next(i for i, (_, lo, hi) in enumerate(COLOUR_CLASSES) if lo <= hue < hi)
+    return labels
+
+
 def render_flower(index, image_size=64):
     """Draws flower number `index` as a float32 array in [0, 1]."""
-    rng = np.random.default_rng([20240801, index])
+    rng, top, bottom, (centre_x, centre_y), flower_radius, petal_hue = _first_draws(index)
     size = image_size * _SUPERSAMPLING
     coords = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
     y, x = np.meshgrid(coords, coords, indexing="ij")
 
     # Background: a vertical gradient between two leafy or earthy colours.
-    top = _hsv(rng.uniform(0.15, 0.45), rng.uniform(0.3, 0.8), rng.uniform(0.15, 0.6))
-    bottom = _hsv(rng.uniform(0.1, 0.4), rng.uniform(0.3, 0.9), rng.uniform(0.05, 0.45))
     mix = ((y + 1.0) / 2.0)[..., None]
     image = top * (1.0 - mix) + bottom * mix
 
-    centre_x, centre_y = rng.uniform(-0.2, 0.2, size=2)
     dx, dy = x - centre_x, y - centre_y
     radius = np.sqrt(dx**2 + dy**2)
     angle = np.arctan2(dy, dx)
-
-    flower_radius = rng.uniform(0.45, 0.9)
-    petal_hue = rng.uniform(0.0, 1.0)
     layers = 2 if rng.uniform() < 0.4 else 1
     for layer in range(layers):
         petals = int(rng.integers(4, 13))

@@ -168,3 +168,17 @@ def test_tfds_oxford_flowers_fails_fast_without_network(tmp_path, monkeypatch):
 def test_unknown_tfds_name_is_refused(tmp_path):
     with pytest.raises(DataError, match="unknown tensorflow-datasets data set 'no_such_set'"):
         load_images("tfds:no_such_set", image_size=16, data_dir=str(tmp_path))
+
+
+def test_builtin_flowers_have_colour_classes():
+    from diffusion_keras.flowers import CLASS_NAMES
+
+    data = load_images("builtin:flowers:400", image_size=16, with_labels=True)
+    assert data.class_names == CLASS_NAMES == ["red", "green", "blue", "purple"]
+    assert sorted(set(data.labels.tolist())) == [0, 1, 2, 3]
+    # The class is the petal colour: red flowers are redder than blue ones.
+    means = [data.images[data.labels == k].astype(float).mean(axis=(0, 1, 2)) for k in range(4)]
+    red, blue = means[0], means[2]
+    assert red[0] - red[2] > blue[0] - blue[2] + 20
+    # Unlabelled loading is unchanged.
+    assert load_images("builtin:flowers:400", image_size=16).labels is None

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import one_line_error, red_minus_blue, run_script, tiny_model, two_colour_images
+from conftest import (
+    one_line_error,
+    red_minus_blue,
+    run_script,
+    tiny_model,
+    two_colour_images,
+    write_png_folder,
+    write_two_colour_folder,
+)
 from diffusion_keras.classifier import NoiseClassifier
 from diffusion_keras.saving import load_classifier, load_model
 
@@ -164,8 +172,6 @@ def test_bad_guidance_requests_are_refused(conditional, guided, data):
 
 
 def test_train_and_generate_clis_condition_and_guide(tmp_path):
-    from conftest import write_two_colour_folder
-
     folder = write_two_colour_folder(str(tmp_path / "colours"), 32)
     run = tmp_path / "run"
     result = run_script(
@@ -190,9 +196,9 @@ def test_train_and_generate_clis_condition_and_guide(tmp_path):
         run_script("generate.py", run / "model.keras", "--class", "green", "--no-progress")
     )
     assert "unknown class 'green'" in line
+    flat = tmp_path / "flat"
+    write_png_folder(str(flat), count=8, nested=False)
     line = one_line_error(
-        run_script(
-            "train.py", "--data", "builtin:flowers:64", "--conditional", "--output", tmp_path / "x"
-        )  # fmt: skip
+        run_script("train.py", "--data", flat, "--conditional", "--output", tmp_path / "x")
     )
-    assert "no class labels" in line
+    assert "class labels come from subfolders" in line
