@@ -71,7 +71,7 @@ def main():
     model = DiffusionModel(image_size=size, seed=args.seed, precision=precision)
     model.adapt(train_data.images.astype(np.float32) / 255.0)
     model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
-    dataset = iter(train_dataset(train_data, batch, repetitions=1, seed=args.seed))
+    dataset = train_dataset(train_data, batch, repetitions=1, seed=args.seed)
 
     def measure(**sampling):
         start = time.perf_counter()
@@ -82,19 +82,22 @@ def main():
     def row(label, kid, rate=None):
         position = (kid - floor) / (ceiling - floor)
         speed = f"{rate:>10.2f}" if rate else f"{'':>10}"
-        print(f"{label:<34}{kid:>9.4f}{position:>12.1%}{speed}")
+        print(f"{label:<34}{kid:>9.4f}{position:>14.1%}{speed}", flush=True)
 
-    header = f"{'':<34}{'KID':>9}{'floor->noise':>12}{'images/s':>10}"
+    header = f"{'':<34}{'KID':>9}{'floor->noise':>14}{'images/s':>10}"
     print("KID during training (ddim, 20 steps)")
     print(header)
-    checkpoints = sorted({0, steps // 4, steps // 2, steps})
-    done, start = 0, time.perf_counter()
-    for checkpoint in checkpoints:
-        if checkpoint > done:
-            model.fit(dataset, steps_per_epoch=checkpoint - done, epochs=1, verbose=0)
-            done = checkpoint
-        row(f"after {done} steps ({time.perf_counter() - start:.0f} s)",
-            *measure(diffusion_steps=20))  # fmt: skip
+    checkpoints = sorted({steps // 4, steps // 2, steps})
+    start = time.perf_counter()
+
+    class Checkpoints(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch + 1 in checkpoints:
+                seconds = time.perf_counter() - start
+                row(f"after {batch + 1} steps ({seconds:.0f} s)", *measure(diffusion_steps=20))
+
+    row("after 0 steps", *measure(diffusion_steps=20))
+    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[Checkpoints()])
 
     print(f"\nKID per sampler after {steps} steps (network evaluations = steps)")
     print(header)

@@ -111,7 +111,12 @@ def distributed_batches(strategy, make_dataset, global_batch_size):
         if context.num_replicas_in_sync != context.num_input_pipelines:
             raise UsageError("--strategy multiworker supports one replica per worker")
         start = context.input_pipeline_id * per_replica
-        return make_dataset().map(lambda batch: batch[start : start + per_replica])
+        def take_slice(*element):
+            # Images, or (images, labels) for a conditional model.
+            sliced = [part[start : start + per_replica] for part in element]
+            return sliced[0] if len(sliced) == 1 else tuple(sliced)
+
+        return make_dataset().map(take_slice)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 

@@ -63,6 +63,9 @@ TINY_FLAGS = [
     "--image-size", 16, "--widths", "8,16", "--block-depth", 1, "--embedding-dims", 8,
     "--batch-size", 8, "--dataset-repetitions", 1, "--plot-diffusion-steps", 2,
     "--plot-images", 2, "--verbose", 2, "--seed", 4,
+    # Conditional, with much label dropout: labels and the dropout's draws
+    # must be sliced across workers as the images and noises are.
+    "--conditional", "--label-dropout", 0.5,
 ]  # fmt: skip
 
 
@@ -73,7 +76,8 @@ def max_difference(a, b):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A single-process run, a two-worker run, and a two-worker run that is
-    stopped after one epoch and resumed, all on the same data and seed."""
+    stopped after one epoch and resumed, all on the same data and seed, of a
+    class-conditional model (the folder has two class subfolders)."""
     root = tmp_path_factory.mktemp("distribute")
     data = str(root / "data")
     write_png_folder(data, count=32)
