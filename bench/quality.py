@@ -32,6 +32,8 @@ from diffusion_keras.data import load_images, split_held_out, train_dataset  # n
 from diffusion_keras.metrics import KernelInceptionDistance, feature_extractor  # noqa: E402
 from diffusion_keras.precision import resolve_precision  # noqa: E402
 
+REFERENCE_STEPS = 200
+
 
 def kid_between(extractor, real, other, subset=128):
     metric = KernelInceptionDistance(extractor)
@@ -73,16 +75,21 @@ def main():
     model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
     dataset = train_dataset(train_data, batch, repetitions=1, seed=args.seed)
 
+    solution = {}
+
     def measure(**sampling):
         start = time.perf_counter()
         images = model.generate(len(real), seed=args.seed, **sampling)
         seconds = time.perf_counter() - start
-        return kid_between(extractor, real, images), len(real) / seconds
+        distance = None
+        if "images" in solution:  # the same noise: how far from the exact ODE solution
+            distance = float(np.abs(images - solution["images"]).mean())
+        return kid_between(extractor, real, images), len(real) / seconds, distance
 
-    def row(label, kid, rate=None):
+    def row(label, kid, rate, distance=None):
         position = (kid - floor) / (ceiling - floor)
-        speed = f"{rate:>10.2f}" if rate else f"{'':>10}"
-        print(f"{label:<34}{kid:>9.4f}{position:>14.1%}{speed}", flush=True)
+        away = f"{distance:>10.4f}" if distance is not None else ""
+        print(f"{label:<34}{kid:>9.4f}{position:>14.1%}{rate:>10.2f}{away}", flush=True)
 
     header = f"{'':<34}{'KID':>9}{'floor->noise':>14}{'images/s':>10}"
     print("KID during training (ddim, 20 steps)")
@@ -99,8 +106,10 @@ def main():
     row("after 0 steps", *measure(diffusion_steps=20))
     model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[Checkpoints()])
 
-    print(f"\nKID per sampler after {steps} steps (network evaluations = steps)")
-    print(header)
+    solution["images"] = model.generate(len(real), REFERENCE_STEPS, seed=args.seed)
+    print(f"\nKID per sampler after {steps} steps (network evaluations = steps); distance:")
+    print(f"mean |image - image of {REFERENCE_STEPS} ddim steps from the same noise|")
+    print(header + f"{'distance':>10}")
     samplers = [
         ("ddim, 20 steps (the book's)", dict(diffusion_steps=20)),
         ("ddim, 10 steps", dict(diffusion_steps=10)),
@@ -111,6 +120,19 @@ def main():
         ("dpmpp_2m, 10 steps", dict(diffusion_steps=10, sampler="dpmpp_2m")),
         ("dpmpp_2m, 5 steps", dict(diffusion_steps=5, sampler="dpmpp_2m")),
         ("dpmpp_2m, 20 steps", dict(diffusion_steps=20, sampler="dpmpp_2m")),
+        # The same samplers with the steps spaced equally in log-SNR.
+        ("ddim, 20 steps, log_snr", dict(diffusion_steps=20, spacing="log_snr")),
+        ("ddim, 10 steps, log_snr", dict(diffusion_steps=10, spacing="log_snr")),
+        ("ddim, 5 steps, log_snr", dict(diffusion_steps=5, spacing="log_snr")),
+        ("ddim eta=1, 20 steps, log_snr", dict(diffusion_steps=20, eta=1.0, spacing="log_snr")),
+        (
+            "dpmpp_2m, 10 steps, log_snr",
+            dict(diffusion_steps=10, sampler="dpmpp_2m", spacing="log_snr"),
+        ),
+        (
+            "dpmpp_2m, 5 steps, log_snr",
+            dict(diffusion_steps=5, sampler="dpmpp_2m", spacing="log_snr"),
+        ),
     ]
     for label, sampling in samplers:
         row(label, *measure(**sampling))

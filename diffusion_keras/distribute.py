@@ -111,6 +111,7 @@ def distributed_batches(strategy, make_dataset, global_batch_size):
         if context.num_replicas_in_sync != context.num_input_pipelines:
             raise UsageError("--strategy multiworker supports one replica per worker")
         start = context.input_pipeline_id * per_replica
+
         def take_slice(*element):
             # Images, or (images, labels) for a conditional model.
             sliced = [part[start : start + per_replica] for part in element]

@@ -6,7 +6,14 @@ import tensorflow as tf
 from keras import layers, ops
 
 from diffusion_keras.precision import validate_precision
-from diffusion_keras.samplers import ddim_update, dpmpp_2m_update, validate_sampler
+from diffusion_keras.samplers import (
+    ddim_update,
+    dpmpp_2m_update,
+    log_snrs,
+    sampling_times,
+    validate_sampler,
+    validate_spacing,
+)
 from diffusion_keras.schedules import get_schedule, validate_schedule
 from diffusion_keras.unet import BOOK_WIDTHS, build_unet, validate_unet_args
 
@@ -516,45 +523,55 @@ class DiffusionModel(keras.Model):
 
     def sampling_step(
         self, current_images, pred_images, step, diffusion_steps, sampler="ddim", eta=0.0,
-        step_noises=None, guide=None,
+        step_noises=None, guide=None, times=None,
     ):  # fmt: skip
         """One step of `sampler` from step `step` of `diffusion_steps`.
 
         `pred_images` is the previous step's clean-image estimate (used by the
         multistep `dpmpp_2m`). `guide` steers the prediction (see
-        `guided_denoise`). Returns `(next_images, pred_images)`; see
+        `guided_denoise`). `times` `(diffusion_steps + 1,)` are the diffusion
+        times to visit (`samplers.sampling_times`); None is the book's uniform
+        steps. Returns `(next_images, pred_images)`; see
         `diffusion_keras.samplers` for the update rules and their papers.
         """
         batch_size = ops.shape(current_images)[0]
-        step_size = 1.0 / ops.cast(diffusion_steps, "float32")
-        step = ops.cast(step, "float32")
-        diffusion_times = ops.ones((batch_size, 1, 1, 1)) - step * step_size
+        ones = ops.ones((batch_size, 1, 1, 1))
+        if times is None:
+            step_size = 1.0 / ops.cast(diffusion_steps, "float32")
+            diffusion_times = ones - ops.cast(step, "float32") * step_size
+            next_times = diffusion_times - step_size
+            previous_times = diffusion_times + step_size
+        else:
+            step = ops.cast(step, "int32")
+            time = ops.take(times, step)
+            next_time = ops.take(times, step + 1)
+            # Before the first step, a time as far back as the next is ahead
+            # (only the multistep solver looks, and not at its first step).
+            previous_time = ops.where(
+                step > 0, ops.take(times, ops.maximum(step - 1, 0)), 2.0 * time - next_time
+            )
+            diffusion_times = ones * time
+            next_times, previous_times = ones * next_time, ones * previous_time
         noise_rates, signal_rates = self.diffusion_schedule(diffusion_times)
         previous_pred_images = pred_images
         pred_noises, pred_images = self.guided_denoise(
             current_images, noise_rates, signal_rates, guide
         )
-        next_noise_rates, next_signal_rates = self.diffusion_schedule(diffusion_times - step_size)
+        next_noise_rates, next_signal_rates = self.diffusion_schedule(next_times)
         if sampler == "ddim":
             next_images = ddim_update(
                 pred_noises, pred_images, noise_rates, signal_rates, next_noise_rates,
                 next_signal_rates, eta, step_noises,
             )  # fmt: skip
         else:
-            previous_noise_rates, previous_signal_rates = self.diffusion_schedule(
-                diffusion_times + step_size
-            )
-
-            def log_snr(noise, signal):
-                tiny = 1e-12
-                return ops.log(ops.maximum(signal, tiny)) - ops.log(ops.maximum(noise, tiny))
-
+            previous_noise_rates, previous_signal_rates = self.diffusion_schedule(previous_times)
             next_images = dpmpp_2m_update(
                 current_images, pred_images, previous_pred_images,
-                log_snr(noise_rates, signal_rates),
-                log_snr(next_noise_rates, next_signal_rates),
-                log_snr(previous_noise_rates, previous_signal_rates),
-                noise_rates, next_noise_rates, next_signal_rates, first_step=step == 0.0,
+                log_snrs(noise_rates, signal_rates),
+                log_snrs(next_noise_rates, next_signal_rates),
+                log_snrs(previous_noise_rates, previous_signal_rates),
+                noise_rates, next_noise_rates, next_signal_rates,
+                first_step=ops.cast(step, "float32") == 0.0,
             )  # fmt: skip
         return next_images, pred_images
 
@@ -564,26 +581,37 @@ class DiffusionModel(keras.Model):
         return self.sampling_step(current_images, current_images, step, diffusion_steps)
 
     def reverse_diffusion(self, initial_noise, diffusion_steps, sampler="ddim", eta=0.0,
-                          step_noises=None, guide=None):  # fmt: skip
+                          step_noises=None, guide=None, spacing="uniform"):  # fmt: skip
         """Runs `sampler` from `initial_noise` (normalised space) in
         `diffusion_steps` steps and returns the last predicted images, as the
         book does. Eager, a Python loop; `generate` uses a compiled equivalent.
         `step_noises` `(diffusion_steps, n, size, size, channels)` is needed
-        when `eta` > 0; `guide` is as in `guided_denoise`."""
+        when `eta` > 0; `guide` is as in `guided_denoise`; `spacing` as in
+        `generate`."""
         current_images = ops.convert_to_tensor(initial_noise, "float32")
         pred_images = current_images
+        times = self._times(diffusion_steps, spacing)
         for step in range(diffusion_steps):
             current_images, pred_images = self.sampling_step(
                 current_images, pred_images, step, diffusion_steps, sampler, eta,
-                None if step_noises is None else step_noises[step], guide,
+                None if step_noises is None else step_noises[step], guide, times,
             )  # fmt: skip
         return pred_images
 
-    def _compiled_sampler(self, kind, sampler, stochastic, guidance, classifier):
-        # Compiled once per (kind, sampler, stochastic, guidance, classifier)
-        # and reused: a batch dimension of None and the step count, eta, labels
-        # and scales as tensors mean no retracing for other sizes or settings.
-        key = (kind, sampler, stochastic, guidance, None if classifier is None else id(classifier))
+    def _times(self, diffusion_steps, spacing):
+        """The times to visit as a tensor, or None for the book's uniform
+        steps (computed in the step itself, exactly as the book does)."""
+        if spacing == "uniform":
+            return None
+        return tf.constant(sampling_times(self.diffusion_schedule, diffusion_steps, spacing))
+
+    def _compiled_sampler(self, kind, sampler, stochastic, guidance, classifier, spacing):
+        # Compiled once per (kind, sampler, stochastic, guidance, classifier,
+        # spacing) and reused: a batch dimension of None and the step count,
+        # eta, times, labels and scales as tensors mean no retracing for other
+        # sizes or settings.
+        classifier_key = None if classifier is None else id(classifier)
+        key = (kind, sampler, stochastic, guidance, classifier_key, spacing)
         if key in self._compiled_samplers:
             return self._compiled_samplers[key][0]
         shape = (self.image_size, self.image_size, self.channels)
@@ -591,6 +619,7 @@ class DiffusionModel(keras.Model):
         scalar = tf.TensorSpec((), "int32")
         real = tf.TensorSpec((), "float32")
         labels_spec = tf.TensorSpec((None,), "int32")
+        times_spec = tf.TensorSpec((None,), "float32")
 
         def make_guide(class_labels, guidance_scale, classifier_scale):
             if guidance == "none" and classifier is None:
@@ -605,8 +634,9 @@ class DiffusionModel(keras.Model):
         if kind == "loop":
             noise_spec = tf.TensorSpec((None, None) + shape, "float32")
 
-            def loop(initial_noise, diffusion_steps, eta, step_noises, *guide_args):
+            def loop(initial_noise, diffusion_steps, eta, step_noises, times, *guide_args):
                 guide = make_guide(*guide_args)
+                times = None if spacing == "uniform" else times
 
                 # An explicit while loop: one graph node for all steps, with no
                 # AutoGraph source conversion to go wrong.
@@ -614,7 +644,7 @@ class DiffusionModel(keras.Model):
                     noises = step_noises[step] if stochastic else None
                     next_images, pred_images = self.sampling_step(
                         current_images, pred_images, step, diffusion_steps, sampler,
-                        eta if stochastic else 0.0, noises, guide,
+                        eta if stochastic else 0.0, noises, guide, times,
                     )  # fmt: skip
                     return step + 1, next_images, pred_images
 
@@ -625,19 +655,21 @@ class DiffusionModel(keras.Model):
                 )
                 return pred_images
 
-            signature = [spec, scalar, real, noise_spec, labels_spec, real, real]
+            signature = [spec, scalar, real, noise_spec, times_spec, labels_spec, real, real]
             function = tf.function(loop, input_signature=signature, autograph=False)
         else:
 
             def one_step(current_images, pred_images, step, diffusion_steps, eta, step_noises,
-                         *guide_args):  # fmt: skip
+                         times, *guide_args):  # fmt: skip
                 return self.sampling_step(
                     current_images, pred_images, step, diffusion_steps, sampler,
                     eta if stochastic else 0.0, step_noises if stochastic else None,
-                    make_guide(*guide_args),
+                    make_guide(*guide_args), None if spacing == "uniform" else times,
                 )  # fmt: skip
 
-            signature = [spec, spec, scalar, scalar, real, spec, labels_spec, real, real]
+            signature = [
+                spec, spec, scalar, scalar, real, spec, times_spec, labels_spec, real, real,
+            ]  # fmt: skip
             function = tf.function(one_step, input_signature=signature, autograph=False)
         # The classifier is kept with its function so that its id stays unique.
         self._compiled_samplers[key] = (function, classifier)
@@ -689,6 +721,7 @@ class DiffusionModel(keras.Model):
         guidance_scale=1.0,
         classifier=None,
         classifier_scale=1.0,
+        spacing="uniform",
     ):
         """Generates images in [0, 1] as a numpy array `(n, size, size, channels)`.
 
@@ -705,7 +738,8 @@ class DiffusionModel(keras.Model):
                 on it. Defaults to 64.
             progress: bool. Show a progress bar over the diffusion steps.
             sampler: str. `"ddim"` (the book's) or `"dpmpp_2m"` (second order,
-                about DDIM's quality in half the steps). Defaults to `"ddim"`.
+                one network evaluation per step,
+                closer to the exact ODE solution in few steps). Defaults to `"ddim"`.
             eta: float. For `ddim`, the share of fresh noise per step in
                 [0, 1]: 0 is deterministic DDIM, 1 DDPM-like ancestral sampling.
                 Defaults to 0.
@@ -721,6 +755,11 @@ class DiffusionModel(keras.Model):
                 `class_labels` with its log-probability gradient.
             classifier_scale: float. Classifier guidance strength s >= 0.
                 Defaults to 1.
+            spacing: str. Where the steps fall: `"uniform"` in time (the
+                book's) or `"log_snr"`, equal steps in log signal-to-noise
+                ratio between the same first and last times, which gives
+                better images in few steps (see the README). Defaults to
+                `"uniform"`.
         """
         if not int(self.normalizer_adapted.numpy()):
             raise ValueError(
@@ -728,6 +767,7 @@ class DiffusionModel(keras.Model):
                 "garbage; call model.adapt(images) before training"
             )
         validate_sampler(sampler, eta)
+        validate_spacing(spacing)
         guidance_scale, classifier_scale = float(guidance_scale), float(classifier_scale)
         if not (np.isfinite(guidance_scale) and guidance_scale >= 0.0):
             raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale}")
@@ -786,6 +826,8 @@ class DiffusionModel(keras.Model):
         outputs = []
         steps_tensor = tf.constant(diffusion_steps, "int32")
         eta_tensor = tf.constant(float(eta), "float32")
+        times = self._times(diffusion_steps, spacing)
+        times = tf.zeros((1,)) if times is None else times
         for start in chunks:
             chunk = tf.constant(initial_noise[start : start + batch_size])
             count = int(chunk.shape[0])
@@ -796,18 +838,22 @@ class DiffusionModel(keras.Model):
                 else tf.zeros((1, count) + expected)
             )
             if bar is None:
-                function = self._compiled_sampler("loop", sampler, stochastic, guidance, classifier)
+                function = self._compiled_sampler(
+                    "loop", sampler, stochastic, guidance, classifier, spacing
+                )
                 pred_images = function(
-                    chunk, steps_tensor, eta_tensor, step_noises, chunk_labels, *guide_args
+                    chunk, steps_tensor, eta_tensor, step_noises, times, chunk_labels, *guide_args
                 )
             else:
-                function = self._compiled_sampler("step", sampler, stochastic, guidance, classifier)
+                function = self._compiled_sampler(
+                    "step", sampler, stochastic, guidance, classifier, spacing
+                )
                 current_images = pred_images = chunk
                 for step in range(diffusion_steps):
                     noises = step_noises[step] if stochastic else step_noises[0]
                     current_images, pred_images = function(
                         current_images, pred_images, tf.constant(step, "int32"), steps_tensor,
-                        eta_tensor, noises, chunk_labels, *guide_args,
+                        eta_tensor, noises, times, chunk_labels, *guide_args,
                     )  # fmt: skip
                     bar.add(1)
             outputs.append(ops.convert_to_numpy(self.denormalize(pred_images)))

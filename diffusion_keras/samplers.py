@@ -11,14 +11,64 @@ Symbols, in this package's names and the papers':
 | `pred_noises` | epsilon_theta | the noise the network sees |
 | `lambdas` | lambda_t = log(alpha_t / sigma_t) | log signal-to-noise ratio (halved) |
 
-Times run from 1 (noise) down to 0 in `diffusion_steps` equal steps; every
-sampler evaluates the network once per step at t = 1 - step / diffusion_steps
-and, as the book does, returns the clean-image estimate of the last step.
+Every sampler evaluates the network once per step, at times that run from 1
+(noise) towards 0, and, as the book does, returns the clean-image estimate of
+the last step. Where the steps fall is the `spacing` (`sampling_times`): the
+book's `uniform` steps of 1 / diffusion_steps, or `log_snr`, equal steps in
+lambda between the same first and last times (Lu et al. 2022, section 3.3),
+which puts more of them where the image is mostly noise.
 """
 
+import numpy as np
 from keras import ops
 
 SAMPLERS = ("ddim", "dpmpp_2m")
+SPACINGS = ("uniform", "log_snr")
+
+# The noisiest log-SNR a `log_snr` grid starts at. The cosine schedule's
+# signal vanishes at t = 1 (lambda = -inf); -5 is where DDPM's linear schedule
+# ends (signal rate 0.0067). The book's offset cosine starts at -3.9.
+MIN_LOG_SNR = -5.0
+
+
+def validate_spacing(spacing):
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of: {', '.join(SPACINGS)}")
+
+
+def log_snrs(noise_rates, signal_rates):
+    """lambda = log(signal_rates / noise_rates), finite at the ends."""
+    tiny = 1e-12
+    return ops.log(ops.maximum(signal_rates, tiny)) - ops.log(ops.maximum(noise_rates, tiny))
+
+
+def sampling_times(schedule, diffusion_steps, spacing="uniform"):
+    """The diffusion times a sampler visits, float32 `(diffusion_steps + 1,)`:
+    the network is evaluated at the first `diffusion_steps`; the last is the
+    time the final update aims at (its result is not returned).
+
+    `uniform` is the book's 1 - step / diffusion_steps. `log_snr` keeps the
+    first and last evaluation times of `uniform` (t = 1 and t = 1 /
+    diffusion_steps; the first moved to lambda = MIN_LOG_SNR if the schedule
+    starts noisier) and spaces the evaluations between them equally in
+    lambda. The schedule is inverted numerically on a fine grid of times, so
+    any schedule with a decreasing lambda works.
+    """
+    validate_spacing(spacing)
+    steps = int(diffusion_steps)
+    uniform = (1.0 - np.arange(steps + 1, dtype=np.float64) / steps).astype(np.float32)
+    if spacing == "uniform" or steps == 1:
+        return uniform
+    grid = np.linspace(0.0, 1.0, 100_001)
+    noise_rates, signal_rates = schedule(grid.astype(np.float32))
+    lambdas = ops.convert_to_numpy(log_snrs(noise_rates, signal_rates)).astype(np.float64)
+    first = max(float(lambdas[-1]), MIN_LOG_SNR)
+    last = float(np.interp(1.0 / steps, grid, lambdas))
+    wanted = np.linspace(first, last, steps)
+    # np.interp needs increasing x: lambda falls with time, so reverse both.
+    times = np.interp(wanted, lambdas[::-1], grid[::-1])
+    times[0] = 1.0 if lambdas[-1] >= MIN_LOG_SNR else times[0]
+    return np.append(times, 0.0).astype(np.float32)
 
 
 def validate_sampler(sampler, eta=0.0):

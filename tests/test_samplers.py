@@ -2,9 +2,21 @@ import numpy as np
 import pytest
 
 from conftest import fit_on_blobs, tiny_model
-from diffusion_keras.samplers import ddim_update, validate_sampler
+from diffusion_keras.samplers import (
+    MIN_LOG_SNR,
+    ddim_update,
+    log_snrs,
+    sampling_times,
+    validate_sampler,
+    validate_spacing,
+)
+from diffusion_keras.schedules import get_schedule
 
 SETTINGS = [("ddim", 0.0), ("ddim", 0.5), ("ddim", 1.0), ("dpmpp_2m", 0.0)]
+# Each sampler once more on log-SNR spacing.
+SPACED = [(*setting, "uniform") for setting in SETTINGS] + [
+    ("ddim", 0.0, "log_snr"), ("ddim", 1.0, "log_snr"), ("dpmpp_2m", 0.0, "log_snr"),
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -23,20 +35,47 @@ def test_every_sampler_is_finite_in_range_and_seeded(model, sampler, eta):
     assert not np.array_equal(a, model.generate(6, 8, seed=4, sampler=sampler, eta=eta))
 
 
-@pytest.mark.parametrize("sampler, eta", SETTINGS)
-def test_compiled_equals_eager_and_chunks_do_not_matter(model, sampler, eta):
+@pytest.mark.parametrize("sampler, eta, spacing", SPACED)
+def test_compiled_equals_eager_and_chunks_do_not_matter(model, sampler, eta, spacing):
     noise = model.make_noise(5, 1)
-    compiled = model.generate(initial_noise=noise, diffusion_steps=6, seed=2, sampler=sampler,
-                              eta=eta)  # fmt: skip
+    settings = dict(diffusion_steps=6, seed=2, sampler=sampler, eta=eta, spacing=spacing)
+    compiled = model.generate(initial_noise=noise, **settings)
     step_noises = model._step_noises(2, range(5), 6) if eta else None
-    eager = model.denormalize(model.reverse_diffusion(noise, 6, sampler, eta, step_noises))
-    np.testing.assert_allclose(compiled, np.asarray(eager), atol=1e-5)
-    stepped = model.generate(initial_noise=noise, diffusion_steps=6, seed=2, sampler=sampler,
-                             eta=eta, progress=True)  # fmt: skip
+    eager = model.reverse_diffusion(noise, 6, sampler, eta, step_noises, spacing=spacing)
+    np.testing.assert_allclose(compiled, np.asarray(model.denormalize(eager)), atol=1e-5)
+    stepped = model.generate(initial_noise=noise, progress=True, **settings)
     np.testing.assert_allclose(stepped, compiled, atol=1e-5)
-    chunked = model.generate(initial_noise=noise, diffusion_steps=6, seed=2, sampler=sampler,
-                             eta=eta, batch_size=2)  # fmt: skip
+    chunked = model.generate(initial_noise=noise, batch_size=2, **settings)
     np.testing.assert_allclose(chunked, compiled, atol=1e-5)
+    if spacing != "uniform":
+        uniform = model.generate(initial_noise=noise, **dict(settings, spacing="uniform"))
+        assert np.abs(uniform - compiled).max() > 1e-3  # the spacing changed the path
+
+
+@pytest.mark.parametrize("schedule", ["offset_cosine", "cosine", "linear"])
+def test_log_snr_spacing_is_equal_steps_in_lambda_between_the_uniform_ends(schedule):
+    schedule_function = get_schedule(schedule)
+    uniform = sampling_times(schedule_function, 8)
+    np.testing.assert_allclose(uniform, 1.0 - np.arange(9) / 8, atol=1e-7)
+    times = sampling_times(schedule_function, 8, "log_snr")
+    assert times.shape == (9,) and times.dtype == np.float32
+    assert np.all(np.diff(times) < 0)  # always towards t = 0
+    assert times[-1] == 0.0 and abs(times[-2] - 1.0 / 8) < 1e-4  # the same last evaluation
+    lambdas = np.asarray(log_snrs(*schedule_function(times[:-1])), np.float64)
+    steps = np.diff(lambdas)
+    np.testing.assert_allclose(steps, steps.mean(), rtol=2e-3)
+    # Starts at t = 1 unless the schedule is noisier there than MIN_LOG_SNR
+    # (cosine: lambda = -inf; DDPM's linear: -5.02).
+    if float(log_snrs(*schedule_function(1.0))) < MIN_LOG_SNR:
+        assert schedule != "offset_cosine"
+        assert times[0] < 1.0 and abs(lambdas[0] - MIN_LOG_SNR) < 1e-2
+    else:
+        assert times[0] == 1.0
+    # More of the evaluations where the image is mostly noise than uniform gives.
+    assert np.sum(times[:-1] > 0.5) > np.sum(uniform[:-1] > 0.5)
+    np.testing.assert_array_equal(sampling_times(schedule_function, 1, "log_snr"), [1.0, 0.0])
+    with pytest.raises(ValueError, match="unknown spacing 'karras'; choose one of: uniform"):
+        validate_spacing("karras")
 
 
 def test_eta_zero_is_plain_ddim_and_eta_is_continuous(model):
@@ -63,6 +102,13 @@ def test_second_order_sampler_is_closer_to_the_ode_solution(model):
         errors[sampler] = float(np.abs(images - reference).mean())
     print(f"mean distance to a 200-step DDIM solution at 10 steps: {errors}")
     assert errors["dpmpp_2m"] < errors["ddim"]
+    # Steps spaced equally in log-SNR land closer still, for both samplers.
+    for sampler in ["ddim", "dpmpp_2m"]:
+        images = model.generate(initial_noise=noise, diffusion_steps=10, sampler=sampler,
+                                spacing="log_snr")  # fmt: skip
+        error = float(np.abs(images - reference).mean())
+        print(f"{sampler} with log_snr spacing: {error:.4f}")
+        assert error < errors[sampler]
 
 
 @pytest.mark.parametrize(
@@ -80,7 +126,8 @@ def test_generate_cli_takes_a_sampler(model, tmp_path):
 
     path = tmp_path / "model.keras"
     model.save(path)
-    for flags in (["--sampler", "dpmpp_2m"], ["--sampler", "ddim", "--eta", "0.7"]):
+    for flags in (["--sampler", "dpmpp_2m", "--spacing", "log_snr"],
+                  ["--sampler", "ddim", "--eta", "0.7"]):  # fmt: skip
         out = tmp_path / "out.png"
         result = run_script("generate.py", path, "--num-images", 2, "--steps", 3, "--seed", 1,
                             "--output", out, *flags)  # fmt: skip
