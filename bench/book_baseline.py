@@ -21,8 +21,8 @@ class BookDiffusionModel(keras.Model):
         self.batch_size = batch_size
         self.ema = ema
         self.normalizer = keras.layers.Normalization()
-        self.network = build_unet(image_size)
-        self.ema_network = build_unet(image_size)  # the book's clone_model: new weights
+        self.network = build_unet(image_size, batch_norm="keras")  # Keras 3 BatchNormalization
+        self.ema_network = build_unet(image_size, batch_norm="keras")  # clone_model: new weights
         self.noise_loss_tracker = keras.metrics.Mean(name="n_loss")
 
     @property

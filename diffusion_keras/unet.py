@@ -54,6 +54,7 @@ def build_unet(
     precision="float32",
     synchronized_batch_norm=False,
     num_classes=0,
+    batch_norm="fused",
 ):
     """Builds the U-Net that predicts the noise in a noisy image.
 
@@ -89,6 +90,10 @@ def build_unet(
             classifier-free guidance; each label is embedded (`embedding_dims`
             values), upsampled and concatenated as the noise embedding is.
             Defaults to 0 (unconditional, the book's).
+        batch_norm: str. `"fused"` (TensorFlow's fused kernel, faster, the
+            same arithmetic) or `"keras"` (Keras's `BatchNormalization`, as
+            the book's code builds). `synchronized_batch_norm` overrides it.
+            Defaults to `"fused"`.
 
     References:
     - [Ronneberger et al., 2015](https://arxiv.org/abs/1505.04597)
@@ -100,13 +105,13 @@ def build_unet(
         return _build_unet(
             image_size, channels, [int(w) for w in widths], block_depth, embedding_dims,
             embedding_min_frequency, embedding_max_frequency, name, seed,
-            synchronized_batch_norm, int(num_classes),
+            "synchronized" if synchronized_batch_norm else batch_norm, int(num_classes),
         )  # fmt: skip
 
 
 def _build_unet(
     image_size, channels, widths, block_depth, embedding_dims,
-    embedding_min_frequency, embedding_max_frequency, name, seed, synchronized, num_classes,
+    embedding_min_frequency, embedding_max_frequency, name, seed, batch_norm, num_classes,
 ):  # fmt: skip
     noisy_images = keras.Input(shape=(image_size, image_size, channels))
     noise_variances = keras.Input(shape=(1, 1, 1))
@@ -141,11 +146,11 @@ def _build_unet(
 
     skips = []
     for width in widths[:-1]:
-        x = down_block(x, skips, width, block_depth, initializers, synchronized)
+        x = down_block(x, skips, width, block_depth, initializers, batch_norm)
     for _ in range(block_depth):
-        x = residual_block(x, widths[-1], initializers, synchronized)
+        x = residual_block(x, widths[-1], initializers, batch_norm)
     for width in reversed(widths[:-1]):
-        x = up_block(x, skips, width, block_depth, initializers, synchronized)
+        x = up_block(x, skips, width, block_depth, initializers, batch_norm)
 
     # The prediction (noise in the book; or image, or velocity), in float32 so
     # that the loss and the sampler's arithmetic stay exact under mixed precision.

@@ -34,3 +34,55 @@ def test_embedding_config_round_trip():
 def test_embedding_refuses_odd_sizes(dims):
     with pytest.raises(ValueError, match="even"):
         SinusoidalEmbedding(dims)
+
+
+@pytest.mark.parametrize("center_and_scale", [False, True])
+def test_fused_batch_norm_computes_what_keras_batch_norm_does(center_and_scale):
+    import tensorflow as tf
+
+    from diffusion_keras.layers import FusedBatchNormalization
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2.0, 3.0, (4, 6, 6, 5)).astype(np.float32))
+    options = dict(center=center_and_scale, scale=center_and_scale, momentum=0.9)
+    fused, plain = FusedBatchNormalization(**options), keras.layers.BatchNormalization(**options)
+    for layer in (fused, plain):
+        layer.build(x.shape)
+        if center_and_scale:
+            layer.gamma.assign(rng.uniform(0.5, 2.0, 5).astype(np.float32))
+            layer.beta.assign(rng.normal(size=5).astype(np.float32))
+    fused.set_weights(plain.get_weights())
+    results = []
+    for layer in (fused, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * tf.sin(x))  # a gradient that is not trivially 0
+        results.append((y, tape.gradient(loss, x), layer.moving_mean, layer.moving_variance))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    # The moving statistics moved (biased variance, as Keras averages).
+    assert np.abs(np.asarray(fused.moving_mean)).min() > 0.05
+    np.testing.assert_allclose(
+        np.asarray(fused(x, training=False)), np.asarray(plain(x, training=False)), atol=1e-5
+    )
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(fused))
+    assert type(restored) is FusedBatchNormalization and restored.momentum == 0.9
+
+
+def test_fused_batch_norm_keeps_bfloat16_and_falls_back_where_it_cannot_fuse():
+    import tensorflow as tf
+
+    from diffusion_keras.layers import FusedBatchNormalization
+
+    x = np.random.default_rng(1).normal(size=(2, 4, 4, 3)).astype(np.float32)
+    layer = FusedBatchNormalization(dtype="mixed_bfloat16")
+    y = layer(x, training=True)
+    assert y.dtype == tf.bfloat16
+    expected = (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + layer.epsilon)
+    np.testing.assert_allclose(np.asarray(tf.cast(y, "float32")), expected, atol=0.05)
+    assert layer(x, training=False).dtype == tf.bfloat16
+    # Rank 2: Keras's own code.
+    flat = FusedBatchNormalization()
+    assert not flat._fusable(tf.zeros((4, 3)), None)
+    assert flat(np.ones((4, 3), np.float32), training=True).shape == (4, 3)
