@@ -5,7 +5,12 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from diffusion_keras.layers import KernelInitializers, SinusoidalEmbedding, residual_block
+from diffusion_keras.layers import (
+    KernelInitializers,
+    SinusoidalEmbedding,
+    residual_block,
+    validate_batch_norm,
+)
 from diffusion_keras.schedules import get_schedule, validate_schedule
 
 CLASSIFIER_WIDTHS = (32, 64, 96)
@@ -13,7 +18,7 @@ CLASSIFIER_WIDTHS = (32, 64, 96)
 
 def build_classifier_network(
     image_size, channels, num_classes, widths, block_depth, embedding_dims, seed=None,
-    name="classifier_network",
+    name="classifier_network", batch_norm="fused",
 ):  # fmt: skip
     """The U-Net's downsampling half with a classification head: noisy images
     and their noise variances in, class logits out."""
@@ -26,7 +31,7 @@ def build_classifier_network(
     x = layers.Concatenate()([x, embedding])
     for level, width in enumerate(widths):
         for _ in range(block_depth):
-            x = residual_block(x, width, initializers)
+            x = residual_block(x, width, initializers, batch_norm=batch_norm)
         if level < len(widths) - 1:
             x = layers.AveragePooling2D(pool_size=2)(x)
     x = layers.GlobalAveragePooling2D()(x)
@@ -76,9 +81,12 @@ class NoiseClassifier(keras.Model):
         mean=None,
         variance=None,
         seed=0,
+        batch_norm="fused",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        validate_batch_norm(batch_norm)
+        self.batch_norm = batch_norm
         if num_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
         validate_schedule(schedule, min_signal_rate, max_signal_rate)
@@ -101,7 +109,7 @@ class NoiseClassifier(keras.Model):
         self.diffusion_schedule = get_schedule(schedule, min_signal_rate, max_signal_rate)
         self.network = build_classifier_network(
             self.image_size, self.channels, self.num_classes, self.widths, self.block_depth,
-            self.embedding_dims, self.seed,
+            self.embedding_dims, self.seed, batch_norm=batch_norm,
         )  # fmt: skip
         self.train_steps = self.add_weight(
             shape=(), dtype="int64", initializer="zeros", trainable=False, name="train_steps"
@@ -145,11 +153,13 @@ class NoiseClassifier(keras.Model):
             "mean": list(self.mean),
             "variance": list(self.variance),
             "seed": self.seed,
+            "batch_norm": self.batch_norm,
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        # Files saved before `batch_norm` existed hold Keras's BatchNormalization.
+        return cls(**{"batch_norm": "keras", **config})
 
     @property
     def metrics(self):

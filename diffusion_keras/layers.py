@@ -144,26 +144,30 @@ class KernelInitializers:
         return keras.initializers.GlorotUniform(seed=self.seed * 1000 + self.count)
 
 
-BATCH_NORMS = ("fused", "keras", "synchronized")
+BATCH_NORMS = ("fused", "keras")
 
 
-def batch_norm_layer(kind="fused"):
-    """The U-Net's batch norm (no scale, no centre): `"fused"`
-    (`FusedBatchNormalization`), `"keras"` (Keras's own, as the book's code
-    builds on Keras 3) or `"synchronized"` (Keras's, with batch statistics over
-    all replicas of a distribution strategy)."""
+def validate_batch_norm(kind):
     if kind not in BATCH_NORMS:
         raise ValueError(f"unknown batch norm {kind!r}; choose one of: {', '.join(BATCH_NORMS)}")
-    if kind == "fused":
-        return FusedBatchNormalization(center=False, scale=False)
-    return layers.BatchNormalization(center=False, scale=False, synchronized=kind == "synchronized")
 
 
-def residual_block(x, width, initializers=None, batch_norm="fused"):
+def batch_norm_layer(kind="fused", synchronized=False):
+    """The U-Net's batch norm (no scale, no centre): `"fused"`
+    (`FusedBatchNormalization`) or `"keras"` (Keras's own `BatchNormalization`,
+    which the book's code builds on Keras 3 and models saved before the fused
+    layer hold). With `synchronized`, batch statistics are taken over all
+    replicas' batches."""
+    validate_batch_norm(kind)
+    layer = FusedBatchNormalization if kind == "fused" else layers.BatchNormalization
+    return layer(center=False, scale=False, synchronized=synchronized)
+
+
+def residual_block(x, width, initializers=None, synchronized=False, batch_norm="fused"):
     """Batch norm (no scale, no centre), two 3x3 convs, and a skip connection.
 
     A 1x1 conv matches the skip's width to `width` when they differ.
-    `batch_norm` is a kind of `batch_norm_layer`.
+    `synchronized` and `batch_norm` are as in `batch_norm_layer`.
     """
     initializers = initializers or KernelInitializers()
     input_width = x.shape[-1]
@@ -171,7 +175,7 @@ def residual_block(x, width, initializers=None, batch_norm="fused"):
         residual = x
     else:
         residual = layers.Conv2D(width, kernel_size=1, kernel_initializer=initializers())(x)
-    x = batch_norm_layer(batch_norm)(x)
+    x = batch_norm_layer(batch_norm, synchronized)(x)
     x = layers.Conv2D(
         width,
         kernel_size=3,
@@ -183,20 +187,24 @@ def residual_block(x, width, initializers=None, batch_norm="fused"):
     return layers.Add()([x, residual])
 
 
-def down_block(x, skips, width, block_depth, initializers=None, batch_norm="fused"):
+def down_block(
+    x, skips, width, block_depth, initializers=None, synchronized=False, batch_norm="fused"
+):
     """`block_depth` residual blocks, each pushing its output onto `skips`, then
     2x2 average pooling."""
     for _ in range(block_depth):
-        x = residual_block(x, width, initializers, batch_norm)
+        x = residual_block(x, width, initializers, synchronized, batch_norm)
         skips.append(x)
     return layers.AveragePooling2D(pool_size=2)(x)
 
 
-def up_block(x, skips, width, block_depth, initializers=None, batch_norm="fused"):
+def up_block(
+    x, skips, width, block_depth, initializers=None, synchronized=False, batch_norm="fused"
+):
     """2x bilinear upsampling, then `block_depth` residual blocks, each taking
     the last entry popped from `skips`."""
     x = layers.UpSampling2D(size=2, interpolation="bilinear")(x)
     for _ in range(block_depth):
         x = layers.Concatenate()([x, skips.pop()])
-        x = residual_block(x, width, initializers, batch_norm)
+        x = residual_block(x, width, initializers, synchronized, batch_norm)
     return x

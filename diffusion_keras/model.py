@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from diffusion_keras.layers import validate_batch_norm
 from diffusion_keras.precision import validate_precision
 from diffusion_keras.samplers import (
     ddim_update,
@@ -88,6 +89,10 @@ class DiffusionModel(keras.Model):
         label_dropout: float. In [0, 1): the share of training labels
             replaced by the null class, so that one network learns both the
             conditional and the unconditional model. Defaults to 0.1.
+        batch_norm: str. The U-Net's batch norm: `"fused"`
+            (`FusedBatchNormalization`, faster, the same arithmetic) or
+            `"keras"` (Keras's `BatchNormalization`; what files saved before
+            the fused layer hold, and how they load). Defaults to `"fused"`.
         seed: int or None. Seeds the initial weights and the training noise;
             training is then reproducible and resumable. Defaults to a random seed, which is
             saved with the model.
@@ -122,6 +127,7 @@ class DiffusionModel(keras.Model):
         num_classes=0,
         class_names=None,
         label_dropout=0.1,
+        batch_norm="fused",
         **kwargs,
     ):
         validate_precision(precision)
@@ -169,6 +175,8 @@ class DiffusionModel(keras.Model):
         self.num_classes = int(num_classes)
         self.class_names = class_names
         self.label_dropout = float(label_dropout)
+        validate_batch_norm(batch_norm)
+        self.batch_norm = batch_norm
 
         self.diffusion_schedule = get_schedule(schedule, min_signal_rate, max_signal_rate)
         self.loss_fn = _loss_function(loss)
@@ -185,6 +193,7 @@ class DiffusionModel(keras.Model):
             embedding_max_frequency=self.embedding_max_frequency,
             precision=precision,
             num_classes=self.num_classes,
+            batch_norm=self.batch_norm,
             # Built inside a multi-replica strategy's scope: batch statistics
             # over the global batch, as on one device.
             synchronized_batch_norm=tf.distribute.has_strategy()
@@ -251,11 +260,13 @@ class DiffusionModel(keras.Model):
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
             "label_dropout": self.label_dropout,
+            "batch_norm": self.batch_norm,
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        # Files saved before `batch_norm` existed hold Keras's BatchNormalization.
+        return cls(**{"batch_norm": "keras", **config})
 
     def with_precision(self, precision):
         """This model (weights, EMA, normalizer, counters) in another precision.

@@ -9,6 +9,7 @@ from diffusion_keras.layers import (
     down_block,
     residual_block,
     up_block,
+    validate_batch_norm,
 )
 from diffusion_keras.precision import dtype_policy, validate_precision
 
@@ -92,8 +93,8 @@ def build_unet(
             Defaults to 0 (unconditional, the book's).
         batch_norm: str. `"fused"` (TensorFlow's fused kernel, faster, the
             same arithmetic) or `"keras"` (Keras's `BatchNormalization`, as
-            the book's code builds). `synchronized_batch_norm` overrides it.
-            Defaults to `"fused"`.
+            the book's code builds, and models saved before the fused layer
+            hold). Defaults to `"fused"`.
 
     References:
     - [Ronneberger et al., 2015](https://arxiv.org/abs/1505.04597)
@@ -101,17 +102,19 @@ def build_unet(
     """
     validate_unet_args(image_size, widths, block_depth, channels, embedding_dims, num_classes)
     validate_precision(precision)
+    validate_batch_norm(batch_norm)
     with dtype_policy(precision):
         return _build_unet(
             image_size, channels, [int(w) for w in widths], block_depth, embedding_dims,
             embedding_min_frequency, embedding_max_frequency, name, seed,
-            "synchronized" if synchronized_batch_norm else batch_norm, int(num_classes),
+            synchronized_batch_norm, batch_norm, int(num_classes),
         )  # fmt: skip
 
 
 def _build_unet(
     image_size, channels, widths, block_depth, embedding_dims,
-    embedding_min_frequency, embedding_max_frequency, name, seed, batch_norm, num_classes,
+    embedding_min_frequency, embedding_max_frequency, name, seed, synchronized, batch_norm,
+    num_classes,
 ):  # fmt: skip
     noisy_images = keras.Input(shape=(image_size, image_size, channels))
     noise_variances = keras.Input(shape=(1, 1, 1))
@@ -146,11 +149,11 @@ def _build_unet(
 
     skips = []
     for width in widths[:-1]:
-        x = down_block(x, skips, width, block_depth, initializers, batch_norm)
+        x = down_block(x, skips, width, block_depth, initializers, synchronized, batch_norm)
     for _ in range(block_depth):
-        x = residual_block(x, widths[-1], initializers, batch_norm)
+        x = residual_block(x, widths[-1], initializers, synchronized, batch_norm)
     for width in reversed(widths[:-1]):
-        x = up_block(x, skips, width, block_depth, initializers, batch_norm)
+        x = up_block(x, skips, width, block_depth, initializers, synchronized, batch_norm)
 
     # The prediction (noise in the book; or image, or velocity), in float32 so
     # that the loss and the sampler's arithmetic stay exact under mixed precision.

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from conftest import ROOT, TINY, blob_images, fit_on_blobs, tiny_model
 from diffusion_keras import DiffusionModel
+from diffusion_keras.saving import load_model
 
 
 def weights_equal(a, b):
@@ -230,3 +231,32 @@ def test_every_prediction_target_trains_and_reloads(prediction, loss, tmp_path):
 def test_unknown_prediction_is_refused():
     with pytest.raises(ValueError, match="unknown prediction 'score'"):
         DiffusionModel(**TINY, prediction="score")
+
+
+def test_files_from_before_the_fused_batch_norm_still_load(tmp_path):
+    """A model saved before `batch_norm` existed holds Keras's
+    BatchNormalization and no `batch_norm` key; it loads as such, and the
+    fused U-Net with the same weights draws the same images."""
+    import zipfile
+
+    old = tiny_model(batch_norm="keras")
+    fit_on_blobs(old, steps_per_epoch=3)
+    saved, path = str(tmp_path / "saved.keras"), str(tmp_path / "old.keras")
+    old.save(saved)
+    with zipfile.ZipFile(saved) as source, zipfile.ZipFile(path, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                del config["config"]["batch_norm"]
+                data = json.dumps(config).encode()
+            target.writestr(item, data)
+    loaded = load_model(path)
+    assert loaded.batch_norm == "keras"
+    expected = old.generate(4, 5, seed=2)
+    np.testing.assert_array_equal(loaded.generate(4, 5, seed=2), expected)
+    fused = DiffusionModel.from_config({**old.get_config(), "batch_norm": "fused"})
+    assert any(type(layer).__name__ == "FusedBatchNormalization" for layer in fused.network.layers)
+    fused.set_weights(old.get_weights())
+    np.testing.assert_allclose(fused.generate(4, 5, seed=2), expected, atol=1e-4)
+    assert DiffusionModel(**TINY).batch_norm == "fused"
