@@ -84,8 +84,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
     in the moving average, the same momentum and epsilon) in one fused op per
     direction, in the input's precision, for 4D channels-last inputs; anything
     else (masks, renorm, `synchronized` statistics across replicas, other
-    axes or backends) goes to Keras's own code. It saves the U-Net's training
-    step about a sixth of its time on a CPU (see `bench/speed.py`).
+    axes or backends) goes to Keras's own code. On a CPU it made the U-Net's
+    training step 1.2x (float32) to 1.4x (bfloat16) faster (`bench/speed.py`).
     """
 
     def _fusable(self, inputs, mask):
