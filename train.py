@@ -104,6 +104,11 @@ def parser():
         choices=["auto", "on", "off"],
         help="compile the training step with XLA (default auto: off; see the README)",
     )
+    add(
+        "--remat",
+        action=__import__("argparse").BooleanOptionalAction,
+        help="recompute batch norm and swish in the backward pass: less memory (default on)",
+    )
     add("--seed", type=int, help="seed for data order, flips and noise (default 42)")
     add(
         "--flip",

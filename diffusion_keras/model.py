@@ -93,6 +93,12 @@ class DiffusionModel(keras.Model):
             (`FusedBatchNormalization`, faster, the same arithmetic) or
             `"keras"` (Keras's `BatchNormalization`; what files saved before
             the fused layer hold, and how they load). Defaults to `"fused"`.
+        remat: bool. Residual blocks as `ResidualBlock` layers that
+            recompute their batch norm and swish in the backward pass instead
+            of keeping them: less training memory for a little time, the same
+            weights and arithmetic. Saved with the model; files saved before
+            it existed load as the book's separate layers (False). Defaults
+            to True.
         seed: int or None. Seeds the initial weights and the training noise;
             training is then reproducible and resumable. Defaults to a random seed, which is
             saved with the model.
@@ -128,6 +134,7 @@ class DiffusionModel(keras.Model):
         class_names=None,
         label_dropout=0.1,
         batch_norm="fused",
+        remat=True,
         **kwargs,
     ):
         validate_precision(precision)
@@ -177,6 +184,7 @@ class DiffusionModel(keras.Model):
         self.label_dropout = float(label_dropout)
         validate_batch_norm(batch_norm)
         self.batch_norm = batch_norm
+        self.remat = bool(remat)
 
         self.diffusion_schedule = get_schedule(schedule, min_signal_rate, max_signal_rate)
         self.loss_fn = _loss_function(loss)
@@ -194,6 +202,7 @@ class DiffusionModel(keras.Model):
             precision=precision,
             num_classes=self.num_classes,
             batch_norm=self.batch_norm,
+            remat=self.remat,
             # Built inside a multi-replica strategy's scope: batch statistics
             # over the global batch, as on one device.
             synchronized_batch_norm=tf.distribute.has_strategy()
@@ -261,12 +270,14 @@ class DiffusionModel(keras.Model):
             "class_names": list(self.class_names),
             "label_dropout": self.label_dropout,
             "batch_norm": self.batch_norm,
+            "remat": self.remat,
         }
 
     @classmethod
     def from_config(cls, config):
-        # Files saved before `batch_norm` existed hold Keras's BatchNormalization.
-        return cls(**{"batch_norm": "keras", **config})
+        # Files saved before `batch_norm` existed hold Keras's BatchNormalization,
+        # and files saved before `remat` existed the book's separate layers.
+        return cls(**{"batch_norm": "keras", "remat": False, **config})
 
     def with_precision(self, precision):
         """This model (weights, EMA, normalizer, counters) in another precision.

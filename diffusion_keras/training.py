@@ -15,6 +15,7 @@ import keras
 from diffusion_keras.callbacks import (
     EpochCheckpoint,
     NanGuard,
+    ReleaseFreeMemory,
     SampleGrid,
     list_checkpoints,
     save_model_atomically,
@@ -67,6 +68,7 @@ class TrainConfig:
     seed: int = 42
     precision: str = "auto"
     jit_compile: str = "auto"
+    remat: bool = True
     # classes
     conditional: bool = False
     label_dropout: float = 0.1
@@ -127,6 +129,7 @@ def build_model(config, class_names=None):
         max_signal_rate=config.max_signal_rate,
         ema=config.ema,
         ema_warmup=config.ema_warmup,
+        remat=config.remat,
         loss=config.loss,
         seed=config.seed,
         precision=resolve_precision(config.precision),
@@ -319,6 +322,8 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
             )
             # Before the CSV and TensorBoard loggers, so that they record `kid`.
             callbacks.insert(0, kid)
+    # Last, so that it runs after the sample grid and the checkpoint.
+    callbacks.append(ReleaseFreeMemory())
     callbacks += list(extra_callbacks)
     try:
         if initial_epoch < config.epochs and is_multiworker(strategy):

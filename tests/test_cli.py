@@ -152,3 +152,13 @@ def test_generate_rejects_bad_files_in_one_line(tmp_path):
     assert "--steps: expected a number >= 1" in one_line_error(
         run_script("generate.py", junk, "--steps", "0")
     )
+
+
+def test_remat_is_on_by_default_and_can_be_turned_off():
+    import train
+
+    def config(*flags):
+        return train.config_from_args(train.parser().parse_args([*flags, "--output", "run"]))
+
+    assert config().remat is True
+    assert config("--no-remat").remat is False

@@ -307,3 +307,14 @@ def test_ctrl_c_saves_the_current_weights(tmp_path, png_folder):
     assert "Traceback" not in err
     assert "interrupted" in err.strip().splitlines()[-1]
     assert load_model(str(run_dir / "interrupted.keras")).generate(1, 2, seed=0).shape[0] == 1
+
+
+def test_free_memory_is_released_on_glibc_and_skipped_elsewhere(monkeypatch):
+    import platform
+
+    from diffusion_keras import callbacks
+
+    if platform.libc_ver()[0] == "glibc":
+        assert callbacks.release_free_memory() is True
+    monkeypatch.setattr(callbacks.ctypes.util, "find_library", lambda name: "/nonexistent/libc.so")
+    assert callbacks.release_free_memory() is False

@@ -234,12 +234,13 @@ def test_unknown_prediction_is_refused():
 
 
 def test_files_from_before_the_fused_batch_norm_still_load(tmp_path):
-    """A model saved before `batch_norm` existed holds Keras's
-    BatchNormalization and no `batch_norm` key; it loads as such, and the
-    fused U-Net with the same weights draws the same images."""
+    """A model saved before `batch_norm` and `remat` existed holds Keras's
+    BatchNormalization in the book's separate layers and neither key; it
+    loads as such, and the fused U-Net with the same weights draws the same
+    images."""
     import zipfile
 
-    old = tiny_model(batch_norm="keras")
+    old = tiny_model(batch_norm="keras", remat=False)
     fit_on_blobs(old, steps_per_epoch=3)
     saved, path = str(tmp_path / "saved.keras"), str(tmp_path / "old.keras")
     old.save(saved)
@@ -248,11 +249,11 @@ def test_files_from_before_the_fused_batch_norm_still_load(tmp_path):
             data = source.read(item.filename)
             if item.filename == "config.json":
                 config = json.loads(data)
-                del config["config"]["batch_norm"]
+                del config["config"]["batch_norm"], config["config"]["remat"]
                 data = json.dumps(config).encode()
             target.writestr(item, data)
     loaded = load_model(path)
-    assert loaded.batch_norm == "keras"
+    assert loaded.batch_norm == "keras" and not loaded.remat
     expected = old.generate(4, 5, seed=2)
     np.testing.assert_array_equal(loaded.generate(4, 5, seed=2), expected)
     fused = DiffusionModel.from_config({**old.get_config(), "batch_norm": "fused"})
@@ -260,3 +261,21 @@ def test_files_from_before_the_fused_batch_norm_still_load(tmp_path):
     fused.set_weights(old.get_weights())
     np.testing.assert_allclose(fused.generate(4, 5, seed=2), expected, atol=1e-4)
     assert DiffusionModel(**TINY).batch_norm == "fused"
+
+
+def test_remat_model_trains_and_samples_as_the_books_layers_do(tmp_path):
+    """The default `remat=True` (residual blocks that recompute their batch
+    norm and swish) trains to the same weights as the book's separate layers
+    and draws the same images; it saves and loads as itself."""
+    flat, remat = tiny_model(remat=False), tiny_model()
+    assert remat.remat and not flat.remat
+    assert any(type(layer).__name__ == "ResidualBlock" for layer in remat.network.layers)
+    for model in (flat, remat):
+        fit_on_blobs(model, steps_per_epoch=4)
+    expected = flat.generate(4, 5, seed=2)
+    np.testing.assert_allclose(remat.generate(4, 5, seed=2), expected, atol=2e-4)
+    path = str(tmp_path / "remat.keras")
+    remat.save(path)
+    loaded = load_model(path)
+    assert loaded.remat
+    np.testing.assert_array_equal(loaded.generate(4, 5, seed=2), remat.generate(4, 5, seed=2))

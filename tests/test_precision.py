@@ -15,7 +15,8 @@ def test_every_precision_trains_and_round_trips(precision, tmp_path):
     if precision == "mixed_float16":
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     compute = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
-    convs = [layer for layer in model.network.layers if isinstance(layer, keras.layers.Conv2D)]
+    layers = model.network._flatten_layers(include_self=False, recursive=True)
+    convs = [layer for layer in layers if isinstance(layer, keras.layers.Conv2D)]
     assert convs[1].compute_dtype == compute[precision]
     # The output conv stays float32, so the loss and the sampler are float32.
     assert convs[-1].compute_dtype == "float32"
