@@ -7,7 +7,7 @@ os.environ.setdefault("DIFFUSION_KERAS_QUIET", "1")  # before TensorFlow loads
 from diffusion_keras.cli import (
     OneLineParser,
     UsageError,
-    eta_value,
+    closed_unit_interval,
     int_list,
     non_negative_float,
     positive_int,
@@ -56,7 +56,7 @@ def parser():
     add("--spacing", choices=["uniform", "log_snr"], default="uniform",
         help="where the steps fall: uniform in time (the book's) or in log-SNR "
              "(better images in few steps)")  # fmt: skip
-    add("--eta", type=eta_value, default=0.0,
+    add("--eta", type=closed_unit_interval, default=0.0,
         help="ddim only: fresh noise per step, 0 (deterministic) to 1 (DDPM-like)")  # fmt: skip
     add("--class", dest="class_label", metavar="NAME|INDEX",
         help="generate this class: a conditional model's, or the classifier's")  # fmt: skip

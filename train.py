@@ -10,6 +10,7 @@ import sys
 from diffusion_keras.cli import (
     OneLineParser,
     UsageError,
+    closed_unit_interval,
     int_list,
     non_negative_float,
     positive_float,
@@ -53,6 +54,16 @@ def parser():
         "--schedule",
         choices=["offset_cosine", "cosine", "linear"],
         help="diffusion schedule (default offset_cosine)",
+    )
+    add(
+        "--min-signal-rate",
+        type=closed_unit_interval,
+        help="offset_cosine signal rate at t=1 (default 0.02)",
+    )
+    add(
+        "--max-signal-rate",
+        type=closed_unit_interval,
+        help="offset_cosine signal rate at t=0 (default 0.95)",
     )
     add("--loss", choices=["mae", "mse"], help="loss on the prediction (default mae)")
     add(
@@ -194,6 +205,9 @@ def main(argv=None):
 
     config = config_from_args(args)
     from diffusion_keras.distribute import make_strategy
+    from diffusion_keras.schedules import validate_schedule
+
+    validate_schedule(config.schedule, config.min_signal_rate, config.max_signal_rate)
 
     strategy = make_strategy(config.strategy, config.cpu_replicas)
     validate_unet_args(

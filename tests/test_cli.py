@@ -132,6 +132,8 @@ def test_train_resume_and_generate_end_to_end(png_folder, tmp_path):
         (["--image-size", "30"], "image size 30 must be a positive multiple of 8"),
         (["--ema", "1.5"], "--ema: expected a number in [0, 1)"),
         (["--schedule", "sigmoid"], "invalid choice: 'sigmoid'"),
+        (["--max-signal-rate", "1.2"], "--max-signal-rate: expected a number in [0, 1]"),
+        (["--min-signal-rate", "0.5", "--max-signal-rate", "0.4"], "min_signal_rate < max"),
         (["--widths", "32,x"], "comma-separated whole numbers"),
         (["--data", "/no/such/folder"], "does not exist"),
         (["--data", "builtin:tulips"], "unknown built-in data set"),
@@ -154,7 +156,7 @@ def test_generate_rejects_bad_files_in_one_line(tmp_path):
     )
 
 
-def test_remat_is_on_by_default_and_can_be_turned_off():
+def test_flags_reach_the_run_config():
     import train
 
     def config(*flags):
@@ -162,3 +164,5 @@ def test_remat_is_on_by_default_and_can_be_turned_off():
 
     assert config().remat is True
     assert config("--no-remat").remat is False
+    rates = config("--min-signal-rate", "0.1", "--max-signal-rate", "0.9")
+    assert (rates.min_signal_rate, rates.max_signal_rate) == (0.1, 0.9)
