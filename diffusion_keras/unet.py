@@ -100,8 +100,8 @@ def build_unet(
             recomputes its batch norm and swish in the backward pass instead
             of keeping them: for the book's U-Net at batch 64 in bfloat16,
             about 30% less TensorFlow memory per training step for about 1.5%
-            more time (2 EPYC cores), the same weights and arithmetic. Defaults to False (the
-            book's graph of separate layers).
+            more time (2 EPYC cores), the same weights and arithmetic.
+            Defaults to False (the book's graph of separate layers).
 
     References:
     - [Ronneberger et al., 2015](https://arxiv.org/abs/1505.04597)

@@ -26,6 +26,14 @@ def tiny_model(**overrides):
     return model
 
 
+def conv_layers(network):
+    """Every `Conv2D` in `network`, those inside `ResidualBlock`s included, in order."""
+    import keras
+
+    layers = network._flatten_layers(include_self=False, recursive=True)
+    return [layer for layer in layers if isinstance(layer, keras.layers.Conv2D)]
+
+
 def fit_on_blobs(model, steps_per_epoch, epochs=1, learning_rate=3e-3):
     """Adapts `model` to 64 blob images and trains it on them (batch 16);
     returns `(data, history)`."""

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import blob_images, run_script, tiny_model
+from conftest import blob_images, conv_layers, run_script, tiny_model
 from diffusion_keras.precision import PRECISIONS, auto_precision, resolve_precision
 from diffusion_keras.saving import load_model
 
@@ -15,8 +15,7 @@ def test_every_precision_trains_and_round_trips(precision, tmp_path):
     if precision == "mixed_float16":
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     compute = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
-    layers = model.network._flatten_layers(include_self=False, recursive=True)
-    convs = [layer for layer in layers if isinstance(layer, keras.layers.Conv2D)]
+    convs = conv_layers(model.network)
     assert convs[1].compute_dtype == compute[precision]
     # The output conv stays float32, so the loss and the sampler are float32.
     assert convs[-1].compute_dtype == "float32"

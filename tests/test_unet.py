@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import conv_layers
 from diffusion_keras.unet import build_unet
 
 
@@ -45,14 +46,6 @@ def test_impossible_sizes_are_refused(kwargs, message):
         build_unet(**kwargs)
 
 
-def _conv_layers(network):
-    return [
-        layer
-        for layer in network._flatten_layers(include_self=False)
-        if isinstance(layer, keras.layers.Conv2D)
-    ]
-
-
 def _training_step(network, images, variances):
     import tensorflow as tf
 
@@ -85,14 +78,14 @@ def test_remat_unet_is_the_same_network_trained_the_same_way():
         outputs, gradients = _training_step(network, images, variances)()
         by_weight = {id(w): np.asarray(g) for w, g in zip(network.trainable_weights, gradients)}
         convs = {}
-        for conv in _conv_layers(network):
+        for conv in conv_layers(network):
             key = np.asarray(conv.kernel).tobytes()  # the initial kernels match across the two
             convs[key] = (by_weight[id(conv.kernel)], by_weight[id(conv.bias)])
         moving = sorted(
             float(np.sum(w)) for w in network.non_trainable_weights if "moving" in w.path
         )
         results[remat] = (np.asarray(before), np.asarray(outputs), convs, moving)
-    assert len([layer for layer in build_unet(size, widths=widths, remat=True).layers]) < 30
+    assert len(build_unet(size, widths=widths, remat=True).layers) < 30
     flat, remat = results[False], results[True]
     np.testing.assert_array_equal(flat[0], remat[0])
     np.testing.assert_allclose(flat[1], remat[1], atol=1e-5)
