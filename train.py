@@ -13,6 +13,7 @@ from diffusion_keras.cli import (
     closed_unit_interval,
     int_list,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
     run,
@@ -28,8 +29,14 @@ RESUMABLE = {
 
 
 def parser():
-    p = OneLineParser(description="Train a denoising diffusion model (defaults: the book's).")
+    p = OneLineParser(description="Train a denoising diffusion model (see the README).")
     add = p.add_argument
+    add(
+        "--recipe",
+        choices=["default", "book"],
+        help="training defaults: the package's (default) or the book's exactly (book: its EMA "
+        "without warm-up, no flips, a constant learning rate); flags given still win",
+    )
     add("--data", help="image folder, tfds:NAME or builtin:flowers[:N] (default builtin:flowers)")
     add("--image-size", type=positive_int, help="height and width (default 64)")
     add("--batch-size", type=positive_int, help="default 64")
@@ -43,6 +50,16 @@ def parser():
     add("--block-depth", type=positive_int, help="residual blocks per level (default 2)")
     add("--embedding-dims", type=positive_int, help="noise embedding size (default 32)")
     add("--learning-rate", type=positive_float, help="AdamW learning rate (default 1e-3)")
+    add(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        help="constant, or cosine: linear warm-up then cosine decay to 0 (default constant)",
+    )
+    add(
+        "--warmup-steps",
+        type=non_negative_int,
+        help="--lr-schedule cosine: warm-up steps (default 0)",
+    )
     add("--weight-decay", type=non_negative_float, help="AdamW weight decay (default 1e-4)")
     add("--ema", type=unit_interval, help="EMA decay in [0, 1) (default 0.999)")
     add(
@@ -66,6 +83,12 @@ def parser():
         help="offset_cosine signal rate at t=0 (default 0.95)",
     )
     add("--loss", choices=["mae", "mse"], help="loss on the prediction (default mae)")
+    add(
+        "--loss-weighting",
+        choices=["none", "min_snr"],
+        help="weight each image's loss by its noise level: none or min_snr (default none)",
+    )
+    add("--min-snr-gamma", type=positive_float, help="--loss-weighting min_snr: gamma (default 5)")
     add(
         "--prediction",
         choices=["noise", "image", "velocity"],
@@ -124,7 +147,7 @@ def parser():
     add(
         "--flip",
         action=__import__("argparse").BooleanOptionalAction,
-        help="random horizontal flips (default on)",
+        help="random horizontal flips (default off: mirrored text and faces are not data)",
     )
     add(
         "--center-crop",
@@ -171,7 +194,9 @@ def config_from_args(args):
     if "widths" in given:
         given["widths"] = tuple(given["widths"])
     if not args.resume:
-        return TrainConfig(**given)
+        return TrainConfig.for_recipe(args.recipe or "default", **given)
+    if args.recipe is not None:
+        raise UsageError("--resume: --recipe applies to new runs; the run keeps its settings")
     import os
 
     from diffusion_keras.training import run_paths

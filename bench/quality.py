@@ -1,139 +1,354 @@
-"""Sample quality for a fixed training budget: KID as training goes on, and
-per sampler at the end, with the same-run references KID needs to be read.
+"""Time to quality: training recipes raced on the same CPU budget, KID against CPU minutes.
 
-    python bench/quality.py            # about 12 minutes on 2 CPU cores
-    python bench/quality.py --quick    # about 4 minutes
+    python bench/quality.py                                   # 20 CPU-minutes a recipe
+    python bench/quality.py --budget 8 --datasets flowers     # a shorter race
+    python bench/quality.py --recipes book,default --samplers # and the samplers at the end
 
-Trains the book's U-Net on `builtin:flowers` at 32x32 for a fixed number of
-steps, holding out images it never sees, and measures KID between the held-out
-images and as many generated ones. Features are InceptionV3's where its
-ImageNet weights can be loaded, otherwise the documented random-feature
-substitute (`diffusion_keras.metrics.random_features`), whose values compare
-only with each other. Every KID is printed beside two references measured in
-the same run with the same features: training images against held-out ones
-(the floor: what a perfect model would score) and uniform noise (the ceiling).
-Run by hand, never by CI.
+Each recipe trains the book's U-Net at 32x32 in a fresh process until its
+process has used `--budget` CPU minutes (user + system time of all its
+threads, so a busy machine slows the clock, not the result), on two data sets
+the bench makes itself: `builtin:flowers` and rendered glyphs (`glyphs.py`),
+which are not mirror symmetric. Images held out from training are the KID
+reference; KID is measured at `--marks` points in time with the book's
+sampler (DDIM, 20 uniform steps, from the same seeded noise every time), its
+cost not counted in the budget. Features are InceptionV3's where its ImageNet
+weights load, otherwise the documented random-feature substitute, whose values
+compare only with each other; two references are printed with them: training
+images against held-out ones (the floor) and uniform noise.
+
+The recipes (`--recipes`, comma-separated, from `RECIPES` below): `book` is
+the book's notebook exactly (its EMA without warm-up), `book_ema_warmup` the
+same with the EMA warm-up, and the others are candidates. The table gives,
+for each, the KID at each mark and the speed-up: the CPU minutes the book
+needs to reach its final KID over the minutes the recipe needs to reach it
+(linear between marks; "not reached" when it never does). A PNG of KID
+against CPU minutes, one line per recipe, goes to `--plot`. Run by hand,
+never by CI.
 """
 
 import argparse
+import json
 import os
+import resource
+import subprocess
 import sys
 import time
 
-os.environ.setdefault("DIFFUSION_KERAS_QUIET", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+# Settings over `TrainConfig.for_recipe(...)`; "recipe" names its base.
+RECIPES = {
+    "book": dict(recipe="book"),
+    "book_ema_warmup": dict(recipe="book", ema_warmup=True),
+    "default": dict(recipe="default"),
+    "batch16": dict(recipe="default", batch_size=16),
+    "batch16_cosine": dict(
+        recipe="default", batch_size=16, learning_rate=2e-3, lr_schedule="cosine",
+        warmup_steps=200,
+    ),
+    "min_snr_velocity": dict(
+        recipe="default", prediction="velocity", loss="mse", loss_weighting="min_snr",
+    ),
+}  # fmt: skip
+SAMPLERS = [
+    ("ddim, 20 steps (the book's)", dict(diffusion_steps=20)),
+    ("ddim, 10 steps", dict(diffusion_steps=10)),
+    ("ddim, 20 steps, log_snr", dict(diffusion_steps=20, spacing="log_snr")),
+    ("ddim, 10 steps, log_snr", dict(diffusion_steps=10, spacing="log_snr")),
+    ("ddim, 5 steps, log_snr", dict(diffusion_steps=5, spacing="log_snr")),
+    ("dpmpp_2m, 10 steps, log_snr", dict(diffusion_steps=10, sampler="dpmpp_2m",
+                                          spacing="log_snr")),
+    ("dpmpp_2m, 5 steps, log_snr", dict(diffusion_steps=5, sampler="dpmpp_2m",
+                                         spacing="log_snr")),
+]  # fmt: skip
 
-from diffusion_keras import DiffusionModel  # noqa: E402
-from diffusion_keras.data import load_images, split_held_out, train_dataset  # noqa: E402
-from diffusion_keras.metrics import KernelInceptionDistance, feature_extractor  # noqa: E402
-from diffusion_keras.precision import resolve_precision  # noqa: E402
 
-REFERENCE_STEPS = 200
+def package_first():
+    """Makes the package importable and imports it before TensorFlow, so that
+    its CPU-kernel choice (`diffusion_keras.runtime`) holds, as in train.py."""
+    sys.path.insert(0, ROOT)
+    sys.path.insert(0, HERE)
+    import diffusion_keras  # noqa: F401
+
+
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def load(dataset, size, held_out, seed):
+    from glyphs import glyph_images
+
+    from diffusion_keras.data import ImageData, load_images, split_held_out
+
+    if dataset == "flowers":
+        data = load_images("builtin:flowers", size)
+    else:
+        data = ImageData(glyph_images(2048, size), source="glyphs")
+    return split_held_out(data, held_out, seed)
 
 
 def kid_between(extractor, real, other, subset=128):
+    from diffusion_keras.metrics import KernelInceptionDistance
+
     metric = KernelInceptionDistance(extractor)
     for start in range(0, len(real) - subset + 1, subset):
         metric.update_state(real[start : start + subset], other[start : start + subset])
     return float(metric.result())
 
 
+def worker(args):
+    """Trains one recipe on one data set for the budget; prints one JSON line."""
+    package_first()
+    import keras
+    import numpy as np
+
+    from diffusion_keras.data import train_dataset
+    from diffusion_keras.metrics import feature_extractor
+    from diffusion_keras.training import TrainConfig, build_model
+
+    settings = dict(RECIPES[args.recipe])
+    config = TrainConfig.for_recipe(
+        settings.pop("recipe"), image_size=args.image_size, seed=args.seed,
+        precision=args.precision, **settings,
+    )  # fmt: skip
+    train_data, held_out = load(args.dataset, args.image_size, args.held_out, args.seed)
+    real = held_out.images.astype(np.float32) / 255.0
+    extractor = feature_extractor(args.features, args.image_size)
+    budget = args.budget * 60.0
+    # A schedule needs the run's length: from the CPU cost per image measured
+    # for the book's recipe in this run (the same network and image size).
+    total_steps = int(budget * args.images_per_cpu_second / config.batch_size)
+    model = build_model(config, total_steps=max(total_steps, 1))
+    model.adapt(train_data.images.astype(np.float32) / 255.0)
+    dataset = train_dataset(train_data, config.batch_size, 1, seed=args.seed, flip=config.flip)
+    marks = [budget * (k + 1) / args.marks for k in range(args.marks)]
+    curve, excluded = [], [0.0]
+    start = cpu_seconds()
+
+    def measure(steps):
+        begin = cpu_seconds()
+        images = model.generate(len(real), 20, seed=args.seed)
+        kid = kid_between(extractor, real, images)
+        excluded[0] += cpu_seconds() - begin
+        return images, kid
+
+    class Race(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            used = cpu_seconds() - start - excluded[0]
+            if marks and used >= marks[0]:
+                marks.pop(0)
+                self.images, kid = measure(batch + 1)
+                curve.append((used / 60.0, batch + 1, kid))
+                print(f"{args.recipe}: {used / 60:.1f} CPU min, {batch + 1} steps, KID {kid:.4f}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                if not marks:
+                    self.model.stop_training = True
+
+    race = Race()
+    wall = time.perf_counter()
+    model.fit(dataset, steps_per_epoch=10**7, epochs=1, verbose=0, callbacks=[race])
+    result = dict(recipe=args.recipe, dataset=args.dataset, curve=curve,
+                  wall_minutes=(time.perf_counter() - wall) / 60.0)  # fmt: skip
+    if args.save:
+        model.save(args.save)
+        np.save(args.save + ".samples.npy", race.images[:20])
+    if args.samplers:
+        rows = []
+        for label, sampling in SAMPLERS:
+            begin = time.perf_counter()
+            images = model.generate(len(real), seed=args.seed, **sampling)
+            seconds = time.perf_counter() - begin
+            rows.append((label, kid_between(extractor, real, images), seconds))
+        result["samplers"] = rows
+    print(json.dumps(result))
+
+
+def references(args):
+    """Floor and ceiling KIDs and the features' name, in a worker process."""
+    package_first()
+    import numpy as np
+
+    from diffusion_keras.metrics import feature_extractor
+
+    out = {}
+    for dataset in args.datasets.split(","):
+        train_data, held_out = load(dataset, args.image_size, args.held_out, args.seed)
+        real = held_out.images.astype(np.float32) / 255.0
+        extractor = feature_extractor(args.features, args.image_size)
+        rng = np.random.default_rng(args.seed)
+        sample = train_data.images[rng.choice(len(train_data), len(real), replace=False)]
+        out[dataset] = dict(
+            floor=kid_between(extractor, real, sample.astype(np.float32) / 255.0),
+            noise=kid_between(extractor, real, rng.uniform(size=real.shape).astype(np.float32)),
+            features=extractor.name,
+        )
+    print(json.dumps(out))
+
+
+def run_worker(args, *extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", DIFFUSION_KERAS_QUIET="1")
+    command = [
+        sys.executable, __file__, "--image-size", str(args.image_size), "--seed", str(args.seed),
+        "--held-out", str(args.held_out), "--features", args.features, "--budget",
+        str(args.budget), "--marks", str(args.marks), "--precision", args.precision,
+        "--datasets", args.datasets, *extra,
+    ]  # fmt: skip
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"worker failed: {' '.join(command)}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def minutes_to_reach(curve, target):
+    """CPU minutes at which a KID curve first reaches `target` (linear
+    between marks), or None."""
+    previous = (0.0, None)
+    for minutes, _, kid in curve:
+        if kid <= target:
+            if previous[1] is None or previous[1] == kid:
+                return minutes
+            fraction = (previous[1] - target) / (previous[1] - kid)
+            return previous[0] + fraction * (minutes - previous[0])
+        previous = (minutes, kid)
+    return None
+
+
+def plot(results, refs, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(refs)
+    figure, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+    for axis, dataset in zip(axes[0], datasets):
+        for result in results:
+            if result["dataset"] == dataset:
+                minutes = [c[0] for c in result["curve"]]
+                kids = [c[2] for c in result["curve"]]
+                axis.plot(minutes, kids, marker="o", label=result["recipe"])
+        axis.axhline(refs[dataset]["noise"], color="grey", linestyle=":", label="uniform noise")
+        axis.set_yscale("log")
+        axis.set_xlabel("CPU minutes of training")
+        axis.set_ylabel(f"KID ({refs[dataset]['features']} features)")
+        axis.set_title(f"{dataset}, 32x32" if dataset else dataset)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a quarter of the budget")
-    parser.add_argument("--steps", type=int, default=800, help="training steps (batch 64)")
-    parser.add_argument("--held-out", type=int, default=256, help="images held out for KID")
-    parser.add_argument("--features", default="auto", choices=["auto", "inception", "random"])
+    parser.add_argument("--budget", type=float, default=20.0, help="CPU minutes a recipe")
+    parser.add_argument("--marks", type=int, default=5, help="KID measurements a recipe")
+    parser.add_argument("--datasets", default="flowers,glyphs")
+    parser.add_argument("--recipes", default="book,book_ema_warmup,default,batch16")
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--held-out", type=int, default=256)
+    parser.add_argument("--features", default="auto", choices=["auto", "inception", "random"])
+    parser.add_argument("--precision", default="float32",
+                        choices=["float32", "mixed_bfloat16", "auto"])  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samplers", action="store_true",
+                        help="also race the samplers on each data set's last recipe")  # fmt: skip
+    parser.add_argument("--plot", default="docs/time_to_quality.png")
+    parser.add_argument("--save-dir", default=None, help="keep each final model here")
+    parser.add_argument("--side-by-side", default="docs/book_vs_default.png",
+                        help="with --save-dir: the first and last recipes' samples")  # fmt: skip
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--references", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--recipe", help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
+    parser.add_argument("--images-per-cpu-second", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    steps = args.steps // 4 if args.quick else args.steps
-    size, batch = args.image_size, 64
-    precision = resolve_precision("auto")
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs")
+    if args.worker:
+        return worker(args)
+    if args.references:
+        return references(args)
+    recipes = args.recipes.split(",")
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown or "book" not in recipes:
+        raise SystemExit(f"--recipes: unknown {unknown}; 'book' must be among {list(RECIPES)}")
+    recipes = ["book"] + [r for r in recipes if r != "book"]
+    flags = " ".join(sorted(f for f in open("/proc/cpuinfo").read().split() if "avx512" in f))
+    print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}; precision {args.precision}")
+    refs = run_worker(args, "--references")
+    results = []
+    for dataset in args.datasets.split(","):
+        print(f"\n{dataset}: KID references ({refs[dataset]['features']} features): "
+              f"held-out vs training {refs[dataset]['floor']:.4f}, noise "
+              f"{refs[dataset]['noise']:.4f}", flush=True)  # fmt: skip
+        rate = None
+        for recipe in recipes:
+            extra = ["--worker", "--recipe", recipe, "--dataset", dataset,
+                     "--images-per-cpu-second", str(rate or 1.0)]  # fmt: skip
+            if args.save_dir:
+                os.makedirs(args.save_dir, exist_ok=True)
+                extra += ["--save", os.path.join(args.save_dir, f"{dataset}_{recipe}.keras")]
+            if args.samplers and recipe == recipes[-1]:
+                extra.append("--samplers")
+            result = run_worker(args, *extra)
+            results.append(result)
+            if recipe == "book":
+                minutes, steps, _ = result["curve"][-1]
+                rate = steps * 64 / (minutes * 60.0)
+        book = next(r for r in results if r["dataset"] == dataset and r["recipe"] == "book")
+        target = book["curve"][-1][2]
+        minutes = [f"{c[0]:.1f}" for c in book["curve"]]
+        print(f"KID at CPU minutes {', '.join(minutes)} (steps in brackets); the book's final "
+              f"KID {target:.4f}")  # fmt: skip
+        print(f"{'recipe':<20}{'KIDs':<56}{'reaches it at':>14}{'speed-up':>10}")
+        for result in results:
+            if result["dataset"] != dataset:
+                continue
+            kids = " ".join(f"{c[2]:.4f}({c[1]})" for c in result["curve"])
+            reached = minutes_to_reach(result["curve"], target)
+            total = book["curve"][-1][0]
+            speedup = f"{total / reached:.2f}x" if reached else "-"
+            at = f"{reached:.1f} min" if reached else "not reached"
+            print(f"{result['recipe']:<20}{kids:<56}{at:>14}{speedup:>10}")
+            for label, kid, seconds in result.get("samplers", []):
+                print(f"    sampler {label:<32} KID {kid:.4f}  {seconds:.1f} s for "
+                      f"{args.held_out} images")  # fmt: skip
+    if args.plot:
+        plot(results, refs, args.plot)
+        print(f"\nwrote {args.plot}")
+    if args.side_by_side and args.save_dir:
+        side_by_side(results, args, recipes[0], recipes[-1])
+        print(f"wrote {args.side_by_side}")
 
-    data = load_images("builtin:flowers", size)
-    train_data, held_out = split_held_out(data, args.held_out, args.seed)
-    real = held_out.images.astype(np.float32) / 255.0
-    extractor = feature_extractor(args.features, size)
-    rng = np.random.default_rng(args.seed)
-    training_sample = train_data.images[rng.choice(len(train_data), len(real), replace=False)]
-    floor = kid_between(extractor, real, training_sample.astype(np.float32) / 255.0)
-    ceiling = kid_between(extractor, real, rng.uniform(size=real.shape).astype(np.float32))
-    print(
-        f"{extractor.name} features; {len(train_data)} training and {len(real)} held-out "
-        f"images at {size}x{size}; {steps} steps of {batch} in {precision}"
-    )
-    print(f"reference KID: training vs held-out {floor:.4f} (floor), noise {ceiling:.4f}\n")
 
-    model = DiffusionModel(image_size=size, seed=args.seed, precision=precision)
-    model.adapt(train_data.images.astype(np.float32) / 255.0)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
-    dataset = train_dataset(train_data, batch, repetitions=1, seed=args.seed)
+def side_by_side(results, args, left, right):
+    """Samples of two recipes after the same CPU minutes, same seed, a row
+    per data set, with the minutes and KID under each."""
+    import matplotlib
 
-    def measure(reference=None, **sampling):
-        """KID, images/s and, given the images of `reference`, generated from
-        the same noise (the same seed), the mean distance to them."""
-        start = time.perf_counter()
-        images = model.generate(len(real), seed=args.seed, **sampling)
-        seconds = time.perf_counter() - start
-        distance = None if reference is None else float(np.abs(images - reference).mean())
-        return kid_between(extractor, real, images), len(real) / seconds, distance
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
 
-    def row(label, kid, rate, distance=None):
-        position = (kid - floor) / (ceiling - floor)
-        away = f"{distance:>10.4f}" if distance is not None else ""
-        print(f"{label:<34}{kid:>9.4f}{position:>14.1%}{rate:>10.2f}{away}", flush=True)
-
-    header = f"{'':<34}{'KID':>9}{'floor->noise':>14}{'images/s':>10}"
-    print("KID during training (ddim, 20 steps)")
-    print(header)
-    checkpoints = sorted({steps // 4, steps // 2, steps})
-    start = time.perf_counter()
-
-    class Checkpoints(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch + 1 in checkpoints:
-                seconds = time.perf_counter() - start
-                row(f"after {batch + 1} steps ({seconds:.0f} s)", *measure(diffusion_steps=20))
-
-    row("after 0 steps", *measure(diffusion_steps=20))
-    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[Checkpoints()])
-
-    solution = model.generate(len(real), REFERENCE_STEPS, seed=args.seed)
-    print(f"\nKID per sampler after {steps} steps (network evaluations = steps); distance:")
-    print(f"mean |image - image of {REFERENCE_STEPS} ddim steps from the same noise|")
-    print(header + f"{'distance':>10}")
-    samplers = [
-        ("ddim, 20 steps (the book's)", dict(diffusion_steps=20)),
-        ("ddim, 10 steps", dict(diffusion_steps=10)),
-        ("ddim, 5 steps", dict(diffusion_steps=5)),
-        ("ddim, 40 steps", dict(diffusion_steps=40)),
-        ("ddim eta=1, 20 steps", dict(diffusion_steps=20, eta=1.0)),
-        ("ddim eta=1, 40 steps", dict(diffusion_steps=40, eta=1.0)),
-        ("dpmpp_2m, 10 steps", dict(diffusion_steps=10, sampler="dpmpp_2m")),
-        ("dpmpp_2m, 5 steps", dict(diffusion_steps=5, sampler="dpmpp_2m")),
-        ("dpmpp_2m, 20 steps", dict(diffusion_steps=20, sampler="dpmpp_2m")),
-        # The same samplers with the steps spaced equally in log-SNR.
-        ("ddim, 20 steps, log_snr", dict(diffusion_steps=20, spacing="log_snr")),
-        ("ddim, 10 steps, log_snr", dict(diffusion_steps=10, spacing="log_snr")),
-        ("ddim, 5 steps, log_snr", dict(diffusion_steps=5, spacing="log_snr")),
-        ("ddim eta=1, 20 steps, log_snr", dict(diffusion_steps=20, eta=1.0, spacing="log_snr")),
-        (
-            "dpmpp_2m, 10 steps, log_snr",
-            dict(diffusion_steps=10, sampler="dpmpp_2m", spacing="log_snr"),
-        ),
-        (
-            "dpmpp_2m, 5 steps, log_snr",
-            dict(diffusion_steps=5, sampler="dpmpp_2m", spacing="log_snr"),
-        ),
-    ]
-    for label, sampling in samplers:
-        row(label, *measure(solution, **sampling))
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    figure, axes = plt.subplots(len(datasets), 2, figsize=(10, 2.6 * len(datasets)), squeeze=False)
+    for row, dataset in enumerate(datasets):
+        for column, recipe in enumerate((left, right)):
+            result = next(r for r in results if r["dataset"] == dataset and r["recipe"] == recipe)
+            samples = np.load(os.path.join(args.save_dir, f"{dataset}_{recipe}.keras.samples.npy"))
+            grid = np.concatenate(
+                [np.concatenate(list(samples[r * 5 : r * 5 + 5]), axis=1) for r in range(2)]
+            )
+            minutes, steps, kid = result["curve"][-1]
+            axis = axes[row][column]
+            axis.imshow(np.clip(grid, 0, 1), interpolation="nearest")
+            axis.set_axis_off()
+            axis.set_title(
+                f"{recipe} recipe, {dataset}: {minutes:.0f} CPU min ({steps} steps), KID {kid:.4f}",
+                fontsize=9,
+            )
+    figure.tight_layout()
+    figure.savefig(args.side_by_side, dpi=100)
 
 
 if __name__ == "__main__":

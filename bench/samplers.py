@@ -16,7 +16,7 @@ import time
 
 os.environ.setdefault("DIFFUSION_KERAS_QUIET", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+import diffusion_keras  # noqa: E402, F401, I001  first: its CPU-kernel choice holds
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -1,31 +1,37 @@
-"""Training and sampling speed, ours against the book's way, in one process.
+"""Training and sampling speed, ours against the book's way, each in its own process.
 
-    python bench/speed.py            # about 10 minutes on 2 CPU cores
-    python bench/speed.py --quick    # under 3 minutes
+    python bench/speed.py                                  # 64x64, float32 and native
+    python bench/speed.py --image-size 32 --precision float32
+    python bench/speed.py --quick                          # fewer steps
 
-Prints images/s for each path, its ratio to the book-style baseline measured in
-the same run, the convolution GFLOP/s it achieves and their fraction of a
-matmul peak measured in the same run, and the process's resident memory
-(sampled while each path runs). Run by hand, never by CI.
+Every path runs in a fresh Python process, because what decides much of the
+speed on a CPU is fixed when TensorFlow is imported: whether its oneDNN
+kernels are on. The book's way runs as a user of the book's notebook would
+run it, with TensorFlow's own default (TensorFlow imported first); ours runs as
+`import diffusion_keras` sets it (on, on x86 CPUs). A row with oneDNN forced
+the other way shows what that choice is worth to each.
+
+Prints images/s, the ratio to the book-style fit measured in the same run, the
+convolution GFLOP/s achieved and their fraction of a matmul peak measured in
+the same run, the share of CPU time spent in the kernel (system time) while
+the timed steps ran, and the process's peak resident memory. Run by hand,
+never by CI.
 """
 
 import argparse
+import json
 import os
+import resource
+import subprocess
 import sys
 import threading
 import time
 
-os.environ.setdefault("DIFFUSION_KERAS_QUIET", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from book_baseline import BookDiffusionModel  # noqa: E402
 
-from diffusion_keras import DiffusionModel  # noqa: E402
-from diffusion_keras.data import ImageData, train_dataset  # noqa: E402
-from diffusion_keras.flowers import flower_images  # noqa: E402
+# -- measuring, inside a worker ---------------------------------------------
 
 
 class ResidentMemory:
@@ -56,11 +62,17 @@ class ResidentMemory:
         self._thread.join()
 
 
+def cpu_times():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
 def matmul_peak(dtype, size=2048, repeats=10, trials=3):
     """GFLOP/s of a square matmul, the machine's practical ceiling: the best
     of `trials`, since a busy moment would understate it."""
-    a = tf.random.normal((size, size), dtype="float32")
-    a = tf.cast(a, dtype)
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.normal((size, size)), dtype)
     b = tf.cast(tf.random.normal((size, size)), dtype)
     step = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.matmul(x, y), "float32")))
     step(a, b).numpy()
@@ -73,10 +85,14 @@ def matmul_peak(dtype, size=2048, repeats=10, trials=3):
     return best
 
 
-def conv_gflop(network):
-    """Forward convolution GFLOP per image (2 x multiply-adds)."""
+def conv_gflop(image_size):
+    """Forward convolution GFLOP per image (2 x multiply-adds) of the book's U-Net."""
+    import keras
+
+    from diffusion_keras.unet import build_unet
+
     total = 0
-    for layer in network.layers:
+    for layer in build_unet(image_size, remat=False).layers:
         if isinstance(layer, keras.layers.Conv2D):
             _, height, width, channels_out = layer.output.shape
             kh, kw, channels_in, _ = layer.kernel.shape
@@ -84,143 +100,192 @@ def conv_gflop(network):
     return total / 1e9
 
 
-class BatchClock(keras.callbacks.Callback):
-    """Records when each training batch ends."""
-
-    def __init__(self):
-        super().__init__()
-        self.ends = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.ends.append(time.perf_counter())
-
-
 def time_fit(model, dataset, steps, warmup, batch_size):
-    """Steady-state training images/s inside one `fit` call: the batches after
-    `warmup` (which pay for tracing), so fit's start-up is not counted."""
-    clock = BatchClock()
-    model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[clock])
-    return steps * batch_size / (clock.ends[-1] - clock.ends[warmup - 1])
+    """Steady-state training images/s inside one `fit` call, and the system
+    share of CPU time, over the batches after `warmup` (which pay for
+    tracing); fit's start-up and teardown are not counted."""
+    import keras
+
+    marks = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch in (warmup - 1, warmup + steps - 1):
+                marks.append((time.perf_counter(), *cpu_times()))
+
+    model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[Clock()])
+    (t0, u0, s0), (t1, u1, s1) = marks
+    return steps * batch_size / (t1 - t0), (s1 - s0) / max((u1 - u0) + (s1 - s0), 1e-9)
 
 
-def time_call(function, count, repeats=1):
-    function()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        function()
-    return count * repeats / (time.perf_counter() - start)
+def worker(args):
+    """One measurement in this process; prints one JSON line."""
+
+    sys.path.insert(0, ROOT)
+    sys.path.insert(0, HERE)
+    if args.who == "book":
+        import tensorflow as tf  # first: TensorFlow's own oneDNN default
+    else:
+        import diffusion_keras  # noqa: F401  first: the package's choice
+    import keras
+    import tensorflow as tf
+
+    from diffusion_keras.data import ImageData, train_dataset, without_autotune
+    from diffusion_keras.flowers import flower_images
+    from diffusion_keras.runtime import onednn_enabled
+
+    size, batch = args.image_size, args.batch_size
+    result = {"onednn": onednn_enabled()}
+    if args.task == "peak":
+        result["float32"] = matmul_peak("float32")
+        result["bfloat16"] = matmul_peak("bfloat16")
+        result["gflop"] = conv_gflop(size)
+        data = ImageData(flower_images(batch * 4, size))
+        pipeline = iter(train_dataset(data, batch, repetitions=50, seed=0))
+        next(pipeline)
+        start, count = time.perf_counter(), 0
+        while time.perf_counter() - start < 2.0:
+            next(pipeline)
+            count += batch
+        result["pipeline"] = count / (time.perf_counter() - start)
+        print(json.dumps(result))
+        return
+    images = flower_images(batch * 4, size).astype("float32") / 255.0
+    dataset = tf.data.Dataset.from_tensor_slices(images).repeat().batch(batch, drop_remainder=True)
+    dataset = without_autotune(dataset)  # teardown waits are timed by the whole-run bench
+    steps, warmup = (3, 2) if args.quick else (8, 2)
+    if args.who == "book":
+        from book_baseline import BookDiffusionModel
+
+        model = BookDiffusionModel(image_size=size, batch_size=batch)
+        model.normalizer.adapt(images)
+    else:
+        from diffusion_keras import DiffusionModel
+
+        model = DiffusionModel(image_size=size, seed=0, precision=args.precision)
+        model.adapt(images)
+    with ResidentMemory() as memory:
+        if args.task == "train":
+            model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
+            result["rate"], result["system"] = time_fit(model, dataset, steps, warmup, batch)
+        else:
+            count = args.sample_images
+            noise = tf.random.normal((count, size, size, 3))
+            if args.who == "book":
+                run = lambda: model.generate(count, 20, noise)
+            else:
+                run = lambda: model.generate(count, 20, seed=0)
+            run()
+            start, (u0, s0) = time.perf_counter(), cpu_times()
+            for _ in range(1 if args.quick else 2):
+                run()
+            seconds = time.perf_counter() - start
+            u1, s1 = cpu_times()
+            result["rate"] = count * (1 if args.quick else 2) / seconds
+            result["system"] = (s1 - s0) / max((u1 - u0) + (s1 - s0), 1e-9)
+    result["rss"] = memory.peak
+    print(json.dumps(result))
+
+
+# -- the orchestrator -----------------------------------------------------
+
+
+def measure(args, who, task, precision="float32", onednn=None, sample_images=10):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", DIFFUSION_KERAS_QUIET="1")
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    if onednn is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = onednn
+    command = [
+        sys.executable, __file__, "--worker", "--who", who, "--task", task,
+        "--precision", precision, "--image-size", str(args.image_size),
+        "--batch-size", str(args.batch_size), "--sample-images", str(sample_images),
+    ] + (["--quick"] if args.quick else [])  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"worker failed: {' '.join(command)}\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def native_precision():
+    sys.path.insert(0, ROOT)
+    from diffusion_keras.precision import CPU_BF16_FLAGS, _cpu_flags
+
+    return "mixed_bfloat16" if _cpu_flags() & set(CPU_BF16_FLAGS) else "float32"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps: under 3 minutes")
+    parser.add_argument("--quick", action="store_true", help="fewer steps")
+    parser.add_argument("--image-size", type=int, default=64, help="16, 32, 64 or 128")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--jit", action="store_true", help="also time jit_compile=True")
-    args = parser.parse_args()
-    batch = args.batch_size
-    steps, warmup = (4, 2) if args.quick else (12, 2)
-    diffusion_steps = 20
-
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs")
-    peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
-    print(
-        f"matmul peak: {peaks['float32']:.0f} GFLOP/s float32, "
-        f"{peaks['bfloat16']:.0f} GFLOP/s bfloat16"
+    parser.add_argument(
+        "--precision",
+        action="append",
+        choices=["float32", "mixed_bfloat16", "native"],
+        help="ours in this precision (repeatable; default float32 and native)",
     )
-    data = ImageData(flower_images(batch * 4, 64))
-    images = data.images.astype("float32") / 255.0
-    dataset = tf.data.Dataset.from_tensor_slices(images).repeat().batch(batch, drop_remainder=True)
-    # The book's separate layers, to count the convolutions (remat changes none).
-    forward = conv_gflop(DiffusionModel(seed=0, remat=False).network)
-    print(f"U-Net forward: {forward:.2f} GFLOP per image; training ~3x that\n")
+    parser.add_argument("--no-sampling", action="store_true", help="time training only")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--who", choices=["book", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--task", choices=["peak", "train", "sample"], help=argparse.SUPPRESS)
+    parser.add_argument("--sample-images", type=int, default=10, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.precision = args.precision[0] if args.precision else "float32"
+        return worker(args)
 
+    precisions = [native_precision() if p == "native" else p for p in args.precision or []]
+    precisions = list(dict.fromkeys(precisions or ["float32", native_precision()]))
+    flags = " ".join(sorted(f for f in open("/proc/cpuinfo").read().split() if "avx512" in f))
+    print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}")
+    info = measure(args, "ours", "peak")
+    peaks = {"float32": info["float32"], "mixed_bfloat16": info["bfloat16"]}
+    print(
+        f"matmul peak: {peaks['float32']:.0f} GFLOP/s float32, {peaks['mixed_bfloat16']:.0f} "
+        f"bfloat16; U-Net forward at {args.image_size}x{args.image_size}: "
+        f"{info['gflop']:.2f} GFLOP per image, training ~3x that\n"
+    )
     rows = []
 
-    def record(kind, name, rate, flop_per_image, peak_kind, memory, baseline=None):
-        gflops = rate * flop_per_image
-        rows.append((kind, name, rate, baseline, gflops, gflops / peaks[peak_kind], memory))
+    def row(kind, name, who, task, precision="float32", onednn=None, count=10):
+        result = measure(args, who, task, precision, onednn, count)
+        flop = (3 if task == "train" else 20) * info["gflop"]
+        rows.append((kind, name, result, flop * result["rate"] / peaks[precision]))
+        return result
 
-    # -- training -----------------------------------------------------------
-    book = BookDiffusionModel(batch_size=batch)
-    book.normalizer.adapt(images)
-    book.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
-    with ResidentMemory() as memory:
-        book_rate = time_fit(book, dataset, steps, warmup, batch)
-    record("train", "book fit (float32)", book_rate, 3 * forward, "float32", memory.peak)
-    # (precision, jit_compile, remat); remat (the default) trades a little
-    # time for memory, so the last row shows it off.
-    variants = [("float32", False, True), ("mixed_bfloat16", False, True)]
-    if args.jit:
-        variants.append(("float32", True, True))
-    variants.append(("mixed_bfloat16", False, False))
-    for precision, jit, remat in variants:
-        model = DiffusionModel(seed=0, precision=precision, remat=remat)
-        model.adapt(images)
-        model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4), jit_compile=jit)
-        with ResidentMemory() as memory:
-            rate = time_fit(model, dataset, steps, warmup, batch)
-        name = f"ours fit ({precision}{', jit' if jit else ''}{'' if remat else ', no remat'})"
-        peak = "bfloat16" if "bfloat16" in precision else "float32"
-        record("train", name, rate, 3 * forward, peak, memory.peak, book_rate)
+    book = row("train", "book fit, float32", "book", "train")
+    row("train", "book fit, float32, oneDNN forced on", "book", "train", onednn="1")
+    for precision in precisions:
+        row("train", f"ours, {precision}", "ours", "train", precision)
+    row("train", f"ours, {precisions[0]}, oneDNN forced off", "ours", "train", precisions[0], "0")
+    samples = {}
+    if not args.no_sampling:
+        for count in (10, 64):
+            samples[count] = row("sample", f"book loop, {count} images", "book", "sample",
+                                 count=count)  # fmt: skip
+            for precision in precisions:
+                row("sample", f"ours, {count} images, {precision}", "ours", "sample",
+                    precision, count=count)  # fmt: skip
 
-    # -- the EMA update alone (the last model trained) -------------------------
-    update_ema = tf.function(model.update_ema)
-    update_ema()
-    start = time.perf_counter()
-    for _ in range(20):
-        update_ema()
-    ema_seconds = (time.perf_counter() - start) / 20
-
-    # -- input pipeline -------------------------------------------------------
-    pipeline = train_dataset(data, batch, repetitions=50, seed=0)
-    iterator = iter(pipeline)
-    next(iterator)
-    start = time.perf_counter()
-    count = 0
-    while time.perf_counter() - start < 2.0:
-        next(iterator)
-        count += batch
-    pipeline_rate = count / (time.perf_counter() - start)
-
-    # -- sampling -------------------------------------------------------------
-    ours = {p: DiffusionModel(seed=0, precision=p) for p in ("float32", "mixed_bfloat16")}
-    for model in ours.values():
-        model.adapt(images)
-    for count in (10, 64):
-        noise = tf.random.normal((count, 64, 64, 3))
-        flop = diffusion_steps * forward
-        with ResidentMemory() as memory:
-            base = time_call(lambda n=noise, c=count: book.generate(c, diffusion_steps, n), count)
-        record("sample", f"book loop, {count} images", base, flop, "float32", memory.peak)
-        for precision, model in ours.items():
-            with ResidentMemory() as memory:
-                rate = time_call(
-                    lambda m=model, n=count: m.generate(n, diffusion_steps, seed=0), count
-                )
-            peak = "bfloat16" if "bfloat16" in precision else "float32"
-            name = f"ours, {count} images ({precision})"
-            record("sample", name, rate, flop, peak, memory.peak, base)
-
-    header = f"{'path':<46}{'images/s':>10}{'vs book':>9}{'GFLOP/s':>9}{'of peak':>9}{'RSS MB':>8}"
+    header = (
+        f"{'path':<48}{'oneDNN':>7}{'images/s':>10}{'vs book':>9}{'of peak':>9}"
+        f"{'sys CPU':>9}{'RSS MB':>8}"
+    )
     print(header)
     print("-" * len(header))
-    for kind, name, rate, baseline, gflops, fraction, memory in rows:
-        ratio = f"{rate / baseline:.2f}x" if baseline else "1.00x"
+    for kind, name, result, fraction in rows:
+        base = book if kind == "train" else samples[10 if "10 images" in name else 64]
         print(
-            f"{kind + ': ' + name:<46}{rate:>10.2f}{ratio:>9}{gflops:>9.0f}"
-            f"{fraction:>8.0%}{memory / 1e6:>8.0f}"
+            f"{kind + ': ' + name:<48}{'on' if result['onednn'] else 'off':>7}"
+            f"{result['rate']:>10.2f}{result['rate'] / base['rate']:>8.2f}x{fraction:>9.0%}"
+            f"{result['system']:>9.1%}{result['rss'] / 1e6:>8.0f}"
         )
-    train_rate = max(r[2] for r in rows if r[0] == "train")
+    fastest = max(r[2]["rate"] for r in rows if r[0] == "train")
     print(
-        f"\ninput pipeline alone: {pipeline_rate:.0f} images/s "
-        f"({pipeline_rate / train_rate:.0f}x the fastest training step)"
+        f"\ninput pipeline alone: {info['pipeline']:.0f} images/s "
+        f"({info['pipeline'] / fastest:.0f}x the fastest training step)"
     )
-    step_seconds = batch / train_rate
-    print(
-        f"EMA update alone: {ema_seconds * 1e3:.1f} ms per step "
-        f"({ema_seconds / step_seconds:.1%} of the fastest training step)"
-    )
-    print(f"diffusion steps {diffusion_steps}, batch {batch}, timed steps {steps}")
+    print(f"image size {args.image_size}, batch {args.batch_size}, sampling steps 20")
 
 
 if __name__ == "__main__":

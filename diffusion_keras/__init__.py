@@ -1,7 +1,11 @@
 """diffusion_keras: the denoising diffusion model of *Generative Deep Learning*
 (2nd ed.), chapter 8, for Keras 3."""
 
-from diffusion_keras.quiet import import_tensorflow
+from diffusion_keras.runtime import configure_before_tensorflow
+
+configure_before_tensorflow()  # oneDNN kernels on x86 CPUs: read once, at import
+
+from diffusion_keras.quiet import import_tensorflow  # noqa: E402
 
 import_tensorflow()
 

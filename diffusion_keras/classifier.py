@@ -11,6 +11,7 @@ from diffusion_keras.layers import (
     residual_block,
     validate_batch_norm,
 )
+from diffusion_keras.pixels import pixels_in_unit_range
 from diffusion_keras.schedules import get_schedule, validate_schedule
 
 CLASSIFIER_WIDTHS = (32, 64, 96)
@@ -202,7 +203,8 @@ class NoiseClassifier(keras.Model):
     def normalize(self, images):
         mean = ops.reshape(ops.convert_to_tensor(self.mean, "float32"), (1, 1, 1, -1))
         variance = ops.reshape(ops.convert_to_tensor(self.variance, "float32"), (1, 1, 1, -1))
-        return (ops.cast(images, "float32") - mean) / ops.maximum(ops.sqrt(variance), 1e-7)
+        images = pixels_in_unit_range(images)
+        return (images - mean) / ops.maximum(ops.sqrt(variance), 1e-7)
 
     def call(self, inputs, training=False):
         noisy_images, noise_rates = inputs

@@ -31,14 +31,23 @@ def run(main, argv=None):
         return EXIT_USAGE
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+def _int_from(lowest):
+    """An argparse type: a whole number >= `lowest`."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"expected a number >= {lowest}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = _int_from(1)
+non_negative_int = _int_from(0)
 
 
 def _finite_float(text):

@@ -6,6 +6,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from diffusion_keras.layers import validate_batch_norm
+from diffusion_keras.pixels import pixels_in_unit_range, warn_about_pixel_range
 from diffusion_keras.precision import validate_precision
 from diffusion_keras.samplers import (
     ddim_update,
@@ -17,6 +18,7 @@ from diffusion_keras.samplers import (
 )
 from diffusion_keras.schedules import get_schedule, validate_schedule
 from diffusion_keras.unet import BOOK_WIDTHS, build_unet, validate_unet_args
+from diffusion_keras.weighting import loss_weights, validate_weighting
 
 LOSSES = ("mae", "mse")
 PREDICTIONS = ("noise", "image", "velocity")
@@ -99,6 +101,10 @@ class DiffusionModel(keras.Model):
             weights and arithmetic. Saved with the model; files saved before
             it existed load as the book's separate layers (False). Defaults
             to True.
+        loss_weighting: str. `"none"` (the book's) or `"min_snr"`: each
+            image's loss weighted by its noise level (min-SNR-gamma, Hang et
+            al. 2023; see `diffusion_keras.weighting`). Defaults to `"none"`.
+        min_snr_gamma: float. The gamma of `"min_snr"`. Defaults to 5.
         seed: int or None. Seeds the initial weights and the training noise;
             training is then reproducible and resumable. Defaults to a random seed, which is
             saved with the model.
@@ -135,6 +141,8 @@ class DiffusionModel(keras.Model):
         label_dropout=0.1,
         batch_norm="fused",
         remat=True,
+        loss_weighting="none",
+        min_snr_gamma=5.0,
         **kwargs,
     ):
         validate_precision(precision)
@@ -176,6 +184,9 @@ class DiffusionModel(keras.Model):
         self.ema = float(ema)
         self.ema_warmup = bool(ema_warmup)
         self.loss_name = loss
+        validate_weighting(loss_weighting, min_snr_gamma)
+        self.loss_weighting = loss_weighting
+        self.min_snr_gamma = float(min_snr_gamma)
         self.seed = int(seed)
         self.precision = precision
         self.prediction = prediction
@@ -271,6 +282,8 @@ class DiffusionModel(keras.Model):
             "label_dropout": self.label_dropout,
             "batch_norm": self.batch_norm,
             "remat": self.remat,
+            "loss_weighting": self.loss_weighting,
+            "min_snr_gamma": self.min_snr_gamma,
         }
 
     @classmethod
@@ -305,11 +318,25 @@ class DiffusionModel(keras.Model):
         """Computes the per-channel mean and variance of the images in `dataset`.
 
         Args:
-            dataset: a `tf.data.Dataset` or array of images in [0, 1]; labels
-                in `(image, label)` elements are ignored.
+            dataset: a `tf.data.Dataset` or array of images: floats in [0, 1],
+                uint8, or floats in 0..255 as
+                `keras.utils.image_dataset_from_directory` yields them (read as
+                `pixels_in_unit_range` says, with one warning for 0..255
+                floats; `fit` and `evaluate` read their batches the same
+                way). Labels in `(image, label)` elements and tfds-style
+                `{"image": ..., "label": ...}` dicts are ignored.
         """
         if isinstance(dataset, tf.data.Dataset):
-            dataset = dataset.map(lambda *e: _images_of(e if len(e) > 1 else e[0]))
+            images = dataset.map(lambda *e: _images_of(e if len(e) > 1 else e[0]))
+            first = next(iter(images.take(1)), None)
+            if first is None:
+                raise ValueError("adapt got an empty dataset")
+            warn_about_pixel_range(first)
+            dataset = images.map(pixels_in_unit_range)
+        else:
+            images = _images_of(dataset)
+            warn_about_pixel_range(images)
+            dataset = pixels_in_unit_range(images)
         self.normalizer.adapt(dataset)
         self.normalizer_adapted.assign(1)
 
@@ -398,7 +425,7 @@ class DiffusionModel(keras.Model):
 
     def _noisy_batch(self, images, seed):
         """Draws noises and diffusion times for a batch and mixes them in."""
-        images = self.normalize(_images_of(images))
+        images = self.normalize(pixels_in_unit_range(_images_of(images)))
         local_batch = ops.shape(images)[0]
         noises = self._global_draw(
             tf.random.stateless_normal, local_batch, ops.shape(images)[1:], seed
@@ -456,6 +483,18 @@ class DiffusionModel(keras.Model):
             self.velocity_loss_tracker.update_state(self.loss_fn(targets, outputs))
         return {m.name: m.result() for m in self.metrics}
 
+    def training_loss(self, targets, outputs, noise_rates, signal_rates):
+        """The loss the optimizer minimises: `loss` on the prediction, each
+        image weighted by its noise level as `loss_weighting` says."""
+        if self.loss_weighting == "none":
+            return self.loss_fn(targets, outputs)  # the book's, op for op
+        errors = targets - outputs
+        errors = ops.abs(errors) if self.loss_name == "mae" else ops.square(errors)
+        weights = loss_weights(
+            self.loss_weighting, noise_rates, signal_rates, self.prediction, self.min_snr_gamma
+        )
+        return ops.mean(weights * ops.mean(errors, axis=(1, 2, 3), keepdims=True))
+
     def train_step(self, data):
         seed = self._step_seed(self.train_steps, stream=0)
         images, noises, noisy_images, noise_rates, signal_rates = self._noisy_batch(data, seed)
@@ -466,7 +505,7 @@ class DiffusionModel(keras.Model):
             # 1. Train the network to predict the noise (or the image, or the
             #    velocity) in the noisy images.
             outputs = self.network_outputs(noisy_images, noise_rates, class_labels, training=True)
-            loss = self.loss_fn(targets, outputs)
+            loss = self.training_loss(targets, outputs, noise_rates, signal_rates)
             # 2. The optimizer sums gradients over replicas, so each replica's
             #    loss is divided by their number: N replicas with global batch B
             #    take the same step as one device with batch B. `scale_loss`

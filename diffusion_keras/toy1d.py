@@ -19,6 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from diffusion_keras.data import without_autotune
+
 TIME_STEPS = 250
 BETA = 0.02
 MEANS = (-4.0, 4.0)
@@ -133,11 +135,18 @@ def mode_fractions(samples):
 def train_1d(training_steps=1000, data_size=1000, hidden=32, learning_rate=1e-2, seed=0,
              verbose=0):  # fmt: skip
     """Trains a `ReverseProcess` on the mixture as the tutorial does: every
-    step uses the whole data set's forward trajectory. Returns `(model, losses)`."""
+    step uses the whole data set's forward trajectory. Returns `(model, losses)`.
+
+    The learning rate falls from `learning_rate` to 0 along a cosine over the
+    run: at a constant 1e-2 the last steps still jump between optima, and
+    which one a run ends in changed with the last bits of the arithmetic (seed
+    0 ended with 93% of its samples in the left mode with oneDNN's kernels,
+    34% without); decayed, seeds 0 to 3 learn both modes with either."""
     data = sample_data(data_size, seed)
     model = ReverseProcess(hidden=hidden, seed=seed)
-    model.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=1e-6))
-    dataset = tf.data.Dataset.from_tensors(data).repeat()
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, training_steps)
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-6))
+    dataset = without_autotune(tf.data.Dataset.from_tensors(data).repeat())
     losses = []
     record = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: losses.append(float(logs["bound"]))

@@ -40,7 +40,8 @@ from diffusion_keras.unet import BOOK_WIDTHS, build_unet
 class TrainConfig:
     """Everything that defines a training run; saved as `RUN_DIR/config.json`.
 
-    The defaults are the book's.
+    The defaults are the package's recipe; `TrainConfig.for_recipe("book")`
+    (`train.py --recipe book`) is the book's exactly (see `RECIPES`).
     """
 
     # data
@@ -48,7 +49,7 @@ class TrainConfig:
     image_size: int = 64
     batch_size: int = 64
     dataset_repetitions: int = 5
-    flip: bool = True
+    flip: bool = False
     center_crop: bool = False
     # architecture
     widths: tuple = BOOK_WIDTHS
@@ -60,11 +61,15 @@ class TrainConfig:
     # optimization
     epochs: int = 50
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
     weight_decay: float = 1e-4
     ema: float = 0.999
     ema_warmup: bool = True
     loss: str = "mae"
     prediction: str = "noise"
+    loss_weighting: str = "none"
+    min_snr_gamma: float = 5.0
     seed: int = 42
     precision: str = "auto"
     jit_compile: str = "auto"
@@ -88,6 +93,13 @@ class TrainConfig:
     plot_diffusion_steps: int = 20
     keep_checkpoints: int = 3
 
+    @classmethod
+    def for_recipe(cls, recipe="default", **settings):
+        """A config with `recipe`'s defaults (see `RECIPES`), then `settings`."""
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+        return cls(**{**RECIPES[recipe], **settings})
+
     def save(self, path):
         data = dataclasses.asdict(self)
         data["widths"] = list(self.widths)
@@ -106,10 +118,42 @@ class TrainConfig:
         return cls(**data)
 
 
-def build_model(config, class_names=None):
+# Training recipes: the settings that differ from `TrainConfig`'s defaults.
+RECIPES = {
+    "default": {},
+    # The book's notebook exactly: its EMA from the first step (no warm-up) and
+    # no flips, a constant learning rate, the loss on the noise unweighted.
+    "book": dict(flip=False, ema=0.999, ema_warmup=False, learning_rate=1e-3,
+                 lr_schedule="constant", warmup_steps=0, loss="mae", prediction="noise",
+                 loss_weighting="none", batch_size=64),
+}  # fmt: skip
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(config, total_steps):
+    """`config.learning_rate`, or with `lr_schedule="cosine"` a schedule
+    that rises linearly over `warmup_steps` and then falls along a cosine to
+    zero at `total_steps` (Loshchilov & Hutter 2017)."""
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(
+            f"unknown lr_schedule {config.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}"
+        )
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else config.learning_rate,
+        decay_steps=max(total_steps - warmup, 1),
+        warmup_target=config.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def build_model(config, class_names=None, total_steps=None):
     """A fresh, compiled `DiffusionModel` for `config` (normalizer not adapted).
 
-    A conditional config needs the `class_names` of its data."""
+    A conditional config needs the `class_names` of its data; a learning-rate
+    schedule needs the run's `total_steps`."""
     classes = {}
     if config.conditional:
         classes = dict(
@@ -131,12 +175,15 @@ def build_model(config, class_names=None):
         ema_warmup=config.ema_warmup,
         remat=config.remat,
         loss=config.loss,
+        loss_weighting=config.loss_weighting,
+        min_snr_gamma=config.min_snr_gamma,
         seed=config.seed,
         precision=resolve_precision(config.precision),
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(
-            learning_rate=config.learning_rate, weight_decay=config.weight_decay
+            learning_rate=learning_rate(config, total_steps or 1),
+            weight_decay=config.weight_decay,
         ),
         jit_compile=resolve_jit_compile(config.jit_compile),
     )
@@ -289,7 +336,11 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
             initial_epoch, model = found
         else:
             initial_epoch = 0
-            model = build_model(config, class_names_of(data) if config.conditional else None)
+            model = build_model(
+                config,
+                class_names_of(data) if config.conditional else None,
+                total_steps=steps * config.epochs,
+            )
             model.adapt(image_dataset(data, config.batch_size))
     if chief:
         config.save(paths["config"])

@@ -4,8 +4,13 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# Before any test file imports TensorFlow, so that the tests run with the CPU
+# kernels the package chooses (diffusion_keras.runtime), as the CLIs they
+# start in subprocesses do.
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+import diffusion_keras  # noqa: E402, F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=16, widths=(8, 16), block_depth=1, embedding_dims=8)

@@ -166,3 +166,11 @@ def test_flags_reach_the_run_config():
     assert config("--no-remat").remat is False
     rates = config("--min-signal-rate", "0.1", "--max-signal-rate", "0.9")
     assert (rates.min_signal_rate, rates.max_signal_rate) == (0.1, 0.9)
+    assert config().flip is False and config("--flip").flip is True
+    book = config("--recipe", "book", "--batch-size", "16")
+    assert (book.ema_warmup, book.flip, book.batch_size) == (False, False, 16)
+    assert config().ema_warmup is True
+    weighted = config("--loss-weighting", "min_snr", "--min-snr-gamma", "2")
+    assert (weighted.loss_weighting, weighted.min_snr_gamma) == ("min_snr", 2.0)
+    cosine = config("--lr-schedule", "cosine", "--warmup-steps", "100")
+    assert (cosine.lr_schedule, cosine.warmup_steps) == ("cosine", 100)

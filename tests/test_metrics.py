@@ -76,21 +76,56 @@ def test_kid_is_near_zero_for_one_distribution_and_grows_with_a_shift(extractor)
     assert values["noise"] > values["shifted"]
 
 
+def extracted_as_the_metric_sees_them(extractor, images, pieces, output=0):
+    """The extractor's features (`output` 0) or class probabilities (1) of
+    `images`, extracted piece by piece as a metric updated with those pieces
+    extracts them.
+
+    The same image's float32 features can differ in the last bits with the
+    batch it is extracted in (the matmul kernels block the rows differently on
+    different CPUs and batch sizes: seen at 1-2 ulps with oneDNN off), so a
+    numpy reference must be fed the features the metric saw; with those, only
+    float64 arithmetic separates the two.
+    """
+    bounds = np.cumsum([0] + list(pieces))
+    return np.concatenate([extractor(images[a:b])[output] for a, b in zip(bounds, bounds[1:])])
+
+
+def float64_sum_bound(terms):
+    """Worst-case rounding error of summing `terms` in float64 in any order:
+    n * eps * sum |terms| (Higham, Accuracy and Stability, eq. 4.4)."""
+    terms = np.abs(np.asarray(terms, np.float64)).ravel()
+    return len(terms) * np.finfo(np.float64).eps * terms.sum()
+
+
 def test_kid_and_fid_match_numpy():
     extractor = small_extractor()
     real, generated = (
         blob_images(120, 16, seed=5),
         np.clip(blob_images(120, 16, seed=6) * 1.2, 0, 1),
     )
-    x, y = extractor(real)[0], extractor(generated)[0]
     kid = KernelInceptionDistance(extractor)
-    kid.update_state(real[:60], generated[:60])
-    kid.update_state(real[60:], generated[60:])
-    expected = (numpy_kid(x[:60], y[:60]) + numpy_kid(x[60:], y[60:])) / 2
-    np.testing.assert_allclose(float(kid.result()), expected, rtol=1e-9, atol=1e-12)
+    expected, bound = [], 0.0
+    for piece in (slice(0, 60), slice(60, 120)):
+        kid.update_state(real[piece], generated[piece])
+        x, y = extractor(real[piece])[0], extractor(generated[piece])[0]
+        expected.append(numpy_kid(x, y))
+        # Each of the three kernel means is a float64 sum of at most 60 * 60
+        # terms; their rounding errors add up, and the average halves them.
+        kernels = [(a @ b.T / x.shape[1] + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y))]
+        bound += (
+            sum(float64_sum_bound(k) / k.size for k in kernels[:2])
+            + 2 * float64_sum_bound(kernels[2]) / kernels[2].size
+        )
+    np.testing.assert_allclose(float(kid.result()), np.mean(expected), rtol=0, atol=bound / 2)
+    assert bound / 2 < 1e-8 * abs(np.mean(expected))  # the check is tight
     fid = FrechetInceptionDistance(extractor, dims=16)
     fid.update_state(real[:50], generated[:70])
     fid.update_state(real[50:], generated[70:])  # streamed in pieces of any size
+    x = extracted_as_the_metric_sees_them(extractor, real, [50, 70])
+    y = extracted_as_the_metric_sees_them(extractor, generated, [70, 50])
+    # Two eigenvalue routes to Tr sqrt(Sx Sy) (numpy's of the product, ours of
+    # a symmetric matrix): they agree to about the eigensolvers' accuracy.
     np.testing.assert_allclose(float(fid.result()), numpy_fid(x, y), rtol=1e-6)
     assert numpy_fid(x, y) > 0
     fid.reset_state()
@@ -101,12 +136,12 @@ def test_kid_and_fid_match_numpy():
 def test_inception_score_matches_numpy_and_needs_probabilities(extractor):
     probabilities_extractor = small_extractor(classes=5)
     images = blob_images(80, 16, seed=7)
-    p = probabilities_extractor(images)[1]
-    marginal = p.mean(0)
-    expected = np.exp((p * (np.log(p) - np.log(marginal))).sum(1).mean())
     score = InceptionScore(probabilities_extractor, classes=5)
     score.update_state(images[:30])
     score.update_state(images[30:])
+    p = extracted_as_the_metric_sees_them(probabilities_extractor, images, [30, 50], output=1)
+    marginal = p.mean(0)
+    expected = np.exp((p * (np.log(p) - np.log(marginal))).sum(1).mean())
     np.testing.assert_allclose(float(score.result()), expected, rtol=1e-9)
     assert 1.0 <= expected <= 5.0
     with pytest.raises(metrics.FeatureError, match="no class probabilities"):

@@ -1,0 +1,100 @@
+"""Training recipes: the book's exactly one flag away, learning-rate schedules,
+and loss weighting by noise level."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import TINY, fit_on_blobs, one_line_error, run_script, tiny_model, write_png_folder
+from diffusion_keras import DiffusionModel
+from diffusion_keras.schedules import offset_cosine_schedule
+from diffusion_keras.training import RECIPES, TrainConfig, learning_rate
+from diffusion_keras.weighting import loss_weights
+
+
+def test_book_recipe_is_the_books_notebook():
+    book = TrainConfig.for_recipe("book")
+    assert (book.flip, book.ema, book.ema_warmup) == (False, 0.999, False)
+    assert (book.learning_rate, book.lr_schedule, book.weight_decay) == (1e-3, "constant", 1e-4)
+    assert (book.loss, book.prediction, book.loss_weighting) == ("mae", "noise", "none")
+    assert (book.batch_size, book.image_size, book.widths) == (64, 64, (32, 64, 96, 128))
+    assert TrainConfig.for_recipe("book", batch_size=16).batch_size == 16  # flags still win
+    assert TrainConfig.for_recipe("default") == TrainConfig()
+    assert TrainConfig().flip is False  # flips are opt-in
+    with pytest.raises(ValueError, match="unknown recipe 'fast'; choose one of: default, book"):
+        TrainConfig.for_recipe("fast")
+    assert set(RECIPES) == {"default", "book"}
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    config = TrainConfig(learning_rate=2e-3, lr_schedule="cosine", warmup_steps=10)
+    schedule = learning_rate(config, total_steps=110)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 60, 110, 200)]
+    np.testing.assert_allclose(rates, [0.0, 1e-3, 2e-3, 1e-3, 0.0, 0.0], atol=1e-9)
+    assert learning_rate(TrainConfig(), 110) == 1e-3
+    with pytest.raises(ValueError, match="unknown lr_schedule 'step'"):
+        learning_rate(TrainConfig(lr_schedule="step"), 10)
+
+
+@pytest.mark.parametrize("prediction", ["noise", "velocity", "image"])
+def test_min_snr_weights_the_clean_image_loss_by_min_snr_gamma(prediction):
+    """Whatever is predicted, min-SNR's weight on that loss equals min(SNR, 5)
+    on the clean-image loss it is equivalent to (Hang et al. 2023, eq. 8)."""
+    times = np.linspace(0.0, 1.0, 11, dtype="float32").reshape(-1, 1, 1, 1)
+    noise_rates, signal_rates = offset_cosine_schedule(times)
+    noise_rates, signal_rates = np.asarray(noise_rates), np.asarray(signal_rates)
+    snrs = signal_rates**2 / noise_rates**2
+    weights = np.asarray(loss_weights("min_snr", noise_rates, signal_rates, prediction))
+    # The image error is its prediction's error times this factor.
+    image_error_per_unit = {
+        "noise": noise_rates / signal_rates,
+        "velocity": noise_rates,
+        "image": np.ones_like(noise_rates),
+    }[prediction]
+    np.testing.assert_allclose(weights / image_error_per_unit**2, np.minimum(snrs, 5.0), rtol=1e-5)
+    np.testing.assert_array_equal(
+        np.asarray(loss_weights("none", noise_rates, signal_rates, prediction)), 1.0
+    )
+
+
+def test_min_snr_model_trains_saves_and_reloads(tmp_path):
+    model = tiny_model(prediction="velocity", loss="mse", loss_weighting="min_snr",
+                       min_snr_gamma=2.0)  # fmt: skip
+    _, history = fit_on_blobs(model, steps_per_epoch=4)
+    assert np.isfinite(history.history["n_loss"]).all()
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert (loaded.loss_weighting, loaded.min_snr_gamma) == ("min_snr", 2.0)
+    with pytest.raises(ValueError, match="unknown loss weighting 'p2'"):
+        DiffusionModel(**TINY, loss_weighting="p2")
+
+
+def test_unweighted_loss_is_the_books_op_for_op():
+    model = tiny_model()
+    rng = np.random.default_rng(0)
+    targets, outputs = rng.normal(size=(2, 4, 16, 16, 3)).astype("float32")
+    rates = np.full((4, 1, 1, 1), 0.6, "float32")
+    loss = model.training_loss(targets, outputs, rates, rates)
+    assert float(loss) == float(keras.ops.mean(keras.ops.abs(targets - outputs)))
+
+
+def test_train_py_recipe_book_writes_the_books_settings(tmp_path):
+    folder = tmp_path / "images"
+    write_png_folder(folder, 16, nested=False)
+    run = tmp_path / "run"
+    result = run_script(
+        "train.py", "--recipe", "book", "--data", folder, "--output", run, "--image-size", 16,
+        "--widths", "8,16", "--block-depth", 1, "--batch-size", 8, "--epochs", 1,
+        "--dataset-repetitions", 1, "--plot-images", 2, "--plot-diffusion-steps", 2,
+        "--lr-schedule", "cosine", "--warmup-steps", 1, "--verbose", 0,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert (config["ema_warmup"], config["flip"], config["lr_schedule"]) == (False, False, "cosine")
+    line = one_line_error(
+        run_script("train.py", "--output", run, "--resume", "--recipe", "book", "--epochs", 2)
+    )
+    assert "--recipe applies to new runs" in line
