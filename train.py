@@ -5,9 +5,27 @@ import os
 os.environ.setdefault("DIFFUSION_KERAS_QUIET", "1")  # before TensorFlow loads
 
 import dataclasses
+import signal
 import sys
 
-from diffusion_keras.cli import (
+_STDERR = os.dup(2)  # TensorFlow's import silences descriptor 2 for a while
+
+
+def _stop_before_training(signum, frame):
+    # While TensorFlow loads there is nothing to save: exit at once.
+    os.write(_STDERR, b"train.py: stopped by SIGTERM before training began; nothing to save\n")
+    os._exit(128 + signum)
+
+
+# First of all (see "When things go wrong" in the README); from the next
+# import on, SIGTERM only asks the run to stop at a step boundary.
+signal.signal(signal.SIGTERM, _stop_before_training)
+
+from diffusion_keras.preemption import EXIT_PREEMPTED, stop_signal  # noqa: E402
+
+stop_signal().install()
+
+from diffusion_keras.cli import (  # noqa: E402
     OneLineParser,
     UsageError,
     closed_unit_interval,
@@ -24,7 +42,7 @@ from diffusion_keras.cli import (
 RESUMABLE = {
     "epochs", "keep_checkpoints", "plot_images", "plot_diffusion_steps", "data",
     "strategy", "cpu_replicas", "train_classifier", "classifier_epochs", "kid_diffusion_steps",
-    "kid_features",
+    "kid_features", "checkpoint_every",
 }  # fmt: skip
 
 
@@ -170,7 +188,13 @@ def parser():
         action="store_true",
         help="continue the run in --output from its last checkpoint",
     )
-    add("--keep-checkpoints", type=positive_int, help="checkpoints kept (default 3)")
+    add("--keep-checkpoints", type=positive_int, help="epoch checkpoints kept (default 3)")
+    add(
+        "--checkpoint-every",
+        type=checkpoint_every,
+        help="also checkpoint inside epochs: every N steps, every Nm minutes (10m), or 0 for "
+        "epoch ends only (default 5m)",
+    )
     add("--plot-images", type=positive_int, help="images in each epoch's sample grid (default 10)")
     add("--plot-diffusion-steps", type=positive_int, help="steps for the sample grids (default 20)")
     add(
@@ -181,6 +205,18 @@ def parser():
         help="Keras verbosity (default: progress bar)",
     )
     return p
+
+
+def checkpoint_every(text):
+    from diffusion_keras.checkpoints import parse_checkpoint_every
+
+    try:
+        parse_checkpoint_every(text)
+    except ValueError:
+        raise __import__("argparse").ArgumentTypeError(
+            f"expected steps (500), minutes (10m) or 0, got {text!r}"
+        ) from None
+    return text.strip().lower()
 
 
 def config_from_args(args):
@@ -250,15 +286,20 @@ def main(argv=None):
     )
     verbose = "auto" if args.verbose is None else args.verbose
     paths = run_paths(config.output)
+    from diffusion_keras.errors import Preempted
+
     try:
         train(config, resume=args.resume, verbose=verbose, data=data, strategy=strategy)
     except KeyboardInterrupt:
         print(
             f"\ntrain.py: interrupted; the current weights are in {paths['interrupted']}, "
-            "and --resume continues from the last epoch checkpoint",
+            "and --resume continues from the last checkpoint",
             file=sys.stderr,
         )
         return 130
+    except Preempted as stopped:
+        print(f"\ntrain.py: {stopped}", file=sys.stderr)
+        return EXIT_PREEMPTED
     from diffusion_keras.distribute import worker_index
 
     if worker_index(strategy) is None:

@@ -3,6 +3,7 @@
     python bench/quality.py                                   # 20 CPU-minutes a recipe
     python bench/quality.py --budget 8 --datasets flowers     # a shorter race
     python bench/quality.py --recipes book,default --samplers # and the samplers at the end
+    python bench/quality.py --save-dir runs/race --reuse      # finish an interrupted race
 
 Each recipe trains the book's U-Net at 32x32 in a fresh process until its
 process has used `--budget` CPU minutes (user + system time of all its
@@ -24,6 +25,11 @@ needs to reach its final KID over the minutes the recipe needs to reach it
 (linear between marks; "not reached" when it never does). A PNG of KID
 against CPU minutes, one line per recipe, goes to `--plot`. Run by hand,
 never by CI.
+
+Recipes whose settings come out identical (`default` is the book's with the
+EMA warm-up, today) are trained once and share a result. With `--save-dir`,
+each result is also kept as `DATASET_RECIPE.json`, and `--reuse` takes those
+instead of training again, so a long race can be finished in parts.
 """
 
 import argparse
@@ -187,6 +193,22 @@ def references(args):
     print(json.dumps(out))
 
 
+def recipe_settings(recipe, args):
+    """The full training settings of `recipe` in this race, to tell which
+    recipes are the same."""
+    import dataclasses
+
+    package_first()
+    from diffusion_keras.training import TrainConfig
+
+    settings = dict(RECIPES[recipe])
+    config = TrainConfig.for_recipe(
+        settings.pop("recipe"), image_size=args.image_size, seed=args.seed,
+        precision=args.precision, **settings,
+    )  # fmt: skip
+    return json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+
+
 def run_worker(args, *extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", DIFFUSION_KERAS_QUIET="1")
     command = [
@@ -225,10 +247,15 @@ def plot(results, refs, path):
     figure, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
     for axis, dataset in zip(axes[0], datasets):
         for result in results:
-            if result["dataset"] == dataset:
+            if result["dataset"] == dataset and "same_as" not in result:
                 minutes = [c[0] for c in result["curve"]]
                 kids = [c[2] for c in result["curve"]]
-                axis.plot(minutes, kids, marker="o", label=result["recipe"])
+                same = [
+                    r["recipe"] for r in results
+                    if r["dataset"] == dataset and r.get("same_as") == result["recipe"]
+                ]  # fmt: skip
+                label = " = ".join([result["recipe"], *same])
+                axis.plot(minutes, kids, marker="o", label=label)
         axis.axhline(refs[dataset]["noise"], color="grey", linestyle=":", label="uniform noise")
         axis.set_yscale("log")
         axis.set_xlabel("CPU minutes of training")
@@ -252,11 +279,13 @@ def main():
                         choices=["float32", "mixed_bfloat16", "auto"])  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samplers", action="store_true",
-                        help="also race the samplers on each data set's last recipe")  # fmt: skip
+                        help="also race the samplers on the last recipe trained")  # fmt: skip
     parser.add_argument("--plot", default="docs/time_to_quality.png")
     parser.add_argument("--save-dir", default=None, help="keep each final model here")
     parser.add_argument("--side-by-side", default="docs/book_vs_default.png",
                         help="with --save-dir: the first and last recipes' samples")  # fmt: skip
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --save-dir: take results kept there, not train")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--references", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--recipe", help=argparse.SUPPRESS)
@@ -281,16 +310,31 @@ def main():
         print(f"\n{dataset}: KID references ({refs[dataset]['features']} features): "
               f"held-out vs training {refs[dataset]['floor']:.4f}, noise "
               f"{refs[dataset]['noise']:.4f}", flush=True)  # fmt: skip
-        rate = None
+        rate, trained = None, {}
+        settings = {recipe: recipe_settings(recipe, args) for recipe in recipes}
+        unique = [r for i, r in enumerate(recipes) if settings[r] not in
+                  [settings[q] for q in recipes[:i]]]  # fmt: skip
         for recipe in recipes:
-            extra = ["--worker", "--recipe", recipe, "--dataset", dataset,
-                     "--images-per-cpu-second", str(rate or 1.0)]  # fmt: skip
-            if args.save_dir:
-                os.makedirs(args.save_dir, exist_ok=True)
-                extra += ["--save", os.path.join(args.save_dir, f"{dataset}_{recipe}.keras")]
-            if args.samplers and recipe == recipes[-1]:
-                extra.append("--samplers")
-            result = run_worker(args, *extra)
+            saved = os.path.join(args.save_dir or "", f"{dataset}_{recipe}.json")
+            same = trained.get(settings[recipe])
+            if same is not None:
+                result = dict(same, recipe=recipe, same_as=same["recipe"])
+            elif args.reuse and os.path.exists(saved):
+                with open(saved) as handle:
+                    result = json.load(handle)
+            else:
+                extra = ["--worker", "--recipe", recipe, "--dataset", dataset,
+                         "--images-per-cpu-second", str(rate or 1.0)]  # fmt: skip
+                if args.save_dir:
+                    os.makedirs(args.save_dir, exist_ok=True)
+                    extra += ["--save", os.path.join(args.save_dir, f"{dataset}_{recipe}.keras")]
+                if args.samplers and recipe == unique[-1]:
+                    extra.append("--samplers")
+                result = run_worker(args, *extra)
+                if args.save_dir:
+                    with open(saved, "w") as handle:
+                        json.dump(result, handle)
+            trained.setdefault(settings[recipe], result)
             results.append(result)
             if recipe == "book":
                 minutes, steps, _ = result["curve"][-1]
@@ -309,7 +353,8 @@ def main():
             total = book["curve"][-1][0]
             speedup = f"{total / reached:.2f}x" if reached else "-"
             at = f"{reached:.1f} min" if reached else "not reached"
-            print(f"{result['recipe']:<20}{kids:<56}{at:>14}{speedup:>10}")
+            label = result["recipe"] + (f" (= {result['same_as']})" if "same_as" in result else "")
+            print(f"{label:<20}{kids:<56}{at:>14}{speedup:>10}")
             for label, kid, seconds in result.get("samplers", []):
                 print(f"    sampler {label:<32} KID {kid:.4f}  {seconds:.1f} s for "
                       f"{args.held_out} images")  # fmt: skip
@@ -335,7 +380,8 @@ def side_by_side(results, args, left, right):
     for row, dataset in enumerate(datasets):
         for column, recipe in enumerate((left, right)):
             result = next(r for r in results if r["dataset"] == dataset and r["recipe"] == recipe)
-            samples = np.load(os.path.join(args.save_dir, f"{dataset}_{recipe}.keras.samples.npy"))
+            trained = result.get("same_as", recipe)
+            samples = np.load(os.path.join(args.save_dir, f"{dataset}_{trained}.keras.samples.npy"))
             grid = np.concatenate(
                 [np.concatenate(list(samples[r * 5 : r * 5 + 5]), axis=1) for r in range(2)]
             )

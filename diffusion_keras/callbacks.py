@@ -1,17 +1,15 @@
-"""Callbacks for training runs: sample grids, atomic checkpoints, a NaN guard."""
+"""Callbacks for training runs: sample grids, atomic saving, a NaN guard, memory release.
+
+Checkpoints are `diffusion_keras.checkpoints`."""
 
 import ctypes
 import ctypes.util
-import glob
 import math
 import os
-import re
 
 import keras
 
 from diffusion_keras.images import save_grid
-
-CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)\.keras$")
 
 
 class SampleGrid(keras.callbacks.Callback):
@@ -27,25 +25,15 @@ class SampleGrid(keras.callbacks.Callback):
         self.seed = seed
         self.columns = columns
         self.last_path = None
+        # Set to `Checkpointer.epoch_is_whole` to skip epochs cut short.
+        self.epoch_is_whole = None
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.epoch_is_whole is not None and not self.epoch_is_whole(epoch):
+            return
         images = self.model.generate(self.num_images, self.diffusion_steps, seed=self.seed)
         path = os.path.join(self.directory, f"epoch_{epoch + 1:03d}.png")
         self.last_path = save_grid(images, path, columns=self.columns)
-
-
-def checkpoint_path(directory, epoch):
-    return os.path.join(directory, f"epoch_{epoch:03d}.keras")
-
-
-def list_checkpoints(directory):
-    """`(epoch, path)` of every checkpoint in `directory`, oldest first."""
-    found = []
-    for path in glob.glob(os.path.join(directory, "epoch_*.keras")):
-        match = CHECKPOINT_PATTERN.search(os.path.basename(path))
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
 
 
 def save_model_atomically(model, path):
@@ -77,25 +65,6 @@ class NanGuard(keras.callbacks.Callback):
                 return
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves the whole model (weights, EMA, normalizer, optimizer, step
-    counters) to `directory/epoch_NNN.keras` after each epoch, atomically,
-    keeping the last `keep`. Skips saving once `nan_guard` has fired."""
-
-    def __init__(self, directory, keep=3, nan_guard=None):
-        super().__init__()
-        self.directory = directory
-        self.keep = keep
-        self.nan_guard = nan_guard
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.nan_guard is not None and self.nan_guard.failure:
-            return
-        save_model_atomically(self.model, checkpoint_path(self.directory, epoch + 1))
-        for _, path in list_checkpoints(self.directory)[: -self.keep]:
-            os.remove(path)
-
-
 def release_free_memory():
     """Returns the C heap's free pages to the operating system (glibc's
     `malloc_trim`), so that memory freed after tracing a `tf.function` stops
@@ -122,3 +91,33 @@ class ReleaseFreeMemory(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         release_free_memory()
+
+
+class StepLog(keras.callbacks.Callback):
+    """Appends `step,loss` to a CSV file after every training step: the step
+    count so far (the model's `train_steps`, so a resumed run continues the
+    numbering) and that step's training loss. A resumed run appends; the
+    last row for each step is the one that counts."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self._file = None
+
+    def on_train_begin(self, logs=None):
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+        self._file = open(self.path, "a", buffering=1)
+        if new:
+            self._file.write("step,loss\n")
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("step_loss")
+        if loss is None:
+            loss = self.model.step_loss_tracker.result()
+        self._file.write(f"{int(self.model.train_steps.numpy())},{float(loss)!r}\n")
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -8,6 +8,7 @@ resumed run sees exactly the batches an uninterrupted one would.
 
 import concurrent.futures
 import dataclasses
+import itertools
 import os
 import socket
 import threading
@@ -314,10 +315,12 @@ def steps_per_epoch(data, batch_size, repetitions):
 
 
 def train_dataset(
-    data, batch_size, repetitions=5, seed=0, flip=False, first_epoch=0, epochs=None, labels=False
-):
+    data, batch_size, repetitions=5, seed=0, flip=False, first_epoch=0, epochs=None, labels=False,
+    first_step=0,
+):  # fmt: skip
     """A `tf.data.Dataset` of float32 batches in [0, 1] for epochs
-    `first_epoch`, `first_epoch + 1`, ... (forever when `epochs` is None).
+    `first_epoch`, `first_epoch + 1`, ... (forever when `epochs` is None),
+    the first of them from its batch `first_step` on (a resumed epoch).
     With `labels`, elements are `(images, labels)`."""
     import tensorflow as tf
 
@@ -333,7 +336,8 @@ def train_dataset(
     def batches():
         epoch = first_epoch
         while epochs is None or epoch < epochs:
-            yield from epoch_batches(data, batch_size, repetitions, seed, epoch, flip, labels)
+            batches = epoch_batches(data, batch_size, repetitions, seed, epoch, flip, labels)
+            yield from itertools.islice(batches, first_step if epoch == first_epoch else 0, None)
             epoch += 1
 
     signature = tf.TensorSpec(shape, tf.uint8)

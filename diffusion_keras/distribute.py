@@ -124,19 +124,41 @@ def distributed_batches(strategy, make_dataset, global_batch_size):
 
 def fit_multiworker(
     model, strategy, make_dataset, global_batch_size, epochs, initial_epoch, steps_per_epoch,
-    callbacks=(), verbose=1,
+    callbacks=(), verbose=1, first_step=0, stop=None,
 ):  # fmt: skip
-    """`model.fit` for `MultiWorkerMirroredStrategy`, with Keras callbacks."""
+    """`model.fit` for `MultiWorkerMirroredStrategy`, with Keras callbacks.
+
+    The first epoch starts at its batch `first_step` (a resumed epoch). Each
+    step all-reduces the workers' `stop` flags (a `StopSignal`) into
+    `stop.agreed`, so every worker sees the same answer after the same step.
+    A worker that stops answering (killed, its machine gone) is noticed by the
+    strategy's health check, about every 30 s; the step then fails and this
+    raises `TrainingError` in one line instead of hanging.
+    """
     import keras
     import tensorflow as tf
 
+    from diffusion_keras.errors import TrainingError
+
     dataset = distributed_batches(strategy, make_dataset, global_batch_size)
     iterator = iter(dataset)
+    if stop is not None:
+        stop.reinstall()
+
+    def replica_step(data, stop_flag):
+        logs = model.train_step(data)
+        logs["step_loss"] = model.step_loss_tracker.result()
+        # Summed over the workers: > 0 when any of them was asked to stop.
+        context = tf.distribute.get_replica_context()
+        logs["stop"] = context.all_reduce(tf.distribute.ReduceOp.SUM, stop_flag * 1.0)
+        return logs
 
     @tf.function
-    def train_step(iterator):
-        logs = strategy.run(model.train_step, args=(next(iterator),))
-        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
+    def train_step(iterator, stop_flag):
+        logs = strategy.run(replica_step, args=(next(iterator), stop_flag))
+        stop = strategy.experimental_local_results(logs.pop("stop"))[0]
+        logs = {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
+        return dict(logs, stop=stop)
 
     callback_list = keras.callbacks.CallbackList(
         list(callbacks),
@@ -149,19 +171,35 @@ def fit_multiworker(
     )
     model.stop_training = False
     callback_list.on_train_begin()
-    logs = {}
-    for epoch in range(initial_epoch, epochs):
-        for metric in model.metrics:
-            metric.reset_state()
-        callback_list.on_epoch_begin(epoch)
-        for step in range(steps_per_epoch):
-            callback_list.on_train_batch_begin(step)
-            logs = {k: float(v) for k, v in train_step(iterator).items()}
-            callback_list.on_train_batch_end(step, logs)
+    logs, position = {}, (initial_epoch, first_step)
+    lost = (tf.errors.UnavailableError, tf.errors.CancelledError,
+            tf.errors.DeadlineExceededError, tf.errors.InternalError)  # fmt: skip
+    try:
+        for epoch in range(initial_epoch, epochs):
+            # Resetting and reading the metrics are collectives too.
+            for metric in model.metrics:
+                metric.reset_state()
+            callback_list.on_epoch_begin(epoch)
+            for step in range(first_step if epoch == initial_epoch else 0, steps_per_epoch):
+                position = (epoch, step)
+                callback_list.on_train_batch_begin(step)
+                flag = tf.constant(1.0 if stop is not None and stop.requested else 0.0)
+                logs = {k: float(v) for k, v in train_step(iterator, flag).items()}
+                agreed = logs.pop("stop") > 0
+                if stop is not None:
+                    stop.agreed = agreed
+                callback_list.on_train_batch_end(step, logs)
+                if model.stop_training:
+                    break
+            epoch_logs = {k: v for k, v in logs.items() if k != "step_loss"}
+            callback_list.on_epoch_end(epoch, epoch_logs)
             if model.stop_training:
                 break
-        callback_list.on_epoch_end(epoch, dict(logs))
-        if model.stop_training:
-            break
+    except lost as error:
+        raise TrainingError(
+            f"lost contact with another worker at epoch {position[0] + 1}, step "
+            f"{position[1] + 1} ({type(error).__name__}); --resume of the whole job continues "
+            "from the last checkpoint"
+        ) from None
     callback_list.on_train_end(logs)
     return model.history

@@ -19,3 +19,13 @@ class TrainingError(DiffusionKerasError):
 
 class ModelFileError(DiffusionKerasError):
     """A model file that is missing, damaged or not a `DiffusionModel`."""
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM after saving its position; `--resume`
+    continues it exactly. Not a `DiffusionKerasError`: it is not a mistake,
+    and `train.py` exits with status 143 for it."""
+
+    def __init__(self, message, checkpoint=None):
+        super().__init__(message)
+        self.checkpoint = checkpoint

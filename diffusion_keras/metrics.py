@@ -362,10 +362,13 @@ class KIDMonitor(keras.callbacks.Callback):
         self.diffusion_steps = diffusion_steps
         self.seed = seed
         self.history = {}
+        # Set to `Checkpointer.epoch_is_whole` to skip epochs cut short.
+        self.epoch_is_whole = None
 
     def on_epoch_end(self, epoch, logs=None):
         value = math.nan
-        if (epoch + 1) % self.every == 0:
+        whole = self.epoch_is_whole is None or self.epoch_is_whole(epoch)
+        if (epoch + 1) % self.every == 0 and whole:
             value = measure_kid(
                 self.model, self.images, self.extractor, self.diffusion_steps, self.seed
             )

@@ -252,6 +252,9 @@ class DiffusionModel(keras.Model):
         self.noise_loss_tracker = keras.metrics.Mean(name="n_loss")
         self.image_loss_tracker = keras.metrics.Mean(name="i_loss")
         self.velocity_loss_tracker = keras.metrics.Mean(name="v_loss")
+        # The last training step's loss (what the optimizer minimised), for
+        # per-step logs; not among `metrics`, so not averaged over the epoch.
+        self.step_loss_tracker = keras.metrics.Mean(name="step_loss")
         self._compiled_samplers = {}
         self.built = True
 
@@ -516,6 +519,8 @@ class DiffusionModel(keras.Model):
         # 3. The EMA network follows the trained one, BatchNorm statistics too.
         self.update_ema()
         self.train_steps.assign_add(1)
+        self.step_loss_tracker.reset_state()
+        self.step_loss_tracker.update_state(loss)
 
         pred_noises, pred_images = self.split_prediction(
             outputs, noisy_images, noise_rates, signal_rates

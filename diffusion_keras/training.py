@@ -1,10 +1,12 @@
 """Training runs: a documented configuration and `train`, which `train.py` wraps.
 
-A run directory holds `config.json`, `checkpoints/epoch_NNN.keras`,
-`samples/epoch_NNN.png`, TensorBoard `logs/` and the final `model.keras`.
+A run directory holds `config.json`, `checkpoints/` (`diffusion_keras.checkpoints`),
+`samples/epoch_NNN.png`, `history.csv` (per epoch), `steps.csv` (per step),
+TensorBoard `logs/` and the final `model.keras`.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -13,12 +15,17 @@ import warnings
 import keras
 
 from diffusion_keras.callbacks import (
-    EpochCheckpoint,
     NanGuard,
     ReleaseFreeMemory,
     SampleGrid,
-    list_checkpoints,
+    StepLog,
     save_model_atomically,
+)
+from diffusion_keras.checkpoints import (
+    DEFAULT_EVERY,
+    Checkpointer,
+    list_checkpoints,
+    parse_checkpoint_every,
 )
 from diffusion_keras.data import (
     image_dataset,
@@ -29,9 +36,10 @@ from diffusion_keras.data import (
     train_dataset,
 )
 from diffusion_keras.distribute import fit_multiworker, is_multiworker, worker_index
-from diffusion_keras.errors import ModelFileError, TrainingError
+from diffusion_keras.errors import ModelFileError, Preempted, TrainingError
 from diffusion_keras.model import DiffusionModel
 from diffusion_keras.precision import resolve_precision
+from diffusion_keras.preemption import stop_signal
 from diffusion_keras.saving import load_model
 from diffusion_keras.unet import BOOK_WIDTHS, build_unet
 
@@ -92,6 +100,7 @@ class TrainConfig:
     plot_images: int = 10
     plot_diffusion_steps: int = 20
     keep_checkpoints: int = 3
+    checkpoint_every: str = DEFAULT_EVERY
 
     @classmethod
     def for_recipe(cls, recipe="default", **settings):
@@ -128,6 +137,7 @@ RECIPES = {
                  loss_weighting="none", batch_size=64),
 }  # fmt: skip
 LR_SCHEDULES = ("constant", "cosine")
+NOTHING_TO_SAVE = "stopped by SIGTERM before the first training step; nothing to save"
 
 
 def learning_rate(config, total_steps):
@@ -203,14 +213,15 @@ def resolve_jit_compile(setting):
 
 
 def load_latest_checkpoint(run_dir):
-    """`(epoch, model)` from the newest checkpoint of a run that loads, or None.
+    """`((epoch, step), model)` from the newest checkpoint of a run that
+    loads (`epoch` whole epochs and `step` steps into the next), or None.
 
     A damaged newest checkpoint (a disk that filled up, say) is skipped with a
     warning in favour of the one before it.
     """
-    for epoch, path in reversed(list_checkpoints(os.path.join(run_dir, "checkpoints"))):
+    for position, path in reversed(list_checkpoints(os.path.join(run_dir, "checkpoints"))):
         try:
-            return epoch, load_model(path)
+            return position, load_model(path)
         except ModelFileError as error:
             warnings.warn(f"skipping checkpoint: {error}", stacklevel=2)
     return None
@@ -223,6 +234,7 @@ def run_paths(run_dir):
         "samples": os.path.join(run_dir, "samples"),
         "logs": os.path.join(run_dir, "logs"),
         "history": os.path.join(run_dir, "history.csv"),
+        "steps": os.path.join(run_dir, "steps.csv"),
         "model": os.path.join(run_dir, "model.keras"),
         "interrupted": os.path.join(run_dir, "interrupted.keras"),
         "classifier": os.path.join(run_dir, "classifier.keras"),
@@ -311,8 +323,9 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
         # Held out before training, the same images for every resume of the run.
         data, held_out = split_held_out(data, config.kid_images, config.seed)
     steps = steps_per_epoch(data, config.batch_size, config.dataset_repetitions)
+    parse_checkpoint_every(config.checkpoint_every)  # a bad value fails before any work
 
-    def make_dataset(first_epoch=0):
+    def make_dataset(first_epoch=0, first_step=0):
         return train_dataset(
             data,
             config.batch_size,
@@ -320,12 +333,15 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
             seed=config.seed,
             flip=config.flip,
             first_epoch=first_epoch,
+            first_step=first_step,
             epochs=config.epochs,
             labels=config.conditional,
         )
 
     # Built now so that less than a batch of data fails before any model is built.
     make_dataset()
+    if stop_signal().should_stop() and not is_multiworker(strategy):
+        raise Preempted(NOTHING_TO_SAVE)
     with strategy.scope():
         if resume:
             found = load_latest_checkpoint(config.output)
@@ -333,9 +349,14 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
                 raise TrainingError(
                     f"--resume: no usable checkpoint in {run_paths(config.output)['checkpoints']}"
                 )
-            initial_epoch, model = found
+            (initial_epoch, first_step), model = found
+            if first_step >= steps:
+                raise TrainingError(
+                    f"--resume: the checkpoint is {first_step} steps into an epoch, but an "
+                    f"epoch of this data has {steps}; resume with the run's --data"
+                )
         else:
-            initial_epoch = 0
+            initial_epoch, first_step = 0, 0
             model = build_model(
                 config,
                 class_names_of(data) if config.conditional else None,
@@ -345,11 +366,90 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
     if chief:
         config.save(paths["config"])
 
-    nan_guard = NanGuard()
+    # SIGTERM stops at the next step boundary while training (main thread only);
+    # `train.py` has it for the whole process, a library call for its duration.
+    with stop_signal().handled() as stop:
+        nan_guard = NanGuard()
+        checkpointer = Checkpointer(
+            paths["checkpoints"],
+            steps,
+            keep=config.keep_checkpoints,
+            every=config.checkpoint_every,
+            nan_guard=nan_guard,
+            stop=stop,
+            running_means=not is_multiworker(strategy),
+        )
+        callbacks = run_callbacks(config, paths, chief, held_out, nan_guard, checkpointer)
+        callbacks += list(extra_callbacks)
+        multiworker = is_multiworker(strategy)
+        if stop.should_stop() and not multiworker:
+            # Workers of a multi-worker run agree on stopping at their first step.
+            raise Preempted(NOTHING_TO_SAVE)
+        checkpointer.resume_at(initial_epoch, first_step)
+        try:
+            for epoch, epochs, skip in fit_phases(initial_epoch, first_step, config.epochs):
+                if multiworker:
+                    fit_multiworker(
+                        model,
+                        strategy,
+                        functools.partial(make_dataset, epoch, skip),
+                        config.batch_size,
+                        epochs=epochs,
+                        initial_epoch=epoch,
+                        steps_per_epoch=steps,
+                        first_step=skip,
+                        callbacks=callbacks,
+                        verbose=1 if verbose == "auto" else verbose,
+                        stop=stop,
+                    )
+                else:
+                    model.fit(
+                        make_dataset(epoch, skip),
+                        epochs=epochs,
+                        initial_epoch=epoch,
+                        steps_per_epoch=steps - skip,
+                        callbacks=callbacks,
+                        verbose=verbose,
+                        shuffle=False,
+                    )
+                if checkpointer.preempted or nan_guard.failure:
+                    break
+        except KeyboardInterrupt:
+            # Mid-epoch weights: kept for generate.py, but --resume restarts from the
+            # last checkpoint so that a resumed run stays exact.
+            save_model_atomically(model, paths["interrupted"])
+            raise
+        if nan_guard.failure:
+            raise TrainingError(
+                f"training stopped: {nan_guard.failure}; the last good checkpoint in "
+                f"{paths['checkpoints']} is untouched (try a lower --learning-rate)"
+            )
+        epoch, step = checkpointer.position
+        if checkpointer.preempted and (epoch, step) != (config.epochs - 1, steps):
+            raise Preempted(
+                f"stopped by SIGTERM after step {step} of epoch {epoch + 1}; saved "
+                f"{checkpointer.last_path}; --resume continues from there",
+                checkpointer.last_path,
+            )
+        save_model_atomically(model, paths["model"])
+        if config.train_classifier and stop.requested:
+            raise Preempted(
+                f"stopped by SIGTERM before training the classifier; {paths['model']} is saved and "
+                "--resume trains the classifier"
+            )
+        if config.train_classifier and chief:
+            classifier = train_classifier(model, data, config, verbose)
+            save_model_atomically(classifier, paths["classifier"])
+        return model
+
+
+def run_callbacks(config, paths, chief, held_out, nan_guard, checkpointer):
+    """The callbacks of a training run, in the order they must run."""
     callbacks = [
         nan_guard,
-        EpochCheckpoint(paths["checkpoints"], keep=config.keep_checkpoints, nan_guard=nan_guard),
+        checkpointer,
         keras.callbacks.CSVLogger(paths["history"], append=True),
+        StepLog(paths["steps"]),
     ]
     if chief:
         callbacks += [
@@ -373,47 +473,25 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
             )
             # Before the CSV and TensorBoard loggers, so that they record `kid`.
             callbacks.insert(0, kid)
+    for callback in callbacks:
+        if hasattr(callback, "epoch_is_whole") and callback is not checkpointer:
+            callback.epoch_is_whole = checkpointer.epoch_is_whole
     # Last, so that it runs after the sample grid and the checkpoint.
     callbacks.append(ReleaseFreeMemory())
-    callbacks += list(extra_callbacks)
-    try:
-        if initial_epoch < config.epochs and is_multiworker(strategy):
-            fit_multiworker(
-                model,
-                strategy,
-                lambda: make_dataset(initial_epoch),
-                config.batch_size,
-                epochs=config.epochs,
-                initial_epoch=initial_epoch,
-                steps_per_epoch=steps,
-                callbacks=callbacks,
-                verbose=1 if verbose == "auto" else verbose,
-            )
-        elif initial_epoch < config.epochs:
-            model.fit(
-                make_dataset(initial_epoch),
-                epochs=config.epochs,
-                initial_epoch=initial_epoch,
-                steps_per_epoch=steps,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,
-            )
-    except KeyboardInterrupt:
-        # Mid-epoch weights: kept for generate.py, but --resume restarts from the
-        # last epoch checkpoint so that a resumed run stays exact.
-        save_model_atomically(model, paths["interrupted"])
-        raise
-    if nan_guard.failure:
-        raise TrainingError(
-            f"training stopped: {nan_guard.failure}; the last good checkpoint in "
-            f"{paths['checkpoints']} is untouched (try a lower --learning-rate)"
-        )
-    save_model_atomically(model, paths["model"])
-    if config.train_classifier and chief:
-        classifier = train_classifier(model, data, config, verbose)
-        save_model_atomically(classifier, paths["classifier"])
-    return model
+    return callbacks
+
+
+def fit_phases(initial_epoch, first_step, epochs):
+    """`(initial_epoch, epochs, first_step)` for each `fit` call a run needs:
+    one for the rest of an epoch resumed mid-way (its batches counted from
+    `first_step`), then one for the whole epochs after it."""
+    phases = []
+    if first_step and initial_epoch < epochs:
+        phases.append((initial_epoch, initial_epoch + 1, first_step))
+        initial_epoch += 1
+    if initial_epoch < epochs:
+        phases.append((initial_epoch, epochs, 0))
+    return phases
 
 
 def class_names_of(data):

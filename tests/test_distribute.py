@@ -1,7 +1,9 @@
 """tf.distribute: N replicas train exactly as one device, on one machine and
 across worker processes on 127.0.0.1."""
 
+import csv
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -105,7 +107,7 @@ def runs(tmp_path_factory):
     resumed = root / "resumed"
     workers(resumed, "--epochs", 1, *flags)
     workers(resumed, "--resume", "--epochs", 2)
-    return {"single": single, "multi": multi, "resumed": resumed}
+    return {"single": single, "multi": multi, "resumed": resumed, "flags": flags, "env": env}
 
 
 def test_two_workers_end_identical_and_match_one_process(runs):
@@ -143,3 +145,103 @@ def test_multiworker_without_tf_config_is_refused(monkeypatch):
         make_strategy("multiworker")
     with pytest.raises(UsageError, match="unknown strategy 'ring'"):
         make_strategy("ring")
+
+
+def start_workers(output, flags, env, resume=False):
+    """Two workers of a loopback cluster as separate processes, with pipes."""
+    resume = ["--resume"] if resume else []
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "--strategy", "multiworker",
+               "--output", str(output), *resume, *map(str, flags)]  # fmt: skip
+    return [
+        subprocess.Popen(
+            command,
+            env=dict(env, TF_CONFIG=config),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for config in tf_configs(2)
+    ]
+
+
+def steps_logged(output):
+    try:
+        with open(os.path.join(output, "steps.csv")) as handle:
+            return [int(row["step"]) for row in csv.DictReader(handle)]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def wait_for_step(output, step, processes, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not any(s >= step for s in steps_logged(output)):
+        assert all(p.poll() is None for p in processes), [p.communicate() for p in processes]
+        assert time.monotonic() < deadline, "no training step logged"
+        time.sleep(0.02)
+
+
+def messages(stderr):
+    return [line for line in stderr.strip().splitlines() if line.startswith("train.py")]
+
+
+def test_sigterm_and_a_killed_worker_in_a_multiworker_run(runs, tmp_path):
+    """SIGTERM to one worker stops both at the same step (exit 143); a
+    SIGKILLed worker makes the other exit with one line within 60 s; and
+    --resume of the whole job then ends where an uninterrupted run ends."""
+    output = tmp_path / "run"
+    flags = [*runs["flags"], "--epochs", 2, "--checkpoint-every", 1]
+    processes = start_workers(output, flags, runs["env"])
+    wait_for_step(output, 1, processes)
+    processes[1].send_signal(signal.SIGTERM)
+    results = [p.communicate(timeout=120) for p in processes]
+    assert [p.returncode for p in processes] == [143, 143], results
+    lines = [messages(err) for _, err in results]
+    assert all(len(found) == 1 and "stopped by SIGTERM after step" in found[0] for found in lines)
+    # The same position on both: "after step S of epoch E".
+    assert lines[0][0].split(";")[0] == lines[1][0].split(";")[0], lines
+
+    processes = start_workers(output, flags, runs["env"], resume=True)
+    done = len(steps_logged(output))
+    wait_for_step(output, max(steps_logged(output)) + 1, processes)
+    processes[1].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = processes[0].communicate(timeout=120)
+    seconds = time.monotonic() - killed
+    processes[1].wait()
+    print(f"the chief noticed its killed peer after {seconds:.1f} s")
+    assert processes[0].returncode not in (0, None) and seconds < 60
+    found = messages(err)
+    assert len(found) == 1 and "lost contact with another worker" in found[0], err
+    assert len(steps_logged(output)) > done
+
+    processes = start_workers(output, flags, runs["env"], resume=True)
+    for process in processes:
+        process.communicate(timeout=300)
+    assert [p.returncode for p in processes] == [0, 0]
+    straight = load_model(str(runs["multi"] / "model.keras"))
+    resumed = load_model(str(output / "model.keras"))
+    assert int(resumed.train_steps.numpy()) == 8
+    assert max_difference(straight, resumed) < 1e-5
+
+
+def test_sigterm_under_the_mirrored_strategy(tmp_path):
+    """Two logical CPU devices in one process (Keras's fit): SIGTERM saves the
+    position and exits 143, and --resume finishes the run."""
+    data = str(tmp_path / "data")
+    write_png_folder(data, count=32)
+    flags = ["--data", data, *TINY_FLAGS, "--cpu-replicas", 2, "--epochs", 3]
+    output = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "--output", str(output),
+               *map(str, flags)]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    wait_for_step(output, 2, [process])
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "stopped by SIGTERM after step" in messages(err)[0]
+    result = run_script("train.py", "--output", output, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert int(load_model(str(output / "model.keras")).train_steps.numpy()) == 12
+    assert sorted(set(steps_logged(output))) == list(range(1, 13))
