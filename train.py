@@ -18,12 +18,15 @@ def _stop_before_training(signum, frame):
 
 
 # First of all (see "When things go wrong" in the README); from the next
-# import on, SIGTERM only asks the run to stop at a step boundary.
-signal.signal(signal.SIGTERM, _stop_before_training)
+# import on, SIGTERM only asks the run to stop at a step boundary. Only when
+# run as a program: importing this module changes no signal handling.
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop_before_training)
 
 from diffusion_keras.preemption import EXIT_PREEMPTED, stop_signal  # noqa: E402
 
-stop_signal().install()
+if __name__ == "__main__":
+    stop_signal().install()
 
 from diffusion_keras.cli import (  # noqa: E402
     OneLineParser,

@@ -61,15 +61,16 @@ class StopSignal:
 
     @contextlib.contextmanager
     def handled(self):
-        """SIGTERM handled within the block; afterwards as before (and the
-        flag cleared) unless it was installed already."""
+        """SIGTERM handled within the block (a training run), and afterwards
+        as before: installed only for the block unless it was already, and
+        the flag cleared, so that the next run in this process starts afresh."""
         installed_here = not self._installed and self.install()
         try:
             yield self
         finally:
             if installed_here:
                 self.uninstall()
-                self.reset()
+            self.reset()
 
     def _handle(self, signum, frame):
         self.requested = True

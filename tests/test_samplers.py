@@ -139,3 +139,16 @@ def test_generate_cli_takes_a_sampler(model, tmp_path):
     assert result.stderr.strip().splitlines() == [
         "generate.py: error: eta applies to the ddim sampler only, not 'dpmpp_2m'"
     ]
+
+
+def test_generate_samples_with_the_measured_default_and_the_book_one_flag_away():
+    from diffusion_keras.samplers import SAMPLING_RECIPES, sampling_settings
+
+    assert sampling_settings("book") == dict(sampler="ddim", diffusion_steps=20, spacing="uniform")
+    assert sampling_settings() == SAMPLING_RECIPES["default"]
+    # Flags given win over the recipe; those not given (None) do not.
+    assert sampling_settings("book", diffusion_steps=5, sampler=None) == dict(
+        sampler="ddim", diffusion_steps=5, spacing="uniform"
+    )
+    with pytest.raises(ValueError, match="unknown sampling recipe 'fast'"):
+        sampling_settings("fast")
