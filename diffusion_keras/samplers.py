@@ -29,7 +29,7 @@ SPACINGS = ("uniform", "log_snr")
 # that reached the book's DDIM-20 KID in the least time (`bench/quality.py
 # --samplers`, README "Samplers"); "book" is the book's loop.
 SAMPLING_RECIPES = {
-    "default": dict(sampler="dpmpp_2m", diffusion_steps=10, spacing="log_snr"),
+    "default": dict(sampler="dpmpp_2m", diffusion_steps=5, spacing="log_snr"),
     "book": dict(sampler="ddim", diffusion_steps=20, spacing="uniform"),
 }
 
