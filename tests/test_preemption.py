@@ -60,32 +60,32 @@ def largest_difference(expected, got):
     return max(abs(expected[k] - got[k]) for k in expected)
 
 
-class SigtermAfter(keras.callbacks.Callback):
-    """Sends this process SIGTERM after its `count`-th training step."""
+class AfterSteps(keras.callbacks.Callback):
+    """Calls `action` once, after the process's `count`-th training step."""
 
-    def __init__(self, count):
+    def __init__(self, count, action):
         super().__init__()
         self.count = count
+        self.action = action
         self.seen = 0
 
     def on_train_batch_end(self, batch, logs=None):
         self.seen += 1
         if self.seen == self.count:
-            os.kill(os.getpid(), signal.SIGTERM)
+            self.action()
 
 
-class CrashAfter(keras.callbacks.Callback):
-    """Raises after the `count`-th step: a crash that saves nothing."""
+def sigterm_after(count):
+    return AfterSteps(count, lambda: os.kill(os.getpid(), signal.SIGTERM))
 
-    def __init__(self, count):
-        super().__init__()
-        self.count = count
-        self.seen = 0
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.count:
-            raise RuntimeError("power cut")
+def crash_after(count):
+    """A crash that saves nothing, as a power cut would."""
+
+    def crash():
+        raise RuntimeError("power cut")
+
+    return AfterSteps(count, crash)
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +100,9 @@ def test_sigterm_stops_after_the_step_and_resume_repeats_every_step(tmp_path, st
     config = TrainConfig(data="builtin:flowers:32", output=str(tmp_path), **TINY)
     # Stopped inside the first epoch, then inside the second, then finished.
     with pytest.raises(Preempted, match=r"after step 4 of epoch 1; saved .*epoch_000_step_00004"):
-        train(config, verbose=0, extra_callbacks=[SigtermAfter(3)])
+        train(config, verbose=0, extra_callbacks=[sigterm_after(3)])
     with pytest.raises(Preempted, match=r"after step 3 of epoch 2; saved .*epoch_001_step_00003"):
-        train(config, resume=True, verbose=0, extra_callbacks=[SigtermAfter(6)])
+        train(config, resume=True, verbose=0, extra_callbacks=[sigterm_after(6)])
     names = sorted(os.listdir(tmp_path / "checkpoints"))
     assert names == ["epoch_001.keras", "epoch_001_step_00003.json", "epoch_001_step_00003.keras"]
     assert not (tmp_path / "model.keras").exists()
@@ -125,7 +125,7 @@ def test_a_crash_loses_at_most_checkpoint_every_steps(tmp_path, straight):
         data="builtin:flowers:32", output=str(tmp_path), checkpoint_every="3", **TINY
     )
     with pytest.raises(RuntimeError, match="power cut"):
-        train(config, verbose=0, extra_callbacks=[CrashAfter(13)])
+        train(config, verbose=0, extra_callbacks=[crash_after(13)])
     (position, _), *_ = reversed(list_checkpoints(tmp_path / "checkpoints"))
     assert position == (1, 4)  # step 12 of 16: the crash after step 13 lost 1 step
     train(config, resume=True, verbose=0)
