@@ -131,9 +131,10 @@ def fit_multiworker(
     The first epoch starts at its batch `first_step` (a resumed epoch). Each
     step all-reduces the workers' `stop` flags (a `StopSignal`) into
     `stop.agreed`, so every worker sees the same answer after the same step.
-    A worker that stops answering (killed, its machine gone) is noticed by the
-    strategy's health check, about every 30 s; the step then fails and this
-    raises `TrainingError` in one line instead of hanging.
+    A worker that stops answering (killed, its machine gone) makes the next
+    collective fail (8-12 s after a SIGKILL in the tests; the strategy's
+    health check, every 30 s, is the backstop), and this raises
+    `TrainingError` in one line instead of hanging.
     """
     import keras
     import tensorflow as tf
