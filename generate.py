@@ -10,8 +10,10 @@ from diffusion_keras.cli import (
     closed_unit_interval,
     int_list,
     non_negative_float,
+    positive_float,
     positive_int,
     run,
+    strength,
 )
 
 
@@ -32,11 +34,12 @@ def parser():
     )
     add(
         "--recipe",
-        choices=["default", "book"],
-        default="default",
+        choices=list(SAMPLING_RECIPES),
+        default=None,
         help="sampling defaults: the measured fastest (default: {sampler}, {diffusion_steps} "
-        "{spacing} steps) or the book's (book: ddim, 20 uniform steps); --sampler, --steps and "
-        "--spacing still win".format(**default),
+        "{spacing} steps), the book's (book: ddim, 20 uniform steps) or the one for masks "
+        "(inpaint: ddim, 20 uniform steps, eta 1; the default with --mask); --sampler, --steps, "
+        "--spacing and --eta still win".format(**default),
     )
     steps = default["diffusion_steps"]
     add("--steps", type=positive_int, default=None, help=f"diffusion steps (default {steps})")
@@ -69,7 +72,7 @@ def parser():
     add("--spacing", choices=["uniform", "log_snr"], default=None,
         help="where the steps fall: uniform in time (the book's) or in log-SNR "
              f"(better images in few steps; default {default['spacing']})")  # fmt: skip
-    add("--eta", type=closed_unit_interval, default=0.0,
+    add("--eta", type=closed_unit_interval, default=None,
         help="ddim only: fresh noise per step, 0 (deterministic) to 1 (DDPM-like)")  # fmt: skip
     add("--class", dest="class_label", metavar="NAME|INDEX",
         help="generate this class: a conditional model's, or the classifier's")  # fmt: skip
@@ -87,6 +90,29 @@ def parser():
         help="numeric precision for sampling (default auto: see the README)",
     )
     add("--no-progress", action="store_true", help="no progress bar")
+    edit = p.add_argument_group(
+        'editing existing images (image-to-image, inpainting, denoising; README "Editing")'
+    )
+    edit.add_argument("--init-image", metavar="PATH|FOLDER",
+        help="edit this image (or every image below this folder) instead of sampling from "
+             "noise; resized (and --center-crop'ed) like training images")  # fmt: skip
+    edit.add_argument("--strength", type=strength, default=None,
+        help="image-to-image: how far towards noise the image goes first, in (0, 1]: near 0 "
+             "keeps it, 1 ignores it (default 1 with --mask)")  # fmt: skip
+    edit.add_argument("--mask", metavar="PATH|FOLDER",
+        help="inpainting: a black-and-white image the size of the input, white = regenerate "
+             "(a folder: one mask per input, same file name)")  # fmt: skip
+    edit.add_argument("--resample", type=positive_int, default=1,
+        help="inpainting: take each step R times (RePaint's resampling; R times the cost)",
+    )  # fmt: skip
+    edit.add_argument("--noise-level", type=positive_float, default=None, metavar="SIGMA",
+        help="denoising: the input's Gaussian noise, standard deviation in 0-255 pixel "
+             "values (--steps 1: the single-step estimate)")  # fmt: skip
+    edit.add_argument("--variations", type=positive_int, default=1,
+        help="outputs per input image, each from its own noise (default 1)")  # fmt: skip
+    edit.add_argument("--center-crop", action="store_true",
+        help="crop inputs (and masks) to a centred square before resizing, as train.py does",
+    )  # fmt: skip
     return p
 
 
@@ -115,27 +141,92 @@ def classifier_guidance(args, model):
     return {"classifier": load_classifier(path), "classifier_scale": scale}
 
 
+def sampling_arguments(args):
+    """Sampler, steps, spacing and eta from --recipe and the flags that win over it."""
+    from diffusion_keras.samplers import sampling_settings
+
+    recipe = args.recipe or ("inpaint" if args.mask else "default")
+    # --eta is DDIM's: it picks DDIM unless another sampler is asked for.
+    sampler = args.sampler or ("ddim" if args.eta else None)
+    settings = sampling_settings(
+        recipe, sampler=sampler, diffusion_steps=args.steps, spacing=args.spacing
+    )
+    eta = settings.pop("eta", 0.0) if settings["sampler"] == "ddim" else 0.0
+    settings["eta"] = eta if args.eta is None else args.eta
+    return settings
+
+
+def check_edit_flags(args):
+    given = [f for f, v in (("--strength", args.strength), ("--mask", args.mask),
+             ("--noise-level", args.noise_level)) if v is not None]  # fmt: skip
+    if args.init_image is None:
+        extra = given + ["--resample"] * (args.resample != 1)
+        extra += ["--variations"] * (args.variations != 1)
+        if extra:
+            raise UsageError(f"{extra[0]} edits an image: give it with --init-image PATH|FOLDER")
+        return
+    if not given:
+        raise UsageError(
+            "--init-image: say what to do with it: --strength S (image-to-image), --mask PATH "
+            "(inpainting) or --noise-level SIGMA (denoising)"
+        )
+    if args.noise_level is not None and len(given) > 1:
+        raise UsageError("--noise-level denoises the whole image: give no --strength or --mask")
+    if args.interpolate or args.show_steps:
+        raise UsageError("--init-image does not combine with --interpolate or --show-steps")
+
+
+def edit_images(args, model, settings):
+    """The --init-image path: returns `(images for the grid, columns, outputs, names)`."""
+    import numpy as np
+
+    from diffusion_keras.edit_files import image_paths_of, load_edit_images, load_masks
+
+    paths = image_paths_of(args.init_image)
+    images, sizes = load_edit_images(paths, model.image_size, args.center_crop)
+    if model.channels == 1:
+        images = images.mean(axis=-1, keepdims=True)  # a grayscale model takes the luminance
+    masks = None
+    if args.mask is not None:
+        masks = load_masks(args.mask, paths, sizes, model.image_size, args.center_crop)
+    copies = args.variations
+    outputs = model.edit(
+        np.repeat(images, copies, axis=0),
+        strength=args.strength,
+        mask=None if masks is None else np.repeat(masks, copies, axis=0),
+        noise_level=None if args.noise_level is None else args.noise_level / 255.0,
+        resample=args.resample,
+        **settings,
+    )
+    shown = images if masks is None else images * (1.0 - masks[..., None]) + masks[..., None]
+    rows = [np.concatenate([shown[i : i + 1], outputs[i * copies : (i + 1) * copies]])
+            for i in range(len(images))]  # fmt: skip
+    names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    if copies > 1:
+        names = [f"{name}_{k}" for name in names for k in range(copies)]
+    return np.concatenate(rows), 1 + copies, outputs, names
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
+    check_edit_flags(args)
     import numpy as np
 
     from diffusion_keras.images import save_grid, save_images, spherical_interpolation
-    from diffusion_keras.samplers import sampling_settings
     from diffusion_keras.saving import load_model
 
-    # --eta is DDIM's: it picks DDIM unless another sampler is asked for.
-    sampler = args.sampler or ("ddim" if args.eta else None)
-    sampling = sampling_settings(
-        args.recipe, sampler=sampler, diffusion_steps=args.steps, spacing=args.spacing
-    )
+    settings = sampling_arguments(args)
     model = load_model(args.model, compile=False, precision=args.precision)
     progress = not args.no_progress
     generate = dict(
-        **sampling, batch_size=args.batch_size, progress=progress, eta=args.eta, seed=args.seed,
+        **settings, batch_size=args.batch_size, progress=progress, seed=args.seed,
         class_labels=args.class_label,
         guidance_scale=args.guidance_scale, **classifier_guidance(args, model),
     )  # fmt: skip
-    if args.interpolate:
+    outputs, names = None, None
+    if args.init_image is not None:
+        images, columns, outputs, names = edit_images(args, model, generate)
+    elif args.interpolate:
         rng = np.random.default_rng(args.seed)
         fractions = np.linspace(0.0, 1.0, args.interpolation_points)
         noises = []
@@ -158,9 +249,20 @@ def main(argv=None):
     save_grid(images, args.output, columns=columns)
     print(f"wrote {len(images)} images to {args.output}")
     if args.output_dir:
-        save_images(images, args.output_dir)
-        print(f"wrote {len(images)} PNG files to {args.output_dir}")
+        outputs = images if outputs is None else outputs
+        if names is None:
+            save_images(outputs, args.output_dir)
+        else:
+            save_named_images(outputs, names, args.output_dir)
+        print(f"wrote {len(outputs)} PNG files to {args.output_dir}")
     return 0
+
+
+def save_named_images(images, names, directory):
+    from diffusion_keras.images import save_grid
+
+    for image, name in zip(images, names):
+        save_grid(image[None], os.path.join(directory, f"{name}.png"), padding=0)
 
 
 if __name__ == "__main__":

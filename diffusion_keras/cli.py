@@ -76,6 +76,7 @@ positive_float = _float_in(lambda v: v > 0, "a positive number")
 non_negative_float = _float_in(lambda v: v >= 0, "a number >= 0")
 unit_interval = _float_in(lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 closed_unit_interval = _float_in(lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+strength = _float_in(lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 
 
 def int_list(text):

@@ -5,17 +5,12 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from diffusion_keras import sampling
 from diffusion_keras.layers import validate_batch_norm
 from diffusion_keras.pixels import pixels_in_unit_range, warn_about_pixel_range
 from diffusion_keras.precision import validate_precision
-from diffusion_keras.samplers import (
-    ddim_update,
-    dpmpp_2m_update,
-    log_snrs,
-    sampling_times,
-    validate_sampler,
-    validate_spacing,
-)
+from diffusion_keras.samplers import validate_sampler, validate_spacing
+from diffusion_keras.sampling import Sampler
 from diffusion_keras.schedules import get_schedule, validate_schedule
 from diffusion_keras.unet import BOOK_WIDTHS, build_unet, validate_unet_args
 from diffusion_keras.weighting import loss_weights, validate_weighting
@@ -255,7 +250,7 @@ class DiffusionModel(keras.Model):
         # The last training step's loss (what the optimizer minimised), for
         # per-step logs; not among `metrics`, so not averaged over the epoch.
         self.step_loss_tracker = keras.metrics.Mean(name="step_loss")
-        self._compiled_samplers = {}
+        self._sampler = None
         self.built = True
 
     # -- configuration -------------------------------------------------------
@@ -587,59 +582,28 @@ class DiffusionModel(keras.Model):
             pred_images = (noisy_images - noise_rates * pred_noises) / signal_rates
         return pred_noises, pred_images
 
+    @property
+    def sample_shape(self):
+        """The shape of one sample, `(image_size, image_size, channels)`."""
+        return (self.image_size, self.image_size, self.channels)
+
+    @property
+    def sampler(self):
+        """This model's `sampling.Sampler` (its compiled loops are cached)."""
+        if self._sampler is None:
+            self._sampler = Sampler(self)
+        return self._sampler
+
     def sampling_step(
         self, current_images, pred_images, step, diffusion_steps, sampler="ddim", eta=0.0,
         step_noises=None, guide=None, times=None,
     ):  # fmt: skip
-        """One step of `sampler` from step `step` of `diffusion_steps`.
-
-        `pred_images` is the previous step's clean-image estimate (used by the
-        multistep `dpmpp_2m`). `guide` steers the prediction (see
-        `guided_denoise`). `times` `(diffusion_steps + 1,)` are the diffusion
-        times to visit (`samplers.sampling_times`); None is the book's uniform
-        steps. Returns `(next_images, pred_images)`; see
-        `diffusion_keras.samplers` for the update rules and their papers.
-        """
-        batch_size = ops.shape(current_images)[0]
-        ones = ops.ones((batch_size, 1, 1, 1))
-        if times is None:
-            step_size = 1.0 / ops.cast(diffusion_steps, "float32")
-            diffusion_times = ones - ops.cast(step, "float32") * step_size
-            next_times = diffusion_times - step_size
-            previous_times = diffusion_times + step_size
-        else:
-            step = ops.cast(step, "int32")
-            time = ops.take(times, step)
-            next_time = ops.take(times, step + 1)
-            # Before the first step, a time as far back as the next is ahead
-            # (only the multistep solver looks, and not at its first step).
-            previous_time = ops.where(
-                step > 0, ops.take(times, ops.maximum(step - 1, 0)), 2.0 * time - next_time
-            )
-            diffusion_times = ones * time
-            next_times, previous_times = ones * next_time, ones * previous_time
-        noise_rates, signal_rates = self.diffusion_schedule(diffusion_times)
-        previous_pred_images = pred_images
-        pred_noises, pred_images = self.guided_denoise(
-            current_images, noise_rates, signal_rates, guide
-        )
-        next_noise_rates, next_signal_rates = self.diffusion_schedule(next_times)
-        if sampler == "ddim":
-            next_images = ddim_update(
-                pred_noises, pred_images, noise_rates, signal_rates, next_noise_rates,
-                next_signal_rates, eta, step_noises,
-            )  # fmt: skip
-        else:
-            previous_noise_rates, previous_signal_rates = self.diffusion_schedule(previous_times)
-            next_images = dpmpp_2m_update(
-                current_images, pred_images, previous_pred_images,
-                log_snrs(noise_rates, signal_rates),
-                log_snrs(next_noise_rates, next_signal_rates),
-                log_snrs(previous_noise_rates, previous_signal_rates),
-                noise_rates, next_noise_rates, next_signal_rates,
-                first_step=ops.cast(step, "float32") == 0.0,
-            )  # fmt: skip
-        return next_images, pred_images
+        """One step of `sampler`; see `diffusion_keras.sampling.sampling_step`.
+        Returns `(next_images, pred_images)`."""
+        return sampling.sampling_step(
+            self, current_images, pred_images, step, diffusion_steps, sampler, eta,
+            step_noises, guide, times,
+        )  # fmt: skip
 
     def ddim_step(self, current_images, step, diffusion_steps):
         """One deterministic DDIM step (eta = 0), as the book's loop takes it.
@@ -654,92 +618,9 @@ class DiffusionModel(keras.Model):
         `step_noises` `(diffusion_steps, n, size, size, channels)` is needed
         when `eta` > 0; `guide` is as in `guided_denoise`; `spacing` as in
         `generate`."""
-        current_images = ops.convert_to_tensor(initial_noise, "float32")
-        pred_images = current_images
-        times = self._times(diffusion_steps, spacing)
-        for step in range(diffusion_steps):
-            current_images, pred_images = self.sampling_step(
-                current_images, pred_images, step, diffusion_steps, sampler, eta,
-                None if step_noises is None else step_noises[step], guide, times,
-            )  # fmt: skip
-        return pred_images
-
-    def _times(self, diffusion_steps, spacing):
-        """The times to visit as a tensor, or None for the book's uniform
-        steps (computed in the step itself, exactly as the book does)."""
-        if spacing == "uniform":
-            return None
-        return tf.constant(sampling_times(self.diffusion_schedule, diffusion_steps, spacing))
-
-    def _compiled_sampler(self, kind, sampler, stochastic, guidance, classifier, spacing):
-        # Compiled once per (kind, sampler, stochastic, guidance, classifier,
-        # spacing) and reused: a batch dimension of None and the step count,
-        # eta, times, labels and scales as tensors mean no retracing for other
-        # sizes or settings.
-        classifier_key = None if classifier is None else id(classifier)
-        key = (kind, sampler, stochastic, guidance, classifier_key, spacing)
-        if key in self._compiled_samplers:
-            return self._compiled_samplers[key][0]
-        shape = (self.image_size, self.image_size, self.channels)
-        spec = tf.TensorSpec((None,) + shape, "float32")
-        scalar = tf.TensorSpec((), "int32")
-        real = tf.TensorSpec((), "float32")
-        labels_spec = tf.TensorSpec((None,), "int32")
-        times_spec = tf.TensorSpec((None,), "float32")
-
-        def make_guide(class_labels, guidance_scale, classifier_scale):
-            if guidance == "none" and classifier is None:
-                return None
-            return {
-                "class_labels": class_labels,
-                "guidance_scale": guidance_scale if guidance == "cfg" else None,
-                "classifier": classifier,
-                "classifier_scale": classifier_scale,
-            }
-
-        if kind == "loop":
-            noise_spec = tf.TensorSpec((None, None) + shape, "float32")
-
-            def loop(initial_noise, diffusion_steps, eta, step_noises, times, *guide_args):
-                guide = make_guide(*guide_args)
-                times = None if spacing == "uniform" else times
-
-                # An explicit while loop: one graph node for all steps, with no
-                # AutoGraph source conversion to go wrong.
-                def body(step, current_images, pred_images):
-                    noises = step_noises[step] if stochastic else None
-                    next_images, pred_images = self.sampling_step(
-                        current_images, pred_images, step, diffusion_steps, sampler,
-                        eta if stochastic else 0.0, noises, guide, times,
-                    )  # fmt: skip
-                    return step + 1, next_images, pred_images
-
-                _, _, pred_images = tf.while_loop(
-                    lambda step, *_: step < diffusion_steps,
-                    body,
-                    (tf.constant(0), initial_noise, initial_noise),
-                )
-                return pred_images
-
-            signature = [spec, scalar, real, noise_spec, times_spec, labels_spec, real, real]
-            function = tf.function(loop, input_signature=signature, autograph=False)
-        else:
-
-            def one_step(current_images, pred_images, step, diffusion_steps, eta, step_noises,
-                         times, *guide_args):  # fmt: skip
-                return self.sampling_step(
-                    current_images, pred_images, step, diffusion_steps, sampler,
-                    eta if stochastic else 0.0, step_noises if stochastic else None,
-                    make_guide(*guide_args), None if spacing == "uniform" else times,
-                )  # fmt: skip
-
-            signature = [
-                spec, spec, scalar, scalar, real, spec, times_spec, labels_spec, real, real,
-            ]  # fmt: skip
-            function = tf.function(one_step, input_signature=signature, autograph=False)
-        # The classifier is kept with its function so that its id stays unique.
-        self._compiled_samplers[key] = (function, classifier)
-        return function
+        return sampling.reverse_diffusion(
+            self, initial_noise, diffusion_steps, sampler, eta, step_noises, guide, spacing
+        )
 
     def class_index(self, name_or_index):
         """The label of a class given by name or by index (as int or str)."""
@@ -827,13 +708,85 @@ class DiffusionModel(keras.Model):
                 better images in few steps (see the README). Defaults to
                 `"uniform"`.
         """
+        self._check_adapted()
+        validate_sampler(sampler, eta)
+        validate_spacing(spacing)
+        expected = self.sample_shape
+        if initial_noise is None:
+            if num_images is None or int(num_images) < 1:
+                raise ValueError(f"num_images must be >= 1, got {num_images}")
+            initial_noise = self.make_noise(int(num_images), seed)
+        initial_noise = np.asarray(initial_noise, dtype="float32")
+        if initial_noise.ndim != 4 or initial_noise.shape[1:] != expected:
+            raise ValueError(
+                f"initial_noise must have shape (n, {expected[0]}, {expected[1]}, "
+                f"{expected[2]}), got {initial_noise.shape}"
+            )
+        if num_images is not None and int(num_images) != len(initial_noise):
+            raise ValueError(
+                f"num_images is {num_images} but initial_noise has {len(initial_noise)} images"
+            )
+        steering = self._steering(
+            len(initial_noise), class_labels, guidance_scale, classifier, classifier_scale
+        )
+        diffusion_steps, batch_size = _positive_steps_and_batch(diffusion_steps, batch_size)
+        pred_images = self.sampler.run(
+            initial_noise, diffusion_steps, sampler, eta, seed, spacing=spacing,
+            batch_size=batch_size, progress=progress, **steering,
+        )  # fmt: skip
+        return ops.convert_to_numpy(self.denormalize(pred_images))
+
+    def edit(
+        self, images, strength=None, mask=None, noise_level=None, resample=1,
+        diffusion_steps=20, seed=None, sampler="ddim", eta=0.0, spacing="uniform",
+        class_labels=None, guidance_scale=1.0, classifier=None, classifier_scale=1.0,
+        batch_size=64, progress=False,
+    ):  # fmt: skip
+        """Edits existing images: image-to-image, inpainting or denoising.
+
+        See `diffusion_keras.editing` for what each does and what strength means.
+
+        Args:
+            images: floats in [0, 1], `(n, size, size, channels)` (or one image).
+            strength: float in (0, 1]. How far along the diffusion path the
+                images are noised before sampling: near 0 returns them, 1 is
+                plain generation (the images are not used, except where a mask
+                keeps them). Defaults to 1 with a `mask`; needed otherwise.
+            mask: 0 (keep) / 1 (regenerate), `(size, size)` for every image or
+                one per image `(n, size, size[, 1 or channels])`; None edits the
+                whole image.
+            noise_level: float. Denoise instead: the standard deviation of the
+                Gaussian noise already on `images` (in their [0, 1] units).
+                Sampling starts at the time with that signal-to-noise ratio;
+                with `diffusion_steps=1` it is the network's single estimate.
+            resample: int >= 1. With a mask, how often each step is taken
+                (RePaint's resampling); the cost grows with it.
+            diffusion_steps, seed, sampler, eta, spacing, class_labels,
+            guidance_scale, classifier, classifier_scale, batch_size,
+            progress: as in `generate`. The noise is `make_noise(n, seed)`,
+                the same as `generate`'s.
+
+        Returns:
+            A numpy array of images in [0, 1]; where `mask` is 0, exactly the input.
+        """
+        from diffusion_keras.editing import edit
+
+        return edit(
+            self, images, strength, mask, noise_level, resample, diffusion_steps, seed,
+            sampler, eta, spacing, class_labels, guidance_scale, classifier,
+            classifier_scale, batch_size, progress,
+        )  # fmt: skip
+
+    def _check_adapted(self):
         if not int(self.normalizer_adapted.numpy()):
             raise ValueError(
                 "this model's normalizer was never adapted, so its images would be "
                 "garbage; call model.adapt(images) before training"
             )
-        validate_sampler(sampler, eta)
-        validate_spacing(spacing)
+
+    def _steering(self, count, class_labels, guidance_scale, classifier, classifier_scale):
+        """Checks the guidance arguments of `generate` and `edit` and returns
+        them as `Sampler.run` takes them: labels, guidance kind and scales."""
         guidance_scale, classifier_scale = float(guidance_scale), float(classifier_scale)
         if not (np.isfinite(guidance_scale) and guidance_scale >= 0.0):
             raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale}")
@@ -853,28 +806,7 @@ class DiffusionModel(keras.Model):
             if class_labels is None:
                 raise ValueError("classifier guidance needs class_labels")
             classifier.check_compatible(self)
-        if initial_noise is None:
-            if num_images is None or int(num_images) < 1:
-                raise ValueError(f"num_images must be >= 1, got {num_images}")
-            initial_noise = self.make_noise(int(num_images), seed)
-        initial_noise = np.asarray(initial_noise, dtype="float32")
-        expected = (self.image_size, self.image_size, self.channels)
-        if initial_noise.ndim != 4 or initial_noise.shape[1:] != expected:
-            raise ValueError(
-                f"initial_noise must have shape (n, {expected[0]}, {expected[1]}, "
-                f"{expected[2]}), got {initial_noise.shape}"
-            )
-        if num_images is not None and int(num_images) != len(initial_noise):
-            raise ValueError(
-                f"num_images is {num_images} but initial_noise has {len(initial_noise)} images"
-            )
-        if int(diffusion_steps) < 1:
-            raise ValueError(f"diffusion_steps must be >= 1, got {diffusion_steps}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        diffusion_steps, batch_size = int(diffusion_steps), int(batch_size)
-        stochastic = float(eta) > 0.0
-        labels = self._resolve_labels(class_labels, len(initial_noise), classifier)
+        labels = self._resolve_labels(class_labels, count, classifier)
         guidance = "none"
         if self.num_classes and labels is not None:
             guidance = "labels" if guidance_scale == 1.0 else "cfg"
@@ -882,60 +814,16 @@ class DiffusionModel(keras.Model):
                 # w = 0 is the unconditional model: one pass for the null class.
                 labels = np.full_like(labels, self.null_class)
                 guidance = "labels"
-        if labels is None:
-            labels = np.zeros(len(initial_noise), np.int32)
-        guide_args = (tf.constant(guidance_scale, "float32"), tf.constant(classifier_scale))
-        chunks = range(0, len(initial_noise), batch_size)
-        bar = None
-        if progress:
-            bar = keras.utils.Progbar(len(chunks) * diffusion_steps, unit_name="step")
-        outputs = []
-        steps_tensor = tf.constant(diffusion_steps, "int32")
-        eta_tensor = tf.constant(float(eta), "float32")
-        times = self._times(diffusion_steps, spacing)
-        times = tf.zeros((1,)) if times is None else times
-        for start in chunks:
-            chunk = tf.constant(initial_noise[start : start + batch_size])
-            count = int(chunk.shape[0])
-            chunk_labels = tf.constant(labels[start : start + count])
-            step_noises = (
-                self._step_noises(seed, range(start, start + count), diffusion_steps)
-                if stochastic
-                else tf.zeros((1, count) + expected)
-            )
-            if bar is None:
-                function = self._compiled_sampler(
-                    "loop", sampler, stochastic, guidance, classifier, spacing
-                )
-                pred_images = function(
-                    chunk, steps_tensor, eta_tensor, step_noises, times, chunk_labels, *guide_args
-                )
-            else:
-                function = self._compiled_sampler(
-                    "step", sampler, stochastic, guidance, classifier, spacing
-                )
-                current_images = pred_images = chunk
-                for step in range(diffusion_steps):
-                    noises = step_noises[step] if stochastic else step_noises[0]
-                    current_images, pred_images = function(
-                        current_images, pred_images, tf.constant(step, "int32"), steps_tensor,
-                        eta_tensor, noises, times, chunk_labels, *guide_args,
-                    )  # fmt: skip
-                    bar.add(1)
-            outputs.append(ops.convert_to_numpy(self.denormalize(pred_images)))
-        return np.concatenate(outputs, axis=0)
+        return dict(
+            labels=labels, guidance=guidance, guidance_scale=guidance_scale,
+            classifier=classifier, classifier_scale=classifier_scale,
+        )  # fmt: skip
 
     def _step_noises(self, seed, indices, diffusion_steps):
         """Fresh noise for stochastic sampling, `(steps, n, size, size,
         channels)`, drawn per image from (seed, image index), so that it does
         not depend on the batch size."""
-        shape = (diffusion_steps, self.image_size, self.image_size, self.channels)
-        base = np.random.SeedSequence(seed).entropy
-        per_image = [
-            np.random.default_rng([base, 1, index]).standard_normal(shape, dtype=np.float32)
-            for index in indices
-        ]
-        return tf.constant(np.stack(per_image, axis=1))
+        return sampling.step_noises(self.sample_shape, seed, indices, diffusion_steps)
 
     def make_noise(self, num_images, seed=None):
         """Standard normal noise `(num_images, size, size, channels)` from `seed`.
@@ -943,6 +831,12 @@ class DiffusionModel(keras.Model):
         Drawn with numpy, so the same seed gives the same noise on every
         machine and for every batch size.
         """
-        rng = np.random.default_rng(seed)
-        shape = (num_images, self.image_size, self.image_size, self.channels)
-        return rng.standard_normal(shape, dtype=np.float32)
+        return sampling.make_noise(self.sample_shape, num_images, seed)
+
+
+def _positive_steps_and_batch(diffusion_steps, batch_size):
+    if int(diffusion_steps) < 1:
+        raise ValueError(f"diffusion_steps must be >= 1, got {diffusion_steps}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return int(diffusion_steps), int(batch_size)

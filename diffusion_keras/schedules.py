@@ -102,3 +102,20 @@ def get_schedule(name, min_signal_rate=0.02, max_signal_rate=0.95):
         return offset_cosine_schedule(diffusion_times, min_signal_rate, max_signal_rate)
 
     return schedule
+
+
+def zero_noise_time(name, min_signal_rate=0.02, max_signal_rate=0.95):
+    """The diffusion time at which the schedule `name` has no noise left.
+
+    0 for the linear and cosine schedules. The offset cosine keeps some noise
+    at t = 0 (noise rate sqrt(1 - max_signal_rate**2), 0.31 for the book's);
+    its angle, linear in t, reaches 0 at t = -acos(max) / (acos(min) -
+    acos(max)), -0.26 for the book's. Editing (`diffusion_keras.editing`)
+    continues the schedule down to this time; the network has not been
+    trained there, but the noise it removes is small.
+    """
+    validate_schedule(name, min_signal_rate, max_signal_rate)
+    if name != "offset_cosine":
+        return 0.0
+    start_angle, end_angle = math.acos(max_signal_rate), math.acos(min_signal_rate)
+    return -start_angle / (end_angle - start_angle)

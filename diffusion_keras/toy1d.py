@@ -152,6 +152,7 @@ def train_1d(training_steps=1000, data_size=1000, hidden=32, learning_rate=1e-2,
         on_train_batch_end=lambda batch, logs: losses.append(float(logs["bound"]))
     )
     model.fit(
-        dataset, steps_per_epoch=training_steps, epochs=1, verbose=verbose, callbacks=[record]
-    )
+        dataset, steps_per_epoch=training_steps, epochs=1, verbose=verbose, callbacks=[record],
+        shuffle=False,  # a dataset: Keras would warn that it cannot shuffle it
+    )  # fmt: skip
     return model, losses

@@ -67,6 +67,22 @@ def blob_images(count, size=16, seed=0):
     return images
 
 
+def smooth_images(count, size=16, seed=0):
+    """Linear blends between two random colours along a random direction:
+    images with the same small contrast everywhere, float32 in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    coords = (np.arange(size) + 0.5) / size
+    y, x = np.meshgrid(coords, coords, indexing="ij")
+    images = np.empty((count, size, size, 3), np.float32)
+    for i in range(count):
+        a, b = rng.uniform(0.1, 0.9, 3), rng.uniform(0.1, 0.9, 3)
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        along = np.cos(angle) * (x - 0.5) + np.sin(angle) * (y - 0.5)
+        t = np.clip(0.5 + along, 0.0, 1.0)[..., None]
+        images[i] = a * (1.0 - t) + b * t
+    return images
+
+
 def two_colour_images(count, size=16, seed=0):
     """Blob images of two classes that differ in colour: class 0 ("red") is
     tinted red, class 1 ("blue") blue. Returns `(images, labels)`."""
