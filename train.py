@@ -116,6 +116,24 @@ def parser():
         help="what the network predicts (default noise, the book's)",
     )
     add(
+        "--latent",
+        action="store_true",
+        default=None,
+        help="latent diffusion: train an autoencoder first (into RUN_DIR/autoencoder.keras), "
+        "then the U-Net on its latents",
+    )
+    add(
+        "--autoencoder",
+        help="--latent with this autoencoder (an autoencoder.keras from an earlier run)",
+    )
+    add("--latent-factor", type=int, choices=[4, 8], help="--latent: downsampling (default 4)")
+    add("--latent-channels", type=positive_int, help="--latent: latent channels (default 4)")
+    add(
+        "--autoencoder-epochs",
+        type=positive_int,
+        help="--latent: epochs of autoencoder training (default 10)",
+    )
+    add(
         "--conditional",
         action="store_true",
         default=None,
@@ -232,6 +250,8 @@ def config_from_args(args):
     }
     if "widths" in given:
         given["widths"] = tuple(given["widths"])
+    if given.get("autoencoder"):
+        given["latent"] = True
     if not args.resume:
         return TrainConfig.for_recipe(args.recipe or "default", **given)
     if args.recipe is not None:
@@ -274,8 +294,18 @@ def main(argv=None):
     validate_schedule(config.schedule, config.min_signal_rate, config.max_signal_rate)
 
     strategy = make_strategy(config.strategy, config.cpu_replicas)
+    space_size = config.image_size
+    if config.autoencoder and not os.path.isfile(config.autoencoder):
+        raise UsageError(f"--autoencoder: {config.autoencoder} does not exist")
+    if config.latent:
+        if config.image_size % config.latent_factor:
+            raise UsageError(
+                f"--latent: --image-size {config.image_size} is not divisible by "
+                f"--latent-factor {config.latent_factor}"
+            )
+        space_size //= config.latent_factor
     validate_unet_args(
-        config.image_size, config.widths, config.block_depth, embedding_dims=config.embedding_dims
+        space_size, config.widths, config.block_depth, embedding_dims=config.embedding_dims
     )
     data = load_images(
         config.data,

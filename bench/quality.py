@@ -53,6 +53,13 @@ RECIPES = {
         recipe="default", batch_size=16, learning_rate=2e-3, lr_schedule="cosine",
         warmup_steps=200,
     ),
+    "cosine": dict(recipe="default", lr_schedule="cosine", warmup_steps=40),
+    "lr2e-3_cosine": dict(
+        recipe="default", learning_rate=2e-3, lr_schedule="cosine", warmup_steps=40,
+    ),
+    "lr3e-3_cosine": dict(
+        recipe="default", learning_rate=3e-3, lr_schedule="cosine", warmup_steps=40,
+    ),
     "min_snr_velocity": dict(
         recipe="default", prediction="velocity", loss="mse", loss_weighting="min_snr",
     ),

@@ -9,11 +9,12 @@ from diffusion_keras.quiet import import_tensorflow  # noqa: E402
 
 import_tensorflow()
 
+from diffusion_keras.autoencoder import Autoencoder  # noqa: E402
 from diffusion_keras.data import ImageData, load_images, train_dataset  # noqa: E402
 from diffusion_keras.images import save_grid, save_images  # noqa: E402
 from diffusion_keras.layers import SinusoidalEmbedding  # noqa: E402
 from diffusion_keras.model import DiffusionModel  # noqa: E402
-from diffusion_keras.saving import load_model  # noqa: E402
+from diffusion_keras.saving import load_autoencoder, load_model  # noqa: E402
 from diffusion_keras.schedules import (  # noqa: E402
     SCHEDULES,
     cosine_schedule,
@@ -27,6 +28,7 @@ from diffusion_keras.unet import build_unet  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "Autoencoder",
     "DiffusionModel",
     "ImageData",
     "SCHEDULES",
@@ -37,6 +39,7 @@ __all__ = [
     "get_schedule",
     "linear_schedule",
     "load_images",
+    "load_autoencoder",
     "load_model",
     "offset_cosine_schedule",
     "save_grid",

@@ -100,6 +100,13 @@ class DiffusionModel(keras.Model):
             image's loss weighted by its noise level (min-SNR-gamma, Hang et
             al. 2023; see `diffusion_keras.weighting`). Defaults to `"none"`.
         min_snr_gamma: float. The gamma of `"min_snr"`. Defaults to 5.
+        autoencoder: an `Autoencoder` (or its serialized config) or None.
+            With one, the model is a latent diffusion model (Rombach et al.
+            2022): the U-Net works on the autoencoder's scaled latents,
+            `(image_size / factor, image_size / factor, latent_channels)`,
+            training encodes images (or takes latents, see `to_space`), and
+            `generate` decodes. The autoencoder is frozen and saved in the
+            same file. Defaults to None (pixel space, the book's).
         seed: int or None. Seeds the initial weights and the training noise;
             training is then reproducible and resumable. Defaults to a random seed, which is
             saved with the model.
@@ -111,6 +118,7 @@ class DiffusionModel(keras.Model):
     - [Ho et al., 2020 (DDPM)](https://arxiv.org/abs/2006.11239)
     - [Salimans & Ho, 2022 (velocity)](https://arxiv.org/abs/2202.00512)
     - [Ho & Salimans, 2022 (classifier-free guidance)](https://arxiv.org/abs/2207.12598)
+    - [Rombach et al., 2022 (latent diffusion)](https://arxiv.org/abs/2112.10752)
     """
 
     def __init__(
@@ -138,6 +146,7 @@ class DiffusionModel(keras.Model):
         remat=True,
         loss_weighting="none",
         min_snr_gamma=5.0,
+        autoencoder=None,
         **kwargs,
     ):
         validate_precision(precision)
@@ -145,7 +154,26 @@ class DiffusionModel(keras.Model):
         # The model's own policy makes `compile` wrap the optimizer in a
         # LossScaleOptimizer under mixed_float16.
         super().__init__(dtype=precision, **kwargs)
-        validate_unet_args(image_size, widths, block_depth, channels, embedding_dims, num_classes)
+        if isinstance(autoencoder, dict):
+            autoencoder = keras.saving.deserialize_keras_object(autoencoder)
+        if autoencoder is not None:
+            if channels != 3:
+                raise ValueError(
+                    f"a latent model's images have 3 channels, got channels={channels}"
+                )
+            # A frozen, uncompiled copy (the weights and latent scale, not
+            # the autoencoder's optimizer), so that the user's stays theirs.
+            frozen = type(autoencoder).from_config({**autoencoder.get_config(), "trainable": False})
+            frozen.set_weights(autoencoder.get_weights())
+            autoencoder = frozen
+        self.autoencoder = autoencoder
+        if autoencoder is not None:
+            space_size, _, space_channels = autoencoder.latent_shape(int(image_size))
+        else:
+            space_size, space_channels = int(image_size), int(channels)
+        validate_unet_args(
+            space_size, widths, block_depth, space_channels, embedding_dims, num_classes
+        )
         validate_schedule(schedule, min_signal_rate, max_signal_rate)
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {ema}")
@@ -168,6 +196,8 @@ class DiffusionModel(keras.Model):
             seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
         self.image_size = int(image_size)
         self.channels = int(channels)
+        # The space the U-Net works in: the images, or the autoencoder's latents.
+        self.space_size, self.space_channels = space_size, space_channels
         self.widths = [int(w) for w in widths]
         self.block_depth = int(block_depth)
         self.embedding_dims = int(embedding_dims)
@@ -196,10 +226,10 @@ class DiffusionModel(keras.Model):
         self.loss_fn = _loss_function(loss)
 
         self.normalizer = layers.Normalization(name="normalizer", dtype="float32")
-        self.normalizer.build((None, image_size, image_size, channels))
+        self.normalizer.build((None, space_size, space_size, space_channels))
         unet_args = dict(
-            image_size=self.image_size,
-            channels=self.channels,
+            image_size=space_size,
+            channels=space_channels,
             widths=self.widths,
             block_depth=self.block_depth,
             embedding_dims=self.embedding_dims,
@@ -282,6 +312,9 @@ class DiffusionModel(keras.Model):
             "remat": self.remat,
             "loss_weighting": self.loss_weighting,
             "min_snr_gamma": self.min_snr_gamma,
+            "autoencoder": None
+            if self.autoencoder is None
+            else keras.saving.serialize_keras_object(self.autoencoder),
         }
 
     @classmethod
@@ -330,19 +363,25 @@ class DiffusionModel(keras.Model):
             if first is None:
                 raise ValueError("adapt got an empty dataset")
             warn_about_pixel_range(first)
-            dataset = images.map(pixels_in_unit_range)
+            if self.autoencoder is None:
+                dataset = images.map(pixels_in_unit_range)
+            else:
+                dataset = np.concatenate([self.encode_images(batch) for batch in images])
         else:
             images = _images_of(dataset)
             warn_about_pixel_range(images)
-            dataset = pixels_in_unit_range(images)
+            if self.autoencoder is None:
+                dataset = pixels_in_unit_range(images)
+            else:
+                dataset = self.encode_images(images)
         self.normalizer.adapt(dataset)
         self.normalizer_adapted.assign(1)
 
     def _mean_and_std(self):
         # Read the normalizer's variables (not its cached `mean` tensor) so a
         # compiled function always sees the current statistics.
-        mean = ops.reshape(self.normalizer.adapt_mean, (1, 1, 1, self.channels))
-        variance = ops.reshape(self.normalizer.adapt_variance, (1, 1, 1, self.channels))
+        mean = ops.reshape(self.normalizer.adapt_mean, (1, 1, 1, self.space_channels))
+        variance = ops.reshape(self.normalizer.adapt_variance, (1, 1, 1, self.space_channels))
         return mean, ops.maximum(ops.sqrt(variance), keras.backend.epsilon())
 
     def normalize(self, images):
@@ -351,7 +390,46 @@ class DiffusionModel(keras.Model):
 
     def denormalize(self, images):
         mean, std = self._mean_and_std()
+        if self.autoencoder is not None:
+            return mean + images * std  # latents have no range to clip to
         return ops.clip(mean + images * std, 0.0, 1.0)
+
+    # -- pixels and latents ----------------------------------------------------
+
+    def to_space(self, images):
+        """Images (as `pixels_in_unit_range` reads them) in the space the
+        U-Net works in: themselves for a pixel model, their scaled latents for
+        a latent model. A latent model takes a batch that already has the
+        latent shape `sample_shape` as latents, so that training can stream
+        latents encoded once (`encode_images`)."""
+        if self.autoencoder is None:
+            return pixels_in_unit_range(images)
+        if tuple(images.shape[1:]) == tuple(self.sample_shape):
+            return ops.cast(images, "float32")
+        return self.autoencoder.encode(images)
+
+    def encode_images(self, images, batch_size=64):
+        """A latent model's scaled latents of `images` (numpy, in chunks)."""
+        if self.autoencoder is None:
+            raise ValueError("encode_images needs a latent model (one with an autoencoder)")
+        chunks = [
+            ops.convert_to_numpy(self.autoencoder.encode(images[start : start + batch_size]))
+            for start in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(chunks).astype(np.float32)
+
+    def from_space(self, samples, batch_size=64):
+        """Normalised samples of the U-Net's space as images in [0, 1]:
+        denormalised, and for a latent model decoded (in chunks)."""
+        samples = self.denormalize(samples)
+        if self.autoencoder is None:
+            return ops.convert_to_numpy(samples)
+        samples = ops.convert_to_numpy(samples)
+        chunks = [
+            ops.convert_to_numpy(self.autoencoder.decode(samples[start : start + batch_size]))
+            for start in range(0, len(samples), batch_size)
+        ]
+        return np.concatenate(chunks)
 
     # -- the diffusion model -------------------------------------------------
 
@@ -423,7 +501,7 @@ class DiffusionModel(keras.Model):
 
     def _noisy_batch(self, images, seed):
         """Draws noises and diffusion times for a batch and mixes them in."""
-        images = self.normalize(pixels_in_unit_range(_images_of(images)))
+        images = self.normalize(self.to_space(_images_of(images)))
         local_batch = ops.shape(images)[0]
         noises = self._global_draw(
             tf.random.stateless_normal, local_batch, ops.shape(images)[1:], seed
@@ -584,8 +662,9 @@ class DiffusionModel(keras.Model):
 
     @property
     def sample_shape(self):
-        """The shape of one sample, `(image_size, image_size, channels)`."""
-        return (self.image_size, self.image_size, self.channels)
+        """The shape of one sample in the U-Net's space: `(image_size,
+        image_size, channels)`, or a latent model's latent shape."""
+        return (self.space_size, self.space_size, self.space_channels)
 
     @property
     def sampler(self):
@@ -734,7 +813,7 @@ class DiffusionModel(keras.Model):
             initial_noise, diffusion_steps, sampler, eta, seed, spacing=spacing,
             batch_size=batch_size, progress=progress, **steering,
         )  # fmt: skip
-        return ops.convert_to_numpy(self.denormalize(pred_images))
+        return self.from_space(pred_images, batch_size)
 
     def edit(
         self, images, strength=None, mask=None, noise_level=None, resample=1,
@@ -771,6 +850,8 @@ class DiffusionModel(keras.Model):
         """
         from diffusion_keras.editing import edit
 
+        if self.autoencoder is not None:
+            raise ValueError("editing works on pixel-space models; this one is a latent model")
         return edit(
             self, images, strength, mask, noise_level, resample, diffusion_steps, seed,
             sampler, eta, spacing, class_labels, guidance_scale, classifier,
@@ -802,6 +883,8 @@ class DiffusionModel(keras.Model):
             raise ValueError(
                 "this model is not class-conditional; give a classifier to steer it to a class"
             )
+        if classifier is not None and self.autoencoder is not None:
+            raise ValueError("classifier guidance works on pixel-space models, not latent ones")
         if classifier is not None:
             if class_labels is None:
                 raise ValueError("classifier guidance needs class_labels")

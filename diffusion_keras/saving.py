@@ -6,6 +6,7 @@ import zipfile
 
 import keras
 
+from diffusion_keras.autoencoder import Autoencoder
 from diffusion_keras.classifier import NoiseClassifier
 from diffusion_keras.errors import ModelFileError
 from diffusion_keras.model import DiffusionModel
@@ -33,6 +34,12 @@ def load_classifier(path, compile=False):
     """Loads a `NoiseClassifier` (`RUN_DIR/classifier.keras`), with the same
     checks and one-line `ModelFileError`s as `load_model`."""
     return _load(path, NoiseClassifier, compile)
+
+
+def load_autoencoder(path, compile=False):
+    """Loads an `Autoencoder` (`RUN_DIR/autoencoder.keras`), with the same
+    checks and one-line `ModelFileError`s as `load_model`."""
+    return _load(path, Autoencoder, compile)
 
 
 def _load(path, cls, compile):

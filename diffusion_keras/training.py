@@ -82,6 +82,12 @@ class TrainConfig:
     precision: str = "auto"
     jit_compile: str = "auto"
     remat: bool = True
+    # latent diffusion
+    latent: bool = False
+    autoencoder: str = ""
+    latent_factor: int = 4
+    latent_channels: int = 4
+    autoencoder_epochs: int = 10
     # classes
     conditional: bool = False
     label_dropout: float = 0.1
@@ -159,11 +165,11 @@ def learning_rate(config, total_steps):
     )
 
 
-def build_model(config, class_names=None, total_steps=None):
+def build_model(config, class_names=None, total_steps=None, autoencoder=None):
     """A fresh, compiled `DiffusionModel` for `config` (normalizer not adapted).
 
     A conditional config needs the `class_names` of its data; a learning-rate
-    schedule needs the run's `total_steps`."""
+    schedule needs the run's `total_steps`; a latent one its `autoencoder`."""
     classes = {}
     if config.conditional:
         classes = dict(
@@ -189,6 +195,7 @@ def build_model(config, class_names=None, total_steps=None):
         min_snr_gamma=config.min_snr_gamma,
         seed=config.seed,
         precision=resolve_precision(config.precision),
+        autoencoder=autoencoder,
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(
@@ -357,10 +364,16 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
                 )
         else:
             initial_epoch, first_step = 0, 0
+            autoencoder = None
+            if config.latent:
+                from diffusion_keras.latent import autoencoder_for
+
+                autoencoder = autoencoder_for(config, data, run_dir, verbose, chief)
             model = build_model(
                 config,
                 class_names_of(data) if config.conditional else None,
                 total_steps=steps * config.epochs,
+                autoencoder=autoencoder,
             )
             model.adapt(image_dataset(data, config.batch_size))
     if chief:

@@ -138,6 +138,8 @@ def test_train_resume_and_generate_end_to_end(png_folder, tmp_path):
         (["--data", "/no/such/folder"], "does not exist"),
         (["--data", "builtin:tulips"], "unknown built-in data set"),
         (["--resume", "--output", "/no/such/run"], "not found"),
+        (["--latent", "--image-size", "30"], "not divisible by --latent-factor 4"),
+        (["--autoencoder", "/no/such.keras", "--epochs", "1"], "does not exist"),
     ],
 )
 def test_train_rejects_bad_arguments_in_one_line(args, message):
@@ -172,5 +174,8 @@ def test_flags_reach_the_run_config():
     assert config().ema_warmup is True
     weighted = config("--loss-weighting", "min_snr", "--min-snr-gamma", "2")
     assert (weighted.loss_weighting, weighted.min_snr_gamma) == ("min_snr", 2.0)
+    assert config().latent is False
+    latent = config("--autoencoder", "ae.keras", "--latent-factor", "8")
+    assert (latent.latent, latent.autoencoder, latent.latent_factor) == (True, "ae.keras", 8)
     cosine = config("--lr-schedule", "cosine", "--warmup-steps", "100")
     assert (cosine.lr_schedule, cosine.warmup_steps) == ("cosine", 100)
