@@ -33,6 +33,7 @@ from diffusion_keras.cli import (  # noqa: E402
     UsageError,
     closed_unit_interval,
     int_list,
+    level_list,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -114,6 +115,18 @@ def parser():
         "--prediction",
         choices=["noise", "image", "velocity"],
         help="what the network predicts (default noise, the book's)",
+    )
+    add(
+        "--attention-levels",
+        type=level_list,
+        help="U-Net levels with self-attention, comma-separated (0 = outermost; default none)",
+    )
+    add("--attention-heads", type=positive_int, help="heads of the attention blocks (default 4)")
+    add(
+        "--cross-attention",
+        action="store_true",
+        default=None,
+        help="--conditional: the class as a token the attention levels cross-attend to",
     )
     add(
         "--latent",
@@ -250,6 +263,8 @@ def config_from_args(args):
     }
     if "widths" in given:
         given["widths"] = tuple(given["widths"])
+    if "attention_levels" in given:
+        given["attention_levels"] = tuple(given["attention_levels"])
     if given.get("autoencoder"):
         given["latent"] = True
     if not args.resume:
@@ -285,7 +300,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     from diffusion_keras.data import load_images
     from diffusion_keras.training import run_paths, train
-    from diffusion_keras.unet import validate_unet_args
+    from diffusion_keras.unet import validate_attention, validate_unet_args
 
     config = config_from_args(args)
     from diffusion_keras.distribute import make_strategy
@@ -307,6 +322,10 @@ def main(argv=None):
     validate_unet_args(
         space_size, config.widths, config.block_depth, embedding_dims=config.embedding_dims
     )
+    validate_attention(
+        config.attention_levels, len(config.widths), config.attention_heads,
+        config.cross_attention, num_classes=1 if config.conditional else 0,
+    )  # fmt: skip
     data = load_images(
         config.data,
         config.image_size,

@@ -446,24 +446,27 @@ def residual_block(
 
 def down_block(
     x, skips, width, block_depth, initializers=None, synchronized=False, batch_norm="fused",
-    remat=False,
+    remat=False, attend=None,
 ):  # fmt: skip
-    """`block_depth` residual blocks, each pushing its output onto `skips`, then
-    2x2 average pooling."""
+    """`block_depth` residual blocks (each followed by `attend`, if given),
+    each pushing its output onto `skips`, then 2x2 average pooling."""
     for _ in range(block_depth):
         x = residual_block(x, width, initializers, synchronized, batch_norm, remat)
+        x = attend(x) if attend else x
         skips.append(x)
     return layers.AveragePooling2D(pool_size=2)(x)
 
 
 def up_block(
     x, skips, width, block_depth, initializers=None, synchronized=False, batch_norm="fused",
-    remat=False,
+    remat=False, attend=None,
 ):  # fmt: skip
-    """2x bilinear upsampling, then `block_depth` residual blocks, each taking
-    the last entry popped from `skips`."""
+    """2x bilinear upsampling, then `block_depth` residual blocks (each
+    followed by `attend`, if given), each taking the last entry popped from
+    `skips`."""
     for i in range(block_depth):
         x = residual_block(
             [x, skips.pop()], width, initializers, synchronized, batch_norm, remat, upsample=i == 0
         )
+        x = attend(x) if attend else x
     return x

@@ -107,6 +107,11 @@ class DiffusionModel(keras.Model):
             training encodes images (or takes latents, see `to_space`), and
             `generate` decodes. The autoencoder is frozen and saved in the
             same file. Defaults to None (pixel space, the book's).
+        attention_levels: sequence of int. U-Net levels with self-attention
+            after each residual block (see `build_unet`). Defaults to `()`.
+        attention_heads: int. Heads of the attention blocks. Defaults to 4.
+        cross_attention: bool. A conditional model's class as a one-token
+            sequence the attention levels cross-attend to. Defaults to False.
         seed: int or None. Seeds the initial weights and the training noise;
             training is then reproducible and resumable. Defaults to a random seed, which is
             saved with the model.
@@ -147,6 +152,9 @@ class DiffusionModel(keras.Model):
         loss_weighting="none",
         min_snr_gamma=5.0,
         autoencoder=None,
+        attention_levels=(),
+        attention_heads=4,
+        cross_attention=False,
         **kwargs,
     ):
         validate_precision(precision)
@@ -221,6 +229,9 @@ class DiffusionModel(keras.Model):
         validate_batch_norm(batch_norm)
         self.batch_norm = batch_norm
         self.remat = bool(remat)
+        self.attention_levels = [int(level) for level in attention_levels]
+        self.attention_heads = int(attention_heads)
+        self.cross_attention = bool(cross_attention)
 
         self.diffusion_schedule = get_schedule(schedule, min_signal_rate, max_signal_rate)
         self.loss_fn = _loss_function(loss)
@@ -239,6 +250,9 @@ class DiffusionModel(keras.Model):
             num_classes=self.num_classes,
             batch_norm=self.batch_norm,
             remat=self.remat,
+            attention_levels=self.attention_levels,
+            attention_heads=self.attention_heads,
+            cross_attention=self.cross_attention,
             # Built inside a multi-replica strategy's scope: batch statistics
             # over the global batch, as on one device.
             synchronized_batch_norm=tf.distribute.has_strategy()
@@ -312,6 +326,9 @@ class DiffusionModel(keras.Model):
             "remat": self.remat,
             "loss_weighting": self.loss_weighting,
             "min_snr_gamma": self.min_snr_gamma,
+            "attention_levels": list(self.attention_levels),
+            "attention_heads": self.attention_heads,
+            "cross_attention": self.cross_attention,
             "autoencoder": None
             if self.autoencoder is None
             else keras.saving.serialize_keras_object(self.autoencoder),

@@ -82,6 +82,9 @@ class TrainConfig:
     precision: str = "auto"
     jit_compile: str = "auto"
     remat: bool = True
+    attention_levels: tuple = ()
+    attention_heads: int = 4
+    cross_attention: bool = False
     # latent diffusion
     latent: bool = False
     autoencoder: str = ""
@@ -118,6 +121,7 @@ class TrainConfig:
     def save(self, path):
         data = dataclasses.asdict(self)
         data["widths"] = list(self.widths)
+        data["attention_levels"] = list(self.attention_levels)
         temporary = path + ".tmp"
         with open(temporary, "w") as handle:
             json.dump(data, handle, indent=2)
@@ -130,6 +134,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
         data["widths"] = tuple(data.get("widths", BOOK_WIDTHS))
+        data["attention_levels"] = tuple(data.get("attention_levels", ()))
         return cls(**data)
 
 
@@ -196,6 +201,9 @@ def build_model(config, class_names=None, total_steps=None, autoencoder=None):
         seed=config.seed,
         precision=resolve_precision(config.precision),
         autoencoder=autoencoder,
+        attention_levels=tuple(config.attention_levels),
+        attention_heads=config.attention_heads,
+        cross_attention=config.cross_attention,
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(
