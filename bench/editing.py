@@ -108,7 +108,7 @@ def main():
     from diffusion_keras.images import save_grid
     from diffusion_keras.saving import load_model
 
-    flags = " ".join(sorted(f for f in open("/proc/cpuinfo").read().split() if "avx512" in f))
+    flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
     print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}; model {path}")
     model = load_model(path, compile=False)
     size = model.image_size

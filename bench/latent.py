@@ -52,8 +52,8 @@ def main():
 
     import diffusion_keras as dk
 
-    flags = " ".join(sorted(f for f in open("/proc/cpuinfo").read().split() if "avx512" in f))
-    print(f"{os.cpu_count()} CPUs; AVX-512 flags: {sorted(set(flags.split())) or 'none'}")
+    flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
+    print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}")
     size = args.image_size
     autoencoder = dk.Autoencoder(factor=args.factor)
     pixel = dk.DiffusionModel(image_size=size, seed=0)

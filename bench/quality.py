@@ -309,7 +309,7 @@ def main():
     if unknown or "book" not in recipes:
         raise SystemExit(f"--recipes: unknown {unknown}; 'book' must be among {list(RECIPES)}")
     recipes = ["book"] + [r for r in recipes if r != "book"]
-    flags = " ".join(sorted(f for f in open("/proc/cpuinfo").read().split() if "avx512" in f))
+    flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
     print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}; precision {args.precision}")
     refs = run_worker(args, "--references")
     results = []

@@ -236,7 +236,7 @@ def main():
 
     precisions = [native_precision() if p == "native" else p for p in args.precision or []]
     precisions = list(dict.fromkeys(precisions or ["float32", native_precision()]))
-    flags = " ".join(sorted(f for f in open("/proc/cpuinfo").read().split() if "avx512" in f))
+    flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
     print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}")
     info = measure(args, "ours", "peak")
     peaks = {"float32": info["float32"], "mixed_bfloat16": info["bfloat16"]}

@@ -121,7 +121,7 @@ def main():
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         raise SystemExit(f"--recipes: unknown {unknown}; choose from {list(RECIPES)}")
-    flags = " ".join(sorted(f for f in open("/proc/cpuinfo").read().split() if "avx512" in f))
+    flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
     print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}; precision {args.precision}")
     for dataset in args.datasets.split(","):
         results = {}

@@ -365,6 +365,11 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
                     f"--resume: no usable checkpoint in {run_paths(config.output)['checkpoints']}"
                 )
             (initial_epoch, first_step), model = found
+            if config.lr_schedule != "constant":
+                # The schedule spans the run as configured now, so a run
+                # resumed with more --epochs stretches it instead of
+                # training on at the learning rate it ended with (zero).
+                model.optimizer.learning_rate = learning_rate(config, steps * config.epochs)
             if first_step >= steps:
                 raise TrainingError(
                     f"--resume: the checkpoint is {first_step} steps into an epoch, but an "

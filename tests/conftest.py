@@ -3,6 +3,12 @@ import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Machine measurements (`precision.cpu_bfloat16_speedup`) go to a cache of the
+# test session, for the CLIs the tests start too, not to the user's.
+os.environ.setdefault(
+    "DIFFUSION_KERAS_CACHE",
+    os.path.join(__import__("tempfile").gettempdir(), f"diffusion_keras_test_cache_{os.getuid()}"),
+)
 
 # Before any test file imports TensorFlow, so that the tests run with the CPU
 # kernels the package chooses (diffusion_keras.runtime), as the CLIs they

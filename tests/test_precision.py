@@ -45,8 +45,13 @@ def test_auto_precision_follows_the_rule(monkeypatch):
     import diffusion_keras.precision as precision
 
     monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    monkeypatch.setattr(precision, "cpu_bfloat16_speedup", lambda: 1.8)
     assert auto_precision() == "mixed_bfloat16"
+    # Native bfloat16 that runs slower than float32 (an Intel Xeon seen here: 0.5x).
+    monkeypatch.setattr(precision, "cpu_bfloat16_speedup", lambda: 0.5)
+    assert auto_precision() == "float32"
     monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(precision, "cpu_bfloat16_speedup", lambda: 1 / 0)  # never asked
     assert auto_precision() == "float32"
     assert resolve_precision("float32") == "float32"
     with pytest.raises(ValueError, match="unknown precision 'half'"):
@@ -80,3 +85,29 @@ def test_unknown_jit_compile_setting_is_refused():
 
     with pytest.raises(ValueError, match="jit_compile must be auto, on or off"):
         resolve_jit_compile("maybe")
+
+
+def test_the_bfloat16_speedup_is_measured_once_per_machine(monkeypatch, tmp_path):
+    import diffusion_keras.precision as precision
+
+    calls = []
+    monkeypatch.setenv("DIFFUSION_KERAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "measure_bfloat16_speedup", lambda: calls.append(1) or 0.7)
+    assert precision.cpu_bfloat16_speedup() == 0.7
+    assert precision.cpu_bfloat16_speedup() == 0.7
+    assert len(calls) == 1 and (tmp_path / "cache" / "bfloat16_speedup.json").exists()
+    # Another oneDNN setting is another measurement.
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert precision.cpu_bfloat16_speedup() == 0.7 and len(calls) == 2
+    # A damaged or unwritable cache only costs a measurement.
+    (tmp_path / "cache" / "bfloat16_speedup.json").write_text("{not json")
+    assert precision.cpu_bfloat16_speedup() == 0.7 and len(calls) == 3
+    monkeypatch.setenv("DIFFUSION_KERAS_CACHE", "/proc/no_such_place")
+    assert precision.cpu_bfloat16_speedup() == 0.7 and len(calls) == 4
+
+
+def test_the_bfloat16_probe_times_real_convolutions():
+    from diffusion_keras.precision import measure_bfloat16_speedup
+
+    speedup = measure_bfloat16_speedup(repeats=2)
+    assert np.isfinite(speedup) and 0.05 < speedup < 20.0

@@ -98,3 +98,23 @@ def test_train_py_recipe_book_writes_the_books_settings(tmp_path):
         run_script("train.py", "--output", run, "--resume", "--recipe", "book", "--epochs", 2)
     )
     assert "--recipe applies to new runs" in line
+
+
+def test_a_cosine_run_resumed_with_more_epochs_stretches_its_schedule(tmp_path):
+    from conftest import blob_images
+    from diffusion_keras.data import ImageData
+    from diffusion_keras.training import train
+
+    data = ImageData((blob_images(16, 16) * 255).astype(np.uint8), source="blobs")
+    config = TrainConfig(
+        image_size=16, widths=(8, 16), block_depth=1, embedding_dims=8, batch_size=8,
+        dataset_repetitions=1, epochs=1, lr_schedule="cosine", warmup_steps=1, plot_images=2,
+        plot_diffusion_steps=2, precision="float32", output=str(tmp_path / "run"),
+    )  # fmt: skip
+    model = train(config, verbose=0, data=data)
+    assert float(model.optimizer.learning_rate) == 0.0  # the end of a 2-step cosine
+    config.epochs = 3
+    model = train(config, resume=True, verbose=0, data=data)
+    schedule = model.optimizer._learning_rate
+    assert float(schedule(2)) > 0.0 and float(schedule(6)) == pytest.approx(0.0, abs=1e-12)
+    assert int(model.train_steps.numpy()) == 6
