@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from diffusion_keras import guidance
 from diffusion_keras.samplers import log_snrs, sampling_times
 from diffusion_keras.sampling import keyed_noise, sampling_step
 from diffusion_keras.schedules import zero_noise_time
@@ -221,7 +222,9 @@ def edit(
         strength = 1.0
     count = len(images)
     masks = None if mask is None else as_masks(mask, count, shape)
-    steering = model._steering(count, class_labels, guidance_scale, classifier, classifier_scale)
+    steering = guidance.steering(
+        model, count, class_labels, guidance_scale, classifier, classifier_scale
+    )
     diffusion_steps, batch_size = int(diffusion_steps), int(batch_size)
     if diffusion_steps < 1 or batch_size < 1:
         raise ValueError("diffusion_steps and batch_size must be >= 1")

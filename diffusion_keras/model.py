@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from diffusion_keras import sampling
+from diffusion_keras import guidance, sampling
 from diffusion_keras.layers import validate_batch_norm
 from diffusion_keras.pixels import pixels_in_unit_range, warn_about_pixel_range
 from diffusion_keras.precision import validate_precision
@@ -634,48 +634,9 @@ class DiffusionModel(keras.Model):
     # -- sampling ------------------------------------------------------------
 
     def guided_denoise(self, noisy_images, noise_rates, signal_rates, guide=None):
-        """`denoise` with the EMA network, steered as `guide` says.
-
-        `guide` is None (unconditional) or a dict with `class_labels` (int32
-        `(batch,)`), `guidance_scale` (a float, or None for the plain
-        conditional model), `classifier` (a `NoiseClassifier` or None) and
-        `classifier_scale`:
-        1. Classifier-free guidance (Ho & Salimans 2022, eq. 6): the network
-           runs for the labels and for the null class in one doubled batch, and
-           outputs = unconditional + w (conditional - unconditional); w = 1 is
-           the conditional model, w = 0 the unconditional one.
-        2. Classifier guidance (Dhariwal & Nichol 2021, algorithm 2): the
-           predicted noise moves against the classifier's log-probability
-           gradient, eps' = eps - s * noise_rate * grad_x log p(y | x_t).
-        """
-        if guide is None:
-            return self.denoise(noisy_images, noise_rates, signal_rates, training=False)
-        class_labels = guide["class_labels"]
-        conditional = class_labels if self.num_classes else None
-        if self.num_classes and guide["guidance_scale"] is not None:
-            batch = ops.shape(noisy_images)[0]
-            nulls = ops.full((batch,), self.null_class, "int32")
-            outputs = self.network_outputs(
-                ops.concatenate([noisy_images, noisy_images], axis=0),
-                ops.concatenate([noise_rates, noise_rates], axis=0),
-                ops.concatenate([class_labels, nulls], axis=0),
-            )
-            conditional_outputs, unconditional_outputs = outputs[:batch], outputs[batch:]
-            outputs = unconditional_outputs + guide["guidance_scale"] * (
-                conditional_outputs - unconditional_outputs
-            )
-        else:
-            outputs = self.network_outputs(noisy_images, noise_rates, conditional)
-        pred_noises, pred_images = self.split_prediction(
-            outputs, noisy_images, noise_rates, signal_rates
-        )
-        if guide.get("classifier") is not None:
-            gradients = guide["classifier"].log_probability_gradients(
-                noisy_images, noise_rates, class_labels
-            )
-            pred_noises = pred_noises - guide["classifier_scale"] * noise_rates * gradients
-            pred_images = (noisy_images - noise_rates * pred_noises) / signal_rates
-        return pred_noises, pred_images
+        """`denoise` with the EMA network, steered as `guide` says (see
+        `diffusion_keras.guidance.guided_denoise`): what samplers call."""
+        return guidance.guided_denoise(self, noisy_images, noise_rates, signal_rates, guide)
 
     @property
     def sample_shape(self):
@@ -735,20 +696,6 @@ class DiffusionModel(keras.Model):
                 f"classes: {shown} (or an index 0..{self.num_classes - 1})"
             )
         return index
-
-    def _resolve_labels(self, class_labels, count, classifier):
-        """Labels `(count,)` int32 from a name, an index or one per image."""
-        if class_labels is None:
-            return None
-        if isinstance(class_labels, (str, int, np.integer)):
-            class_labels = [class_labels] * count
-        class_labels = list(np.asarray(class_labels, dtype=object).reshape(-1))
-        if len(class_labels) != count:
-            raise ValueError(f"got {len(class_labels)} class labels for {count} images")
-        if self.num_classes:
-            return np.array([self.class_index(c) for c in class_labels], dtype=np.int32)
-        # An unconditional model steered by a classifier: the classifier's classes.
-        return np.array([classifier.class_index(c) for c in class_labels], dtype=np.int32)
 
     def generate(
         self,
@@ -822,8 +769,8 @@ class DiffusionModel(keras.Model):
             raise ValueError(
                 f"num_images is {num_images} but initial_noise has {len(initial_noise)} images"
             )
-        steering = self._steering(
-            len(initial_noise), class_labels, guidance_scale, classifier, classifier_scale
+        steering = guidance.steering(
+            self, len(initial_noise), class_labels, guidance_scale, classifier, classifier_scale
         )
         diffusion_steps, batch_size = _positive_steps_and_batch(diffusion_steps, batch_size)
         pred_images = self.sampler.run(
@@ -881,43 +828,6 @@ class DiffusionModel(keras.Model):
                 "this model's normalizer was never adapted, so its images would be "
                 "garbage; call model.adapt(images) before training"
             )
-
-    def _steering(self, count, class_labels, guidance_scale, classifier, classifier_scale):
-        """Checks the guidance arguments of `generate` and `edit` and returns
-        them as `Sampler.run` takes them: labels, guidance kind and scales."""
-        guidance_scale, classifier_scale = float(guidance_scale), float(classifier_scale)
-        if not (np.isfinite(guidance_scale) and guidance_scale >= 0.0):
-            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale}")
-        if not (np.isfinite(classifier_scale) and classifier_scale >= 0.0):
-            raise ValueError(f"classifier_scale must be a number >= 0, got {classifier_scale}")
-        if guidance_scale != 1.0 and not self.num_classes:
-            raise ValueError(
-                "guidance_scale needs a class-conditional model (train.py --conditional)"
-            )
-        if guidance_scale != 1.0 and class_labels is None:
-            raise ValueError("guidance_scale needs class_labels (a class to guide towards)")
-        if class_labels is not None and not self.num_classes and classifier is None:
-            raise ValueError(
-                "this model is not class-conditional; give a classifier to steer it to a class"
-            )
-        if classifier is not None and self.autoencoder is not None:
-            raise ValueError("classifier guidance works on pixel-space models, not latent ones")
-        if classifier is not None:
-            if class_labels is None:
-                raise ValueError("classifier guidance needs class_labels")
-            classifier.check_compatible(self)
-        labels = self._resolve_labels(class_labels, count, classifier)
-        guidance = "none"
-        if self.num_classes and labels is not None:
-            guidance = "labels" if guidance_scale == 1.0 else "cfg"
-            if guidance_scale == 0.0 and classifier is None:
-                # w = 0 is the unconditional model: one pass for the null class.
-                labels = np.full_like(labels, self.null_class)
-                guidance = "labels"
-        return dict(
-            labels=labels, guidance=guidance, guidance_scale=guidance_scale,
-            classifier=classifier, classifier_scale=classifier_scale,
-        )  # fmt: skip
 
     def _step_noises(self, seed, indices, diffusion_steps):
         """Fresh noise for stochastic sampling, `(steps, n, size, size,

@@ -144,6 +144,15 @@ def test_sigterm_before_the_first_step_saves_nothing(tmp_path):
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
+def test_sigterm_during_the_last_step_finishes_the_run(tmp_path, straight):
+    config = TrainConfig(data="builtin:flowers:32", output=str(tmp_path), **TINY)
+    # Sent after step 15, read at the end of step 16 of 16: nothing is left to save for.
+    model = train(config, verbose=0, extra_callbacks=[sigterm_after(15)])
+    assert (tmp_path / "model.keras").exists()
+    for ours, theirs in zip(model.get_weights(), straight[1].get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
+
+
 def test_a_library_call_restores_the_sigterm_handler(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
     config = TrainConfig(data="builtin:flowers:32", output=str(tmp_path), **dict(TINY, epochs=1))

@@ -1,0 +1,111 @@
+"""Guidance: steering a model's denoiser towards a class.
+
+Samplers call a denoiser, `guided_denoise(noisy_images, noise_rates,
+signal_rates, guide)`; guidance wraps the model's network in it, as
+k-diffusion wraps its denoisers, so that samplers know nothing of classes.
+`steering` checks what `generate` and `edit` were asked for and turns it into
+the `guide` the compiled sampler carries.
+
+References:
+- [Ho & Salimans, 2022 (classifier-free guidance)](https://arxiv.org/abs/2207.12598)
+- [Dhariwal & Nichol, 2021 (classifier guidance)](https://arxiv.org/abs/2105.05233)
+"""
+
+import numpy as np
+from keras import ops
+
+
+def guided_denoise(model, noisy_images, noise_rates, signal_rates, guide=None):
+    """`denoise` with the EMA network, steered as `guide` says.
+
+    `guide` is None (unconditional) or a dict with `class_labels` (int32
+    `(batch,)`), `guidance_scale` (a float, or None for the plain
+    conditional model), `classifier` (a `NoiseClassifier` or None) and
+    `classifier_scale`:
+    1. Classifier-free guidance (Ho & Salimans 2022, eq. 6): the network
+       runs for the labels and for the null class in one doubled batch, and
+       outputs = unconditional + w (conditional - unconditional); w = 1 is
+       the conditional model, w = 0 the unconditional one.
+    2. Classifier guidance (Dhariwal & Nichol 2021, algorithm 2): the
+       predicted noise moves against the classifier's log-probability
+       gradient, eps' = eps - s * noise_rate * grad_x log p(y | x_t).
+    """
+    if guide is None:
+        return model.denoise(noisy_images, noise_rates, signal_rates, training=False)
+    class_labels = guide["class_labels"]
+    conditional = class_labels if model.num_classes else None
+    if model.num_classes and guide["guidance_scale"] is not None:
+        batch = ops.shape(noisy_images)[0]
+        nulls = ops.full((batch,), model.null_class, "int32")
+        outputs = model.network_outputs(
+            ops.concatenate([noisy_images, noisy_images], axis=0),
+            ops.concatenate([noise_rates, noise_rates], axis=0),
+            ops.concatenate([class_labels, nulls], axis=0),
+        )
+        conditional_outputs, unconditional_outputs = outputs[:batch], outputs[batch:]
+        outputs = unconditional_outputs + guide["guidance_scale"] * (
+            conditional_outputs - unconditional_outputs
+        )
+    else:
+        outputs = model.network_outputs(noisy_images, noise_rates, conditional)
+    pred_noises, pred_images = model.split_prediction(
+        outputs, noisy_images, noise_rates, signal_rates
+    )
+    if guide.get("classifier") is not None:
+        gradients = guide["classifier"].log_probability_gradients(
+            noisy_images, noise_rates, class_labels
+        )
+        pred_noises = pred_noises - guide["classifier_scale"] * noise_rates * gradients
+        pred_images = (noisy_images - noise_rates * pred_noises) / signal_rates
+    return pred_noises, pred_images
+
+
+def resolve_labels(model, class_labels, count, classifier):
+    """Labels `(count,)` int32 from a name, an index or one per image."""
+    if class_labels is None:
+        return None
+    if isinstance(class_labels, (str, int, np.integer)):
+        class_labels = [class_labels] * count
+    class_labels = list(np.asarray(class_labels, dtype=object).reshape(-1))
+    if len(class_labels) != count:
+        raise ValueError(f"got {len(class_labels)} class labels for {count} images")
+    if model.num_classes:
+        return np.array([model.class_index(c) for c in class_labels], dtype=np.int32)
+    # An unconditional model steered by a classifier: the classifier's classes.
+    return np.array([classifier.class_index(c) for c in class_labels], dtype=np.int32)
+
+
+def steering(model, count, class_labels, guidance_scale, classifier, classifier_scale):
+    """Checks the guidance arguments of `generate` and `edit` and returns
+    them as `Sampler.run` takes them: labels, guidance kind and scales."""
+    guidance_scale, classifier_scale = float(guidance_scale), float(classifier_scale)
+    if not (np.isfinite(guidance_scale) and guidance_scale >= 0.0):
+        raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale}")
+    if not (np.isfinite(classifier_scale) and classifier_scale >= 0.0):
+        raise ValueError(f"classifier_scale must be a number >= 0, got {classifier_scale}")
+    if guidance_scale != 1.0 and not model.num_classes:
+        raise ValueError("guidance_scale needs a class-conditional model (train.py --conditional)")
+    if guidance_scale != 1.0 and class_labels is None:
+        raise ValueError("guidance_scale needs class_labels (a class to guide towards)")
+    if class_labels is not None and not model.num_classes and classifier is None:
+        raise ValueError(
+            "this model is not class-conditional; give a classifier to steer it to a class"
+        )
+    if classifier is not None and model.autoencoder is not None:
+        raise ValueError("classifier guidance works on pixel-space models, not latent ones")
+    if classifier is not None:
+        if class_labels is None:
+            raise ValueError("classifier guidance needs class_labels")
+        classifier.check_compatible(model)
+    labels = resolve_labels(model, class_labels, count, classifier)
+    kind = "none"
+    if model.num_classes and labels is not None:
+        kind = "labels" if guidance_scale == 1.0 else "cfg"
+        if guidance_scale == 0.0 and classifier is None:
+            # w = 0 is the unconditional model: one pass for the null class.
+            labels = np.full_like(labels, model.null_class)
+            kind = "labels"
+    return dict(
+        labels=labels, guidance=kind, guidance_scale=guidance_scale,
+        classifier=classifier, classifier_scale=classifier_scale,
+    )  # fmt: skip
