@@ -121,11 +121,14 @@ def _warn_skipped(skipped, what):
         warnings.warn(f"skipped {len(skipped)} {what}: {shown}", stacklevel=3)
 
 
-def load_folder(folder, image_size, center_crop=False, with_labels=False, workers=None):
+def load_folder(folder, image_size, center_crop=False, with_labels=False, workers=None,
+                cache=True):  # fmt: skip
     """Decodes every image below `folder` (jpg, png, bmp, gif, any depth).
 
     Unreadable files are skipped with one warning naming how many. With
     `with_labels`, the first-level subfolder of each image is its class.
+    With `cache`, the decoded images are kept on disk and later calls map
+    them read-only instead of decoding again (`diffusion_keras.image_cache`).
     """
     if not os.path.exists(folder):
         raise DataError(f"data folder {folder!r} does not exist")
@@ -145,17 +148,27 @@ def load_folder(folder, image_size, center_crop=False, with_labels=False, worker
         except Exception:  # noqa: BLE001 - any decoder failure means a bad file
             return None
 
-    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        arrays = list(pool.map(decode, paths))
-    kept = [(p, a) for p, a in zip(paths, arrays) if a is not None]
+    workers = workers or os.cpu_count() or 1
+    found = None
+    if cache:
+        from diffusion_keras.image_cache import decoded_folder
+
+        found = decoded_folder(folder, paths, image_size, center_crop, decode, workers)
+    if found is not None:
+        images, kept, skipped = found
+    else:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            arrays = list(pool.map(decode, paths))
+        kept = [p for p, a in zip(paths, arrays) if a is not None]
+        skipped = [p for p, a in zip(paths, arrays) if a is None]
+        images = np.stack([a for a in arrays if a is not None]) if kept else None
     if not kept:
         raise DataError(f"none of the {len(paths)} image files in {folder!r} could be read")
-    _warn_skipped([p for p, a in zip(paths, arrays) if a is None], "unreadable image files")
-    images = np.stack([a for _, a in kept])
+    _warn_skipped(skipped, "unreadable image files")
     labels = class_names = None
     if with_labels:
-        classes = [os.path.relpath(p, folder).split(os.sep)[0] for p, _ in kept]
-        if any(os.sep not in os.path.relpath(p, folder) for p, _ in kept):
+        classes = [os.path.relpath(p, folder).split(os.sep)[0] for p in kept]
+        if any(os.sep not in os.path.relpath(p, folder) for p in kept):
             raise DataError(
                 f"class labels come from subfolders, but {folder!r} has images at its top level"
             )
@@ -290,6 +303,21 @@ def load_images(source, image_size=64, center_crop=False, with_labels=False, dat
     return load_folder(source, image_size, center_crop, with_labels)
 
 
+RELEASE_EVERY = 16  # batches between handing a memory map's pages back
+
+
+def release_pages(images):
+    """Unmaps the pages a memory-mapped array has read (`MADV_DONTNEED`): they
+    stay in the page cache, but no longer count in this process's resident
+    memory, which would otherwise grow to the whole file over an epoch.
+    Nothing for arrays in memory."""
+    import mmap
+
+    handle = getattr(images, "_mmap", None)
+    if handle is not None and hasattr(handle, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        handle.madvise(mmap.MADV_DONTNEED)
+
+
 def epoch_batches(data, batch_size, repetitions, seed, epoch, flip=False, labels=False):
     """The uint8 batches of one epoch, a function of (seed, epoch) alone.
 
@@ -304,10 +332,13 @@ def epoch_batches(data, batch_size, repetitions, seed, epoch, flip=False, labels
     for start in range(0, len(order) - batch_size + 1, batch_size):
         index = order[start : start + batch_size]
         batch = data.images[index]
+        if (start // batch_size) % RELEASE_EVERY == RELEASE_EVERY - 1:
+            release_pages(data.images)
         if flip:
             mask = flips[start : start + batch_size]
             batch = np.where(mask[:, None, None, None], batch[:, :, ::-1], batch)
         yield (batch, data.labels[index]) if labels else batch
+    release_pages(data.images)
 
 
 def steps_per_epoch(data, batch_size, repetitions):
@@ -397,8 +428,20 @@ def split_held_out(data, count, seed=0):
 
 
 def image_dataset(data, batch_size):
-    """The images once, in order, as float32 batches (for `adapt` and eval)."""
+    """The images once, in order, as float32 batches (for `adapt` and eval),
+    read a batch at a time, so that memory-mapped images are never all in
+    memory."""
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices(data.images).batch(batch_size)
+    images = data.images
+
+    def batches():
+        for start in range(0, len(images), batch_size):
+            yield np.array(images[start : start + batch_size])
+            if (start // batch_size) % RELEASE_EVERY == RELEASE_EVERY - 1:
+                release_pages(images)
+        release_pages(images)
+
+    signature = tf.TensorSpec((None,) + images.shape[1:], tf.uint8)
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
     return without_autotune(dataset.map(lambda x: tf.cast(x, tf.float32) / 255.0))
