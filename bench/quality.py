@@ -111,31 +111,49 @@ def kid_between(extractor, real, other, subset=128):
     return float(metric.result())
 
 
+def recipe_config(recipe, args):
+    """The `TrainConfig` of `recipe` in this race."""
+    package_first()
+    from diffusion_keras.training import TrainConfig
+
+    settings = dict(RECIPES[recipe])
+    return TrainConfig.for_recipe(
+        settings.pop("recipe"), image_size=args.image_size, seed=args.seed,
+        precision=args.precision, **settings,
+    )  # fmt: skip
+
+
+def recipe_run(config, args, total_steps):
+    """What a worker trains and measures with: `(model, dataset, real,
+    extractor)`, the model built for `total_steps` and adapted to the
+    training images, `real` the held-out images in [0, 1]."""
+    import numpy as np
+
+    from diffusion_keras.data import train_dataset
+    from diffusion_keras.metrics import feature_extractor
+    from diffusion_keras.training import build_model
+
+    train_data, held_out = load(args.dataset, args.image_size, args.held_out, args.seed)
+    real = held_out.images.astype(np.float32) / 255.0
+    extractor = feature_extractor(args.features, args.image_size)
+    model = build_model(config, total_steps=max(total_steps, 1))
+    model.adapt(train_data.images.astype(np.float32) / 255.0)
+    dataset = train_dataset(train_data, config.batch_size, 1, seed=args.seed, flip=config.flip)
+    return model, dataset, real, extractor
+
+
 def worker(args):
     """Trains one recipe on one data set for the budget; prints one JSON line."""
     package_first()
     import keras
     import numpy as np
 
-    from diffusion_keras.data import train_dataset
-    from diffusion_keras.metrics import feature_extractor
-    from diffusion_keras.training import TrainConfig, build_model
-
-    settings = dict(RECIPES[args.recipe])
-    config = TrainConfig.for_recipe(
-        settings.pop("recipe"), image_size=args.image_size, seed=args.seed,
-        precision=args.precision, **settings,
-    )  # fmt: skip
-    train_data, held_out = load(args.dataset, args.image_size, args.held_out, args.seed)
-    real = held_out.images.astype(np.float32) / 255.0
-    extractor = feature_extractor(args.features, args.image_size)
+    config = recipe_config(args.recipe, args)
     budget = args.budget * 60.0
     # A schedule needs the run's length: from the CPU cost per image measured
     # for the book's recipe in this run (the same network and image size).
     total_steps = int(budget * args.images_per_cpu_second / config.batch_size)
-    model = build_model(config, total_steps=max(total_steps, 1))
-    model.adapt(train_data.images.astype(np.float32) / 255.0)
-    dataset = train_dataset(train_data, config.batch_size, 1, seed=args.seed, flip=config.flip)
+    model, dataset, real, extractor = recipe_run(config, args, total_steps)
     marks = [budget * (k + 1) / args.marks for k in range(args.marks)]
     curve, excluded = [], [0.0]
     start = cpu_seconds()
@@ -205,14 +223,7 @@ def recipe_settings(recipe, args):
     recipes are the same."""
     import dataclasses
 
-    package_first()
-    from diffusion_keras.training import TrainConfig
-
-    settings = dict(RECIPES[recipe])
-    config = TrainConfig.for_recipe(
-        settings.pop("recipe"), image_size=args.image_size, seed=args.seed,
-        precision=args.precision, **settings,
-    )  # fmt: skip
+    config = recipe_config(recipe, args)
     return json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
 
 

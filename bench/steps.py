@@ -28,7 +28,13 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from quality import RECIPES, kid_between, load, package_first  # noqa: E402
+from quality import (  # noqa: E402
+    RECIPES,
+    kid_between,
+    package_first,
+    recipe_config,
+    recipe_run,
+)
 
 REFERENCE = "book_ema_warmup"
 SAMPLINGS = {
@@ -41,23 +47,9 @@ def worker(args):
     """Trains one recipe for `args.run_steps` steps; prints one JSON line."""
     package_first()
     import keras
-    import numpy as np
 
-    from diffusion_keras.data import train_dataset
-    from diffusion_keras.metrics import feature_extractor
-    from diffusion_keras.training import TrainConfig, build_model
-
-    settings = dict(RECIPES[args.recipe])
-    config = TrainConfig.for_recipe(
-        settings.pop("recipe"), image_size=args.image_size, seed=args.seed,
-        precision=args.precision, **settings,
-    )  # fmt: skip
-    train_data, held_out = load(args.dataset, args.image_size, args.held_out, args.seed)
-    real = held_out.images.astype(np.float32) / 255.0
-    extractor = feature_extractor(args.features, args.image_size)
-    model = build_model(config, total_steps=args.run_steps)
-    model.adapt(train_data.images.astype(np.float32) / 255.0)
-    dataset = train_dataset(train_data, config.batch_size, 1, seed=args.seed, flip=config.flip)
+    config = recipe_config(args.recipe, args)
+    model, dataset, real, extractor = recipe_run(config, args, args.run_steps)
     marks = list(range(args.steps, args.run_steps + 1, args.steps))
     curve = []
 

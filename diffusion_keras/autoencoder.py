@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from diffusion_keras.pixels import pixels_in_unit_range
+from diffusion_keras.pixels import images_of, pixels_in_unit_range
 
 FACTORS = (4, 8)
 LOG_VARIANCE_RANGE = (-30.0, 20.0)
@@ -273,9 +273,7 @@ class Autoencoder(keras.Model):
             else (images[i : i + batch_size] for i in range(0, len(images), batch_size))
         )
         for batch in batches:
-            if isinstance(batch, (tuple, list)):
-                batch = batch[0]
-            means = np.asarray(self.moments(batch)[0], np.float64)
+            means = np.asarray(self.moments(images_of(batch))[0], np.float64)
             total += means.sum()
             total_squares += np.square(means).sum()
             count += means.size
@@ -297,8 +295,11 @@ class Autoencoder(keras.Model):
         psnr = ops.mean(tf.image.psnr(pixels, images, max_val=1.0))
         return l1, ssim, psnr
 
+    def _reconstruction_loss(self, l1, ssim, kl):
+        return l1 + self.ssim_weight * (1.0 - ssim) + self.kl_weight * kl
+
     def train_step(self, data):
-        images = pixels_in_unit_range(data[0] if isinstance(data, (tuple, list)) else data)
+        images = pixels_in_unit_range(images_of(data))
         adversarial = self.discriminator is not None
         started = ops.cast(self.train_steps >= self.discriminator_start, "float32")
         with tf.GradientTape() as tape:
@@ -311,7 +312,7 @@ class Autoencoder(keras.Model):
             reconstructions = ops.cast(self.decoder(latents), "float32")
             l1, ssim, psnr = self._reconstruction_terms(images, reconstructions)
             kl = ops.mean(kl_divergences(means, log_variances))
-            loss = l1 + self.ssim_weight * (1.0 - ssim) + self.kl_weight * kl
+            loss = self._reconstruction_loss(l1, ssim, kl)
             if adversarial:
                 # 2. The generator's hinge loss: make the patches look real.
                 fake_logits = ops.cast(self.discriminator(reconstructions), "float32")
@@ -335,12 +336,12 @@ class Autoencoder(keras.Model):
         return self._update(values)
 
     def test_step(self, data):
-        images = pixels_in_unit_range(data[0] if isinstance(data, (tuple, list)) else data)
+        images = pixels_in_unit_range(images_of(data))
         means, log_variances = self.moments(images)
         reconstructions = ops.cast(self.decoder(means), "float32")
         l1, ssim, psnr = self._reconstruction_terms(images, reconstructions)
         kl = ops.mean(kl_divergences(means, log_variances))
-        loss = l1 + self.ssim_weight * (1.0 - ssim) + self.kl_weight * kl
+        loss = self._reconstruction_loss(l1, ssim, kl)
         return self._update(dict(loss=loss, l1=l1, ssim=ssim, kl=kl, psnr=psnr))
 
     def _update(self, values):

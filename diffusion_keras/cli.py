@@ -79,26 +79,25 @@ closed_unit_interval = _float_in(lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"
 strength = _float_in(lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 
 
-def level_list(text):
-    """Comma-separated whole numbers >= 0 (U-Net levels); empty for none."""
+def _whole_numbers(text):
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated whole numbers, got {text!r}"
         ) from None
+
+
+def level_list(text):
+    """Comma-separated whole numbers >= 0 (U-Net levels); empty for none."""
+    values = _whole_numbers(text)
     if any(v < 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected numbers >= 0, got {text!r}")
     return values
 
 
 def int_list(text):
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated whole numbers, got {text!r}"
-        ) from None
+    values = _whole_numbers(text)
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected numbers >= 1, got {text!r}")
     return values

@@ -7,7 +7,7 @@ from keras import layers, ops
 
 from diffusion_keras import guidance, sampling
 from diffusion_keras.layers import validate_batch_norm
-from diffusion_keras.pixels import pixels_in_unit_range, warn_about_pixel_range
+from diffusion_keras.pixels import images_of, pixels_in_unit_range, warn_about_pixel_range
 from diffusion_keras.precision import validate_precision
 from diffusion_keras.samplers import validate_sampler, validate_spacing
 from diffusion_keras.sampling import Sampler
@@ -23,16 +23,6 @@ def _loss_function(name):
     if name == "mae":
         return lambda y_true, y_pred: ops.mean(ops.abs(y_true - y_pred))
     return lambda y_true, y_pred: ops.mean(ops.square(y_true - y_pred))
-
-
-def _images_of(data):
-    # `fit` passes whatever the dataset yields: images, (images, labels), or a
-    # tfds-style dict.
-    if isinstance(data, (tuple, list)):
-        return data[0]
-    if isinstance(data, dict):
-        return data["image"]
-    return data
 
 
 def _labels_of(data):
@@ -162,18 +152,19 @@ class DiffusionModel(keras.Model):
         # The model's own policy makes `compile` wrap the optimizer in a
         # LossScaleOptimizer under mixed_float16.
         super().__init__(dtype=precision, **kwargs)
+        if autoencoder is not None and channels != 3:
+            raise ValueError(f"a latent model's images have 3 channels, got channels={channels}")
         if isinstance(autoencoder, dict):
+            # A saved model's own copy, frozen as it was saved; Keras loads its weights.
             autoencoder = keras.saving.deserialize_keras_object(autoencoder)
-        if autoencoder is not None:
-            if channels != 3:
-                raise ValueError(
-                    f"a latent model's images have 3 channels, got channels={channels}"
-                )
+        elif autoencoder is not None:
             # A frozen, uncompiled copy (the weights and latent scale, not
             # the autoencoder's optimizer), so that the user's stays theirs.
             frozen = type(autoencoder).from_config({**autoencoder.get_config(), "trainable": False})
             frozen.set_weights(autoencoder.get_weights())
             autoencoder = frozen
+        if autoencoder is not None:
+            autoencoder.trainable = False
         self.autoencoder = autoencoder
         if autoencoder is not None:
             space_size, _, space_channels = autoencoder.latent_shape(int(image_size))
@@ -375,7 +366,7 @@ class DiffusionModel(keras.Model):
                 `{"image": ..., "label": ...}` dicts are ignored.
         """
         if isinstance(dataset, tf.data.Dataset):
-            images = dataset.map(lambda *e: _images_of(e if len(e) > 1 else e[0]))
+            images = dataset.map(lambda *e: images_of(e if len(e) > 1 else e[0]))
             first = next(iter(images.take(1)), None)
             if first is None:
                 raise ValueError("adapt got an empty dataset")
@@ -385,7 +376,7 @@ class DiffusionModel(keras.Model):
             else:
                 dataset = np.concatenate([self.encode_images(batch) for batch in images])
         else:
-            images = _images_of(dataset)
+            images = images_of(dataset)
             warn_about_pixel_range(images)
             if self.autoencoder is None:
                 dataset = pixels_in_unit_range(images)
@@ -518,7 +509,7 @@ class DiffusionModel(keras.Model):
 
     def _noisy_batch(self, images, seed):
         """Draws noises and diffusion times for a batch and mixes them in."""
-        images = self.normalize(self.to_space(_images_of(images)))
+        images = self.normalize(self.to_space(images_of(images)))
         local_batch = ops.shape(images)[0]
         noises = self._global_draw(
             tf.random.stateless_normal, local_batch, ops.shape(images)[1:], seed

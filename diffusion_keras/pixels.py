@@ -18,6 +18,16 @@ import tensorflow as tf
 FLOAT_0_255_THRESHOLD = 1.5
 
 
+def images_of(data):
+    """The images of what a Keras pipeline yields: images, `(images, labels)`,
+    or a tfds-style `{"image": ..., "label": ...}` dict."""
+    if isinstance(data, (tuple, list)):
+        return data[0]
+    if isinstance(data, dict):
+        return data["image"]
+    return data
+
+
 def pixels_in_unit_range(images):
     """Images as float32 pixels in [0, 1], whatever range a Keras pipeline
     gives them in: uint8 (and uint16) by their type's largest value, floats
