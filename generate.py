@@ -76,9 +76,13 @@ def parser():
         help="ddim only: fresh noise per step, 0 (deterministic) to 1 (DDPM-like)")  # fmt: skip
     add("--class", dest="class_label", metavar="NAME|INDEX",
         help="generate this class: a conditional model's, or the classifier's")  # fmt: skip
+    add("--prompt", help="a text-conditional model's prompt (train.py --captions)")
+    add("--negative-prompt",
+        help="--prompt with --guidance-scale: steer away from this, not the empty prompt",
+    )  # fmt: skip
     add("--guidance-scale", type=non_negative_float, default=1.0,
         help="classifier-free guidance weight: 1 conditional (default), 0 unconditional, "
-        "more pushes harder to the class")  # fmt: skip
+        "more pushes harder to the class or prompt")  # fmt: skip
     add("--classifier", help="a classifier saved by train.py --train-classifier "
         "(default with --classifier-scale: classifier.keras beside the model)")  # fmt: skip
     add("--classifier-scale", type=non_negative_float, default=None,
@@ -114,6 +118,23 @@ def parser():
         help="crop inputs (and masks) to a centred square before resizing, as train.py does",
     )  # fmt: skip
     return p
+
+
+def prompting(args, model):
+    """The prompt flags as `generate` arguments, checked against the model."""
+    if args.prompt is None and args.negative_prompt is None:
+        return {}
+    if model.text_encoder is None:
+        raise UsageError(
+            "--prompt: this model is not text-conditional; train one with train.py --captions"
+        )
+    if args.prompt is None:
+        raise UsageError("--negative-prompt needs a --prompt")
+    if args.negative_prompt is not None and args.guidance_scale == 1.0:
+        raise UsageError(
+            "--negative-prompt acts through guidance; give --guidance-scale other than 1"
+        )
+    return dict(prompts=args.prompt, negative_prompts=args.negative_prompt)
 
 
 def classifier_guidance(args, model):
@@ -220,7 +241,7 @@ def main(argv=None):
     progress = not args.no_progress
     generate = dict(
         **settings, batch_size=args.batch_size, progress=progress, seed=args.seed,
-        class_labels=args.class_label,
+        class_labels=args.class_label, **prompting(args, model),
         guidance_scale=args.guidance_scale, **classifier_guidance(args, model),
     )  # fmt: skip
     outputs, names = None, None

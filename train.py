@@ -147,6 +147,28 @@ def parser():
         help="--latent: epochs of autoencoder training (default 10)",
     )
     add(
+        "--precise-bn-batches",
+        type=non_negative_int,
+        help="recompute the EMA network's batch-norm statistics from N batches at each "
+        "epoch's end (default 16; 0 off, as --recipe book)",
+    )
+    add(
+        "--captions",
+        action="store_true",
+        default=None,
+        help="text-to-image: train on captions (builtin:flowers makes its own; folders: "
+        "metadata.jsonl or NAME.txt beside each image); needs --attention-levels",
+    )
+    add(
+        "--text-encoder",
+        help="--captions with this text encoder (a text_encoder.keras from an earlier run)",
+    )
+    add(
+        "--text-encoder-epochs",
+        type=positive_int,
+        help="--captions: epochs of contrastive (CLIP) text-encoder training (default 10)",
+    )
+    add(
         "--conditional",
         action="store_true",
         default=None,
@@ -155,7 +177,8 @@ def parser():
     add(
         "--label-dropout",
         type=unit_interval,
-        help="--conditional: share of labels trained as 'no class' (default 0.1)",
+        help="--conditional/--captions: share of labels (captions) trained as 'no class' "
+        "(the empty prompt; default 0.1)",
     )
     add(
         "--train-classifier",
@@ -267,6 +290,8 @@ def config_from_args(args):
         given["attention_levels"] = tuple(given["attention_levels"])
     if given.get("autoencoder"):
         given["latent"] = True
+    if given.get("text_encoder"):
+        given["captions"] = True
     if not args.resume:
         return TrainConfig.for_recipe(args.recipe or "default", **given)
     if args.recipe is not None:
@@ -312,6 +337,14 @@ def main(argv=None):
     space_size = config.image_size
     if config.autoencoder and not os.path.isfile(config.autoencoder):
         raise UsageError(f"--autoencoder: {config.autoencoder} does not exist")
+    if config.text_encoder and not os.path.isfile(config.text_encoder):
+        raise UsageError(f"--text-encoder: {config.text_encoder} does not exist")
+    if config.captions and config.conditional:
+        raise UsageError("--captions and --conditional: a model takes captions or classes")
+    if config.captions and not config.attention_levels:
+        raise UsageError(
+            "--captions: the U-Net cross-attends to the caption; give --attention-levels (e.g. 2,3)"
+        )
     if config.latent:
         if config.image_size % config.latent_factor:
             raise UsageError(
@@ -331,6 +364,7 @@ def main(argv=None):
         config.image_size,
         center_crop=config.center_crop,
         with_labels=config.conditional or config.train_classifier,
+        with_captions=config.captions,
     )
     print(
         f"{len(data)} images from {config.data}; run directory {config.output}; "

@@ -26,8 +26,8 @@ needs to reach its final KID over the minutes the recipe needs to reach it
 against CPU minutes, one line per recipe, goes to `--plot`. Run by hand,
 never by CI.
 
-Recipes whose settings come out identical (`default` is the book's with the
-EMA warm-up, today) are trained once and share a result. With `--save-dir`,
+Recipes whose settings come out identical (`no_precise_bn` is `book_ema_warmup`)
+are trained once and share a result. With `--save-dir`,
 each result is also kept as `DATASET_RECIPE.json`, and `--reuse` takes those
 instead of training again, so a long race can be finished in parts.
 """
@@ -54,6 +54,7 @@ RECIPES = {
         warmup_steps=200,
     ),
     "cosine": dict(recipe="default", lr_schedule="cosine", warmup_steps=40),
+    "no_precise_bn": dict(recipe="default", precise_bn_batches=0),
     "lr2e-3_cosine": dict(
         recipe="default", learning_rate=2e-3, lr_schedule="cosine", warmup_steps=40,
     ),
@@ -63,6 +64,12 @@ RECIPES = {
     "min_snr_velocity": dict(
         recipe="default", prediction="velocity", loss="mse", loss_weighting="min_snr",
     ),
+    "cosine_min_snr_velocity": dict(
+        recipe="default", lr_schedule="cosine", warmup_steps=40, prediction="velocity",
+        loss="mse", loss_weighting="min_snr",
+    ),
+    "cosine_mse": dict(recipe="default", lr_schedule="cosine", warmup_steps=40, loss="mse"),
+    "cosine_no_ema": dict(recipe="default", lr_schedule="cosine", warmup_steps=40, ema=0.0),
 }  # fmt: skip
 SAMPLERS = [
     ("ddim, 20 steps (the book's)", dict(diffusion_steps=20)),
@@ -125,8 +132,10 @@ def recipe_config(recipe, args):
 
 def recipe_run(config, args, total_steps):
     """What a worker trains and measures with: `(model, dataset, real,
-    extractor)`, the model built for `total_steps` and adapted to the
-    training images, `real` the held-out images in [0, 1]."""
+    extractor, settle)`, the model built for `total_steps` and adapted to the
+    training images, `real` the held-out images in [0, 1], and `settle(mark)`
+    what `train()` does at an epoch's end before sampling: the EMA network's
+    precise batch norm when the recipe has it (`diffusion_keras.precise_bn`)."""
     import numpy as np
 
     from diffusion_keras.data import train_dataset
@@ -139,7 +148,20 @@ def recipe_run(config, args, total_steps):
     model = build_model(config, total_steps=max(total_steps, 1))
     model.adapt(train_data.images.astype(np.float32) / 255.0)
     dataset = train_dataset(train_data, config.batch_size, 1, seed=args.seed, flip=config.flip)
-    return model, dataset, real, extractor
+    callback = None
+    if config.precise_bn_batches:
+        from diffusion_keras.precise_bn import PreciseBatchNorm
+
+        callback = PreciseBatchNorm(
+            train_data, config.precise_bn_batches, config.batch_size, config.seed
+        )
+        callback.set_model(model)
+
+    def settle(mark):
+        if callback is not None:
+            callback.on_epoch_end(mark)
+
+    return model, dataset, real, extractor, settle
 
 
 def worker(args):
@@ -153,12 +175,13 @@ def worker(args):
     # A schedule needs the run's length: from the CPU cost per image measured
     # for the book's recipe in this run (the same network and image size).
     total_steps = int(budget * args.images_per_cpu_second / config.batch_size)
-    model, dataset, real, extractor = recipe_run(config, args, total_steps)
+    model, dataset, real, extractor, settle = recipe_run(config, args, total_steps)
     marks = [budget * (k + 1) / args.marks for k in range(args.marks)]
     curve, excluded = [], [0.0]
     start = cpu_seconds()
 
     def measure(steps):
+        settle(steps)  # counted: train() does it at every epoch's end
         begin = cpu_seconds()
         images = model.generate(len(real), 20, seed=args.seed)
         kid = kid_between(extractor, real, images)

@@ -15,10 +15,13 @@ from diffusion_keras.images import save_grid
 class SampleGrid(keras.callbacks.Callback):
     """Writes `directory/epoch_NNN.png` after each epoch: `num_images` images
     from the EMA network, from the same seeded noise every epoch so that the
-    grids show the model's progress."""
+    grids show the model's progress. A text model's grid draws `prompts`
+    (one per image, listed once in `directory/prompts.txt`)."""
 
-    def __init__(self, directory, num_images=10, diffusion_steps=20, seed=0, columns=10):
+    def __init__(self, directory, num_images=10, diffusion_steps=20, seed=0, columns=10,
+                 prompts=None):  # fmt: skip
         super().__init__()
+        self.prompts = None if prompts is None else list(prompts)
         self.directory = directory
         self.num_images = num_images
         self.diffusion_steps = diffusion_steps
@@ -31,7 +34,13 @@ class SampleGrid(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.epoch_is_whole is not None and not self.epoch_is_whole(epoch):
             return
-        images = self.model.generate(self.num_images, self.diffusion_steps, seed=self.seed)
+        extra = {}
+        if self.prompts is not None:
+            os.makedirs(self.directory, exist_ok=True)
+            with open(os.path.join(self.directory, "prompts.txt"), "w") as handle:
+                handle.write("\n".join(self.prompts) + "\n")
+            extra = dict(prompts=self.prompts)
+        images = self.model.generate(self.num_images, self.diffusion_steps, seed=self.seed, **extra)
         path = os.path.join(self.directory, f"epoch_{epoch + 1:03d}.png")
         self.last_path = save_grid(images, path, columns=self.columns)
 

@@ -30,15 +30,18 @@ class ImageData:
 
     Attributes:
         images: numpy uint8 array.
-        labels: numpy int array `(n,)` or None.
+        labels: numpy int array `(n,)` or None (for a text model's training:
+            the captions' tokens `(n, words)`).
         class_names: list of str, one per label value, or None.
         source: str. Where the images came from.
+        captions: list of str, one per image ("" for none), or None.
     """
 
     images: np.ndarray
     labels: np.ndarray = None
     class_names: list = None
     source: str = ""
+    captions: list = None
 
     def __len__(self):
         return len(self.images)
@@ -122,11 +125,13 @@ def _warn_skipped(skipped, what):
 
 
 def load_folder(folder, image_size, center_crop=False, with_labels=False, workers=None,
-                cache=True):  # fmt: skip
+                cache=True, with_captions=False):  # fmt: skip
     """Decodes every image below `folder` (jpg, png, bmp, gif, any depth).
 
     Unreadable files are skipped with one warning naming how many. With
-    `with_labels`, the first-level subfolder of each image is its class.
+    `with_labels`, the first-level subfolder of each image is its class;
+    with `with_captions`, captions come from `metadata.jsonl` or sidecar
+    `.txt` files (`diffusion_keras.captions.folder_captions`).
     With `cache`, the decoded images are kept on disk and later calls map
     them read-only instead of decoding again (`diffusion_keras.image_cache`).
     """
@@ -140,7 +145,10 @@ def load_folder(folder, image_size, center_crop=False, with_labels=False, worker
             f"no image files (jpg, png, bmp, gif) found in {folder!r}"
             + (f"; it has {len(others)} other files" if others else "")
         )
-    _warn_skipped(others, "files that are not images")
+    from diffusion_keras.captions import folder_captions, is_caption_file
+
+    stems = {os.path.splitext(path)[0] for path in paths}
+    _warn_skipped([p for p in others if not is_caption_file(p, stems)], "files that are not images")
 
     def decode(path):
         try:
@@ -174,7 +182,8 @@ def load_folder(folder, image_size, center_crop=False, with_labels=False, worker
             )
         class_names = sorted(set(classes))
         labels = np.array([class_names.index(c) for c in classes], dtype=np.int32)
-    return ImageData(images, labels, class_names, source=folder)
+    captions = folder_captions(folder, kept) if with_captions else None
+    return ImageData(images, labels, class_names, source=folder, captions=captions)
 
 
 # -- tensorflow-datasets ---------------------------------------------------
@@ -267,7 +276,8 @@ def load_tfds(name, image_size, data_dir=None, download=True, center_crop=False)
 # -- entry point -----------------------------------------------------------
 
 
-def load_images(source, image_size=64, center_crop=False, with_labels=False, data_dir=None):
+def load_images(source, image_size=64, center_crop=False, with_labels=False, data_dir=None,
+                with_captions=False):  # fmt: skip
     """Loads training images from a folder, `tfds:NAME` or `builtin:flowers[:N]`.
 
     Args:
@@ -280,6 +290,9 @@ def load_images(source, image_size=64, center_crop=False, with_labels=False, dat
             subfolders; `builtin:flowers`: petal colour, red, green, blue or
             purple).
         data_dir: str or None. tensorflow-datasets data folder.
+        with_captions: bool. Also return a caption per image (folder:
+            `metadata.jsonl` or sidecar `.txt` files; `builtin:flowers`: made
+            from each flower's drawing parameters).
     """
     from diffusion_keras.flowers import CLASS_NAMES, DEFAULT_COUNT, flower_images, flower_labels
 
@@ -293,14 +306,25 @@ def load_images(source, image_size=64, center_crop=False, with_labels=False, dat
             raise DataError(f"builtin:flowers:N needs a whole number, got {count!r}") from None
         if count < 1:
             raise DataError(f"builtin:flowers:N needs N >= 1, got {count}")
+        captions = None
+        if with_captions:
+            from diffusion_keras.captions import flower_caption
+
+            captions = [flower_caption(index) for index in range(count)]
         if not with_labels:
-            return ImageData(flower_images(count, image_size), source=source)
+            return ImageData(flower_images(count, image_size), source=source, captions=captions)
         return ImageData(
-            flower_images(count, image_size), flower_labels(count), list(CLASS_NAMES), source
-        )
+            flower_images(count, image_size), flower_labels(count), list(CLASS_NAMES), source,
+            captions,
+        )  # fmt: skip
     if source.startswith(TFDS_PREFIX):
+        if with_captions:
+            raise DataError(
+                f"{source} has no captions here; use builtin:flowers or an image folder with "
+                "metadata.jsonl or .txt captions"
+            )
         return load_tfds(source[len(TFDS_PREFIX) :], image_size, data_dir, center_crop=center_crop)
-    return load_folder(source, image_size, center_crop, with_labels)
+    return load_folder(source, image_size, center_crop, with_labels, with_captions=with_captions)
 
 
 RELEASE_EVERY = 16  # batches between handing a memory map's pages back
@@ -349,7 +373,8 @@ def train_dataset(
     data, batch_size, repetitions=5, seed=0, flip=False, first_epoch=0, epochs=None, labels=False,
     first_step=0,
 ):  # fmt: skip
-    """A `tf.data.Dataset` of float32 batches in [0, 1] for epochs
+    """A `tf.data.Dataset` of float32 batches in [0, 1] (of `data.images`
+    as they are when those are float32: latents) for epochs
     `first_epoch`, `first_epoch + 1`, ... (forever when `epochs` is None),
     the first of them from its batch `first_step` on (a resumed epoch).
     With `labels`, elements are `(images, labels)`."""
@@ -371,11 +396,16 @@ def train_dataset(
             yield from itertools.islice(batches, first_step if epoch == first_epoch else 0, None)
             epoch += 1
 
-    signature = tf.TensorSpec(shape, tf.uint8)
+    pixels = data.images.dtype == np.uint8
+    signature = tf.TensorSpec(shape, tf.uint8 if pixels else tf.float32)
     if labels:
-        signature = (signature, tf.TensorSpec((batch_size,), tf.int32))
+        signature = (signature, tf.TensorSpec((batch_size,) + data.labels.shape[1:], tf.int32))
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
-    to_float = lambda x: tf.cast(x, tf.float32) / 255.0
+
+    def to_float(x):
+        # uint8 pixels to [0, 1]; float32 arrays (a latent run's cached latents) as they are.
+        return tf.cast(x, tf.float32) / 255.0 if pixels else x
+
     if labels:
         dataset = dataset.map(lambda x, y: (to_float(x), y))
     else:
@@ -408,6 +438,8 @@ def require_labels(data):
             f"{data.source or 'these images'} has no class labels; use an image folder "
             "with one subfolder per class, or a tfds data set with labels"
         )
+    if data.labels.ndim > 1:
+        return  # a text model's caption tokens, not classes
     if len(np.unique(data.labels)) < 2:
         raise DataError(f"{data.source} has images of only one class; classes need two or more")
 
@@ -420,11 +452,59 @@ def split_held_out(data, count, seed=0):
     order = np.random.default_rng([seed, 7]).permutation(len(data.images))
     kept, held = np.sort(order[count:]), np.sort(order[:count])
 
-    def subset(index):
+    def subset(index, rows):
         labels = None if data.labels is None else data.labels[index]
-        return ImageData(data.images[index], labels, data.class_names, data.source)
+        captions = None if data.captions is None else [data.captions[i] for i in index]
+        return ImageData(rows, labels, data.class_names, data.source, captions)
 
-    return subset(kept), subset(held)
+    # Mapped images (a folder's cache) stay mapped: the training part reads
+    # its rows on demand instead of copying most of the file into memory.
+    mapped = isinstance(data.images, (np.memmap, IndexedImages))
+    rows = IndexedImages(data.images, kept) if mapped else data.images[kept]
+    return subset(kept, rows), subset(held, np.asarray(data.images[held]))
+
+
+class IndexedImages:
+    """Rows `index` of a memory-mapped image array, read when indexed: what
+    `split_held_out` keeps of mapped images, so that holding images out of a
+    100,000-image folder does not copy the other 99,800 into memory.
+
+    Indexing (an int, a slice or an index array) returns a numpy array, as
+    indexing the array would; `release_pages` reaches the mapped file."""
+
+    def __init__(self, array, index):
+        if isinstance(array, IndexedImages):
+            array, index = array.array, array.index[index]
+        self.array, self.index = array, np.asarray(index)
+
+    @property
+    def shape(self):
+        return (len(self.index),) + tuple(self.array.shape[1:])
+
+    @property
+    def dtype(self):
+        return self.array.dtype
+
+    @property
+    def ndim(self):
+        return self.array.ndim
+
+    @property
+    def _mmap(self):
+        return getattr(self.array, "_mmap", None)
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, key):
+        return np.asarray(self.array[self.index[key]])
+
+    def __array__(self, dtype=None, copy=None):
+        rows = np.asarray(self.array[self.index])
+        return rows if dtype is None else rows.astype(dtype)
+
+    def astype(self, dtype):
+        return np.asarray(self).astype(dtype)
 
 
 def image_dataset(data, batch_size):
@@ -442,6 +522,9 @@ def image_dataset(data, batch_size):
                 release_pages(images)
         release_pages(images)
 
+    if images.dtype != np.uint8:  # latents: as they are
+        signature = tf.TensorSpec((None,) + images.shape[1:], tf.float32)
+        return without_autotune(tf.data.Dataset.from_generator(batches, output_signature=signature))
     signature = tf.TensorSpec((None,) + images.shape[1:], tf.uint8)
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
     return without_autotune(dataset.map(lambda x: tf.cast(x, tf.float32) / 255.0))

@@ -189,6 +189,7 @@ def edit(
     model, images, strength=None, mask=None, noise_level=None, resample=1, diffusion_steps=20,
     seed=None, sampler="ddim", eta=0.0, spacing="uniform", class_labels=None,
     guidance_scale=1.0, classifier=None, classifier_scale=1.0, batch_size=64, progress=False,
+    prompts=None, negative_prompts=None,
 ):  # fmt: skip
     """Edits `images` with `model`; see `DiffusionModel.edit`."""
     from diffusion_keras.samplers import validate_sampler, validate_spacing
@@ -223,8 +224,9 @@ def edit(
     count = len(images)
     masks = None if mask is None else as_masks(mask, count, shape)
     steering = guidance.steering(
-        model, count, class_labels, guidance_scale, classifier, classifier_scale
-    )
+        model, count, class_labels, guidance_scale, classifier, classifier_scale, prompts,
+        negative_prompts,
+    )  # fmt: skip
     diffusion_steps, batch_size = int(diffusion_steps), int(batch_size)
     if diffusion_steps < 1 or batch_size < 1:
         raise ValueError("diffusion_steps and batch_size must be >= 1")

@@ -26,32 +26,59 @@ def _hsv(h, s, v):
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), dtype=np.float32)
 
 
-def _first_draws(index):
-    """The random generator of flower `index` and its first draws: background
-    colours, centre, size and petal hue."""
-    rng = np.random.default_rng([20240801, index])
-    top = _hsv(rng.uniform(0.15, 0.45), rng.uniform(0.3, 0.8), rng.uniform(0.15, 0.6))
-    bottom = _hsv(rng.uniform(0.1, 0.4), rng.uniform(0.3, 0.9), rng.uniform(0.05, 0.45))
-    centre = rng.uniform(-0.2, 0.2, size=2)
-    flower_radius = rng.uniform(0.45, 0.9)
-    petal_hue = rng.uniform(0.0, 1.0)
-    return rng, top, bottom, centre, flower_radius, petal_hue
-
-
 def flower_labels(count=DEFAULT_COUNT):
     """The colour class of each of the first `count` flowers (an index into
     `CLASS_NAMES`), from its petal hue."""
     labels = np.empty(count, dtype=np.int32)
     for index in range(count):
-        hue = _first_draws(index)[5]
+        hue = flower_parameters(index)[1]["petal_hue"]
         hue = hue - 1.0 if hue >= COLOUR_CLASSES[-1][2] else hue
         labels[index] = next(i for i, (_, lo, hi) in enumerate(COLOUR_CLASSES) if lo <= hue < hi)
     return labels
 
 
+def flower_parameters(index):
+    """The drawing parameters of flower `index` (what its caption describes),
+    and its random generator after them (the grain is drawn from it last).
+
+    Returns `(rng, parameters)`: `parameters` holds `top` and `bottom`
+    (background RGB), `centre`, `flower_radius`, `petal_hue`, `layers` (a
+    list, outermost first, of dicts with `petals`, `rotation`, `sharpness`,
+    `inner`, `hue`, and `base` and `tip` RGB), `disc_radius` and `disc` (RGB), and the
+    HSV draws the colours came from (`top_hsv`, `bottom_hsv`, `disc_hsv`).
+    """
+    rng = np.random.default_rng([20240801, index])
+    top_hsv = (rng.uniform(0.15, 0.45), rng.uniform(0.3, 0.8), rng.uniform(0.15, 0.6))
+    bottom_hsv = (rng.uniform(0.1, 0.4), rng.uniform(0.3, 0.9), rng.uniform(0.05, 0.45))
+    centre = rng.uniform(-0.2, 0.2, size=2)
+    flower_radius = rng.uniform(0.45, 0.9)
+    petal_hue = rng.uniform(0.0, 1.0)
+    layers = []
+    for layer in range(2 if rng.uniform() < 0.4 else 1):
+        petals = int(rng.integers(4, 13))
+        rotation = rng.uniform(0.0, 2.0 * np.pi)
+        sharpness = rng.uniform(0.4, 3.0)
+        inner = rng.uniform(0.05, 0.45)
+        hue = petal_hue + 0.06 * layer + rng.uniform(-0.03, 0.03)
+        base = _hsv(hue, rng.uniform(0.45, 1.0), rng.uniform(0.6, 1.0))
+        tip = _hsv(hue + rng.uniform(-0.08, 0.08), rng.uniform(0.2, 0.9), 1.0)
+        layers.append(dict(petals=petals, rotation=rotation, sharpness=sharpness, inner=inner,
+                           hue=hue, base=base, tip=tip))  # fmt: skip
+    disc_radius = flower_radius * rng.uniform(0.1, 0.3)
+    disc_hsv = (rng.uniform(0.05, 0.16), rng.uniform(0.6, 1.0), rng.uniform(0.25, 0.95))
+    return rng, dict(
+        top=_hsv(*top_hsv), bottom=_hsv(*bottom_hsv), centre=centre,
+        flower_radius=flower_radius, petal_hue=petal_hue, layers=layers,
+        disc_radius=disc_radius, disc=_hsv(*disc_hsv), top_hsv=top_hsv,
+        bottom_hsv=bottom_hsv, disc_hsv=disc_hsv,
+    )  # fmt: skip
+
+
 def render_flower(index, image_size=64):
     """Draws flower number `index` as a float32 array in [0, 1]."""
-    rng, top, bottom, (centre_x, centre_y), flower_radius, petal_hue = _first_draws(index)
+    rng, drawn = flower_parameters(index)
+    top, bottom, flower_radius = drawn["top"], drawn["bottom"], drawn["flower_radius"]
+    centre_x, centre_y = drawn["centre"]
     size = image_size * _SUPERSAMPLING
     coords = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
     y, x = np.meshgrid(coords, coords, indexing="ij")
@@ -63,26 +90,19 @@ def render_flower(index, image_size=64):
     dx, dy = x - centre_x, y - centre_y
     radius = np.sqrt(dx**2 + dy**2)
     angle = np.arctan2(dy, dx)
-    layers = 2 if rng.uniform() < 0.4 else 1
-    for layer in range(layers):
-        petals = int(rng.integers(4, 13))
-        rotation = rng.uniform(0.0, 2.0 * np.pi)
-        sharpness = rng.uniform(0.4, 3.0)
-        inner = rng.uniform(0.05, 0.45)
+    for layer, petal in enumerate(drawn["layers"]):
         layer_radius = flower_radius * (1.0 - 0.35 * layer)
-        profile = np.abs(np.cos(petals * (angle - rotation) / 2.0)) ** sharpness
-        petal_radius = layer_radius * (inner + (1.0 - inner) * profile)
+        profile = np.abs(np.cos(petal["petals"] * (angle - petal["rotation"]) / 2.0))
+        profile = profile ** petal["sharpness"]
+        petal_radius = layer_radius * (petal["inner"] + (1.0 - petal["inner"]) * profile)
         inside = radius < petal_radius
-        hue = petal_hue + 0.06 * layer + rng.uniform(-0.03, 0.03)
-        base = _hsv(hue, rng.uniform(0.45, 1.0), rng.uniform(0.6, 1.0))
-        tip = _hsv(hue + rng.uniform(-0.08, 0.08), rng.uniform(0.2, 0.9), 1.0)
+        base, tip = petal["base"], petal["tip"]
         # Shade along the petal: darker near the centre, lighter at the tips.
         along = np.clip(radius / np.maximum(petal_radius, 1e-6), 0.0, 1.0)[..., None]
         shade = base * (0.55 + 0.45 * along) * (1.0 - along) + tip * along
         image = np.where(inside[..., None], shade, image)
 
-    disc_radius = flower_radius * rng.uniform(0.1, 0.3)
-    disc = _hsv(rng.uniform(0.05, 0.16), rng.uniform(0.6, 1.0), rng.uniform(0.25, 0.95))
+    disc_radius, disc = drawn["disc_radius"], drawn["disc"]
     dots = 0.85 + 0.15 * np.sin(40.0 * dx) * np.sin(40.0 * dy)
     image = np.where((radius < disc_radius)[..., None], disc * dots[..., None], image)
 

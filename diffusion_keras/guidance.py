@@ -19,11 +19,13 @@ def guided_denoise(model, noisy_images, noise_rates, signal_rates, guide=None):
     """`denoise` with the EMA network, steered as `guide` says.
 
     `guide` is None (unconditional) or a dict with `class_labels` (int32
-    `(batch,)`), `guidance_scale` (a float, or None for the plain
+    `(batch,)`, or a text model's caption tokens `(batch, words)`),
+    `null_labels` (the same shape: the null class, the empty prompt or a
+    negative prompt), `guidance_scale` (a float, or None for the plain
     conditional model), `classifier` (a `NoiseClassifier` or None) and
     `classifier_scale`:
     1. Classifier-free guidance (Ho & Salimans 2022, eq. 6): the network
-       runs for the labels and for the null class in one doubled batch, and
+       runs for the labels and for the null labels in one doubled batch, and
        outputs = unconditional + w (conditional - unconditional); w = 1 is
        the conditional model, w = 0 the unconditional one.
     2. Classifier guidance (Dhariwal & Nichol 2021, algorithm 2): the
@@ -33,10 +35,11 @@ def guided_denoise(model, noisy_images, noise_rates, signal_rates, guide=None):
     if guide is None:
         return model.denoise(noisy_images, noise_rates, signal_rates, training=False)
     class_labels = guide["class_labels"]
-    conditional = class_labels if model.num_classes else None
-    if model.num_classes and guide["guidance_scale"] is not None:
+    conditional = class_labels if model.conditional else None
+    if model.conditional and guide["guidance_scale"] is not None:
         batch = ops.shape(noisy_images)[0]
-        nulls = ops.full((batch,), model.null_class, "int32")
+        nulls = guide.get("null_labels")
+        nulls = model.null_labels(batch) if nulls is None else nulls
         outputs = model.network_outputs(
             ops.concatenate([noisy_images, noisy_images], axis=0),
             ops.concatenate([noise_rates, noise_rates], axis=0),
@@ -75,7 +78,35 @@ def resolve_labels(model, class_labels, count, classifier):
     return np.array([classifier.class_index(c) for c in class_labels], dtype=np.int32)
 
 
-def steering(model, count, class_labels, guidance_scale, classifier, classifier_scale):
+def prompt_tokens(model, prompts, count, what="prompts"):
+    """A text model's tokens `(count, words)` of one prompt or one per image."""
+    if isinstance(prompts, str):
+        prompts = [prompts] * count
+    prompts = [str(prompt) for prompt in np.asarray(prompts, dtype=object).reshape(-1)]
+    if len(prompts) != count:
+        raise ValueError(f"got {len(prompts)} {what} for {count} images")
+    return model.text_encoder.tokenize(prompts)
+
+
+def text_steering(model, count, prompts, negative_prompts, guidance_scale):
+    """`steering` for a text-conditional model: the prompts' tokens, and for
+    classifier-free guidance the negative prompts' (or the empty prompt's)."""
+    if prompts is None:
+        if guidance_scale != 1.0 or negative_prompts is not None:
+            raise ValueError("guidance_scale and negative prompts need a prompt")
+        return dict(labels=None, guidance="none", guidance_scale=guidance_scale)
+    labels = prompt_tokens(model, prompts, count)
+    nulls = np.zeros_like(labels)
+    if negative_prompts is not None:
+        nulls = prompt_tokens(model, negative_prompts, count, "negative prompts")
+    if guidance_scale == 0.0:
+        labels = nulls  # w = 0: the unconditional (or negative) model alone
+    kind = "labels" if guidance_scale in (0.0, 1.0) else "cfg"
+    return dict(labels=labels, null_labels=nulls, guidance=kind, guidance_scale=guidance_scale)
+
+
+def steering(model, count, class_labels, guidance_scale, classifier, classifier_scale,
+             prompts=None, negative_prompts=None):  # fmt: skip
     """Checks the guidance arguments of `generate` and `edit` and returns
     them as `Sampler.run` takes them: labels, guidance kind and scales."""
     guidance_scale, classifier_scale = float(guidance_scale), float(classifier_scale)
@@ -83,6 +114,12 @@ def steering(model, count, class_labels, guidance_scale, classifier, classifier_
         raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale}")
     if not (np.isfinite(classifier_scale) and classifier_scale >= 0.0):
         raise ValueError(f"classifier_scale must be a number >= 0, got {classifier_scale}")
+    if model.text_encoder is not None:
+        if class_labels is not None or classifier is not None:
+            raise ValueError("this model is text-conditional; give it prompts, not classes")
+        return text_steering(model, count, prompts, negative_prompts, guidance_scale)
+    if prompts is not None or negative_prompts is not None:
+        raise ValueError("prompts need a text-conditional model (train.py --captions)")
     if guidance_scale != 1.0 and not model.num_classes:
         raise ValueError("guidance_scale needs a class-conditional model (train.py --conditional)")
     if guidance_scale != 1.0 and class_labels is None:

@@ -7,9 +7,13 @@ first checkpoint does not train it twice, and another run can reuse it with
 `--autoencoder PATH`.
 """
 
+import dataclasses
+import hashlib
+import json
 import os
 
 import keras
+import numpy as np
 
 from diffusion_keras.autoencoder import Autoencoder
 from diffusion_keras.callbacks import save_model_atomically
@@ -17,6 +21,7 @@ from diffusion_keras.data import image_dataset, steps_per_epoch, train_dataset
 from diffusion_keras.errors import TrainingError
 
 AUTOENCODER_FILE = "autoencoder.keras"
+LATENTS_FILE = "latents.npy"
 AUTOENCODER_LEARNING_RATE = 1e-3
 
 
@@ -54,3 +59,61 @@ def autoencoder_for(config, data, run_dir, verbose="auto", chief=True):
     if chief:
         save_model_atomically(autoencoder, path)
     return autoencoder
+
+
+def _fingerprint(model, data):
+    """What the cached latents depend on: the images (hashed a batch at a
+    time) and the autoencoder's weights."""
+    from diffusion_keras.data import release_pages
+
+    images = hashlib.blake2b(digest_size=16)
+    for start in range(0, len(data.images), 256):
+        images.update(np.ascontiguousarray(data.images[start : start + 256]).tobytes())
+    release_pages(data.images)
+    weights = hashlib.blake2b(digest_size=16)
+    for weight in model.autoencoder.get_weights():
+        weights.update(np.ascontiguousarray(weight).tobytes())
+    return dict(count=len(data.images), image_shape=list(data.images.shape[1:]),
+                latent_shape=list(model.sample_shape), images=images.hexdigest(),
+                autoencoder=weights.hexdigest())  # fmt: skip
+
+
+def encoded_once(model, data, run_dir, batch_size=64):
+    """`data` with its images replaced by `model`'s scaled latents, encoded
+    once into `RUN_DIR/latents.npy` and memory-mapped from there, so that
+    training streams latents instead of encoding every batch at every step.
+
+    A later start of the run (`--resume`) maps the same file when it was
+    made from the same images with the same autoencoder (a fingerprint
+    beside it says so), and encodes again otherwise. The file is written
+    atomically. The latents are the posterior means, so training on them is
+    training on the images (`DiffusionModel.to_space`).
+    """
+    from diffusion_keras.data import release_pages
+
+    path = os.path.join(run_dir, LATENTS_FILE)
+    meta = path + ".json"
+    fingerprint = _fingerprint(model, data)
+    if os.path.exists(path) and os.path.exists(meta):
+        try:
+            with open(meta) as handle:
+                same = json.load(handle) == fingerprint
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return dataclasses.replace(data, images=np.load(path, mmap_mode="r"))
+    os.makedirs(run_dir, exist_ok=True)
+    temporary = os.path.join(run_dir, f".tmp_{LATENTS_FILE}")
+    shape = (len(data.images),) + tuple(model.sample_shape)
+    latents = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=shape)
+    for start in range(0, len(data.images), batch_size):
+        batch = np.asarray(data.images[start : start + batch_size], np.float32) / 255.0
+        latents[start : start + len(batch)] = model.encode_images(batch, batch_size)
+    release_pages(data.images)
+    latents.flush()
+    del latents
+    os.replace(temporary, path)
+    with open(meta + ".tmp", "w") as handle:
+        json.dump(fingerprint, handle)
+    os.replace(meta + ".tmp", meta)
+    return dataclasses.replace(data, images=np.load(path, mmap_mode="r"))

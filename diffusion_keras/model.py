@@ -5,13 +5,12 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from diffusion_keras import guidance, sampling
+from diffusion_keras.generation import Generation
 from diffusion_keras.layers import validate_batch_norm
-from diffusion_keras.pixels import images_of, pixels_in_unit_range, warn_about_pixel_range
+from diffusion_keras.pixels import images_of
 from diffusion_keras.precision import validate_precision
-from diffusion_keras.samplers import validate_sampler, validate_spacing
-from diffusion_keras.sampling import Sampler
 from diffusion_keras.schedules import get_schedule, validate_schedule
+from diffusion_keras.spaces import Spaces
 from diffusion_keras.unet import BOOK_WIDTHS, build_unet, validate_unet_args
 from diffusion_keras.weighting import loss_weights, validate_weighting
 
@@ -25,6 +24,30 @@ def _loss_function(name):
     return lambda y_true, y_pred: ops.mean(ops.square(y_true - y_pred))
 
 
+def validate_training_args(ema, loss, prediction, label_dropout):
+    """Raises `ValueError` with one line for training settings out of range."""
+    if not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1), got {ema}")
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of: {', '.join(LOSSES)}")
+    if prediction not in PREDICTIONS:
+        raise ValueError(
+            f"unknown prediction {prediction!r}; choose one of: {', '.join(PREDICTIONS)}"
+        )
+    if not 0.0 <= label_dropout < 1.0:
+        raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+
+
+def checked_class_names(class_names, num_classes):
+    """`num_classes` different names as str (`"0"`, `"1"`... when None)."""
+    if class_names is None:
+        class_names = [str(i) for i in range(num_classes)]
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != num_classes or len(set(class_names)) != num_classes:
+        raise ValueError(f"class_names must be {num_classes} different names, got {class_names}")
+    return class_names
+
+
 def _labels_of(data):
     if isinstance(data, (tuple, list)) and len(data) > 1:
         return data[1]
@@ -34,7 +57,7 @@ def _labels_of(data):
 
 
 @keras.saving.register_keras_serializable(package="diffusion_keras")
-class DiffusionModel(keras.Model):
+class DiffusionModel(Spaces, Generation, keras.Model):
     """A denoising diffusion model with an EMA copy of its U-Net.
 
     Training (`fit`) adds noise at a random diffusion time to each image and
@@ -102,6 +125,14 @@ class DiffusionModel(keras.Model):
         attention_heads: int. Heads of the attention blocks. Defaults to 4.
         cross_attention: bool. A conditional model's class as a one-token
             sequence the attention levels cross-attend to. Defaults to False.
+        text_encoder: a `TextEncoder` (or its serialized config) or None.
+            With one, the model is text-conditional (Stable Diffusion's
+            structure): its labels are caption tokens (`(batch, words)`,
+            `TextEncoder.tokenize`), the attention levels cross-attend to
+            the frozen encoder's token embeddings, `label_dropout` of the
+            training captions become the empty prompt, and `generate` takes
+            `prompts`. Saved in the same file. Needs `attention_levels`.
+            Defaults to None.
         seed: int or None. Seeds the initial weights and the training noise;
             training is then reproducible and resumable. Defaults to a random seed, which is
             saved with the model.
@@ -145,6 +176,7 @@ class DiffusionModel(keras.Model):
         attention_levels=(),
         attention_heads=4,
         cross_attention=False,
+        text_encoder=None,
         **kwargs,
     ):
         validate_precision(precision)
@@ -154,18 +186,17 @@ class DiffusionModel(keras.Model):
         super().__init__(dtype=precision, **kwargs)
         if autoencoder is not None and channels != 3:
             raise ValueError(f"a latent model's images have 3 channels, got channels={channels}")
-        if isinstance(autoencoder, dict):
-            # A saved model's own copy, frozen as it was saved; Keras loads its weights.
-            autoencoder = keras.saving.deserialize_keras_object(autoencoder)
-        elif autoencoder is not None:
-            # A frozen, uncompiled copy (the weights and latent scale, not
-            # the autoencoder's optimizer), so that the user's stays theirs.
-            frozen = type(autoencoder).from_config({**autoencoder.get_config(), "trainable": False})
-            frozen.set_weights(autoencoder.get_weights())
-            autoencoder = frozen
-        if autoencoder is not None:
-            autoencoder.trainable = False
+        autoencoder = _frozen(autoencoder)
+        text_encoder = _frozen(text_encoder)
+        if text_encoder is not None and num_classes:
+            raise ValueError("a model is conditioned on classes or on text, not both")
+        if text_encoder is not None and not attention_levels:
+            raise ValueError(
+                "a text-conditional model cross-attends to the caption; give it attention "
+                "levels (--attention-levels)"
+            )
         self.autoencoder = autoencoder
+        self.text_encoder = text_encoder
         if autoencoder is not None:
             space_size, _, space_channels = autoencoder.latent_shape(int(image_size))
         else:
@@ -174,23 +205,8 @@ class DiffusionModel(keras.Model):
             space_size, widths, block_depth, space_channels, embedding_dims, num_classes
         )
         validate_schedule(schedule, min_signal_rate, max_signal_rate)
-        if not 0.0 <= ema < 1.0:
-            raise ValueError(f"ema must be in [0, 1), got {ema}")
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; choose one of: {', '.join(LOSSES)}")
-        if prediction not in PREDICTIONS:
-            raise ValueError(
-                f"unknown prediction {prediction!r}; choose one of: {', '.join(PREDICTIONS)}"
-            )
-        if not 0.0 <= label_dropout < 1.0:
-            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
-        if class_names is None:
-            class_names = [str(i) for i in range(num_classes)]
-        class_names = [str(name) for name in class_names]
-        if len(class_names) != num_classes or len(set(class_names)) != num_classes:
-            raise ValueError(
-                f"class_names must be {num_classes} different names, got {class_names}"
-            )
+        validate_training_args(ema, loss, prediction, label_dropout)
+        class_names = checked_class_names(class_names, num_classes)
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
         self.image_size = int(image_size)
@@ -244,6 +260,7 @@ class DiffusionModel(keras.Model):
             attention_levels=self.attention_levels,
             attention_heads=self.attention_heads,
             cross_attention=self.cross_attention,
+            context_shape=None if text_encoder is None else text_encoder.context_shape,
             # Built inside a multi-replica strategy's scope: batch statistics
             # over the global batch, as on one device.
             synchronized_batch_norm=tf.distribute.has_strategy()
@@ -323,6 +340,9 @@ class DiffusionModel(keras.Model):
             "autoencoder": None
             if self.autoencoder is None
             else keras.saving.serialize_keras_object(self.autoencoder),
+            "text_encoder": None
+            if self.text_encoder is None
+            else keras.saving.serialize_keras_object(self.text_encoder),
         }
 
     @classmethod
@@ -351,94 +371,6 @@ class DiffusionModel(keras.Model):
             trackers.append(self.velocity_loss_tracker)
         return trackers
 
-    # -- normalisation -------------------------------------------------------
-
-    def adapt(self, dataset):
-        """Computes the per-channel mean and variance of the images in `dataset`.
-
-        Args:
-            dataset: a `tf.data.Dataset` or array of images: floats in [0, 1],
-                uint8, or floats in 0..255 as
-                `keras.utils.image_dataset_from_directory` yields them (read as
-                `pixels_in_unit_range` says, with one warning for 0..255
-                floats; `fit` and `evaluate` read their batches the same
-                way). Labels in `(image, label)` elements and tfds-style
-                `{"image": ..., "label": ...}` dicts are ignored.
-        """
-        if isinstance(dataset, tf.data.Dataset):
-            images = dataset.map(lambda *e: images_of(e if len(e) > 1 else e[0]))
-            first = next(iter(images.take(1)), None)
-            if first is None:
-                raise ValueError("adapt got an empty dataset")
-            warn_about_pixel_range(first)
-            if self.autoencoder is None:
-                dataset = images.map(pixels_in_unit_range)
-            else:
-                dataset = np.concatenate([self.encode_images(batch) for batch in images])
-        else:
-            images = images_of(dataset)
-            warn_about_pixel_range(images)
-            if self.autoencoder is None:
-                dataset = pixels_in_unit_range(images)
-            else:
-                dataset = self.encode_images(images)
-        self.normalizer.adapt(dataset)
-        self.normalizer_adapted.assign(1)
-
-    def _mean_and_std(self):
-        # Read the normalizer's variables (not its cached `mean` tensor) so a
-        # compiled function always sees the current statistics.
-        mean = ops.reshape(self.normalizer.adapt_mean, (1, 1, 1, self.space_channels))
-        variance = ops.reshape(self.normalizer.adapt_variance, (1, 1, 1, self.space_channels))
-        return mean, ops.maximum(ops.sqrt(variance), keras.backend.epsilon())
-
-    def normalize(self, images):
-        mean, std = self._mean_and_std()
-        return (ops.cast(images, "float32") - mean) / std
-
-    def denormalize(self, images):
-        mean, std = self._mean_and_std()
-        if self.autoencoder is not None:
-            return mean + images * std  # latents have no range to clip to
-        return ops.clip(mean + images * std, 0.0, 1.0)
-
-    # -- pixels and latents ----------------------------------------------------
-
-    def to_space(self, images):
-        """Images (as `pixels_in_unit_range` reads them) in the space the
-        U-Net works in: themselves for a pixel model, their scaled latents for
-        a latent model. A latent model takes a batch that already has the
-        latent shape `sample_shape` as latents, so that training can stream
-        latents encoded once (`encode_images`)."""
-        if self.autoencoder is None:
-            return pixels_in_unit_range(images)
-        if tuple(images.shape[1:]) == tuple(self.sample_shape):
-            return ops.cast(images, "float32")
-        return self.autoencoder.encode(images)
-
-    def encode_images(self, images, batch_size=64):
-        """A latent model's scaled latents of `images` (numpy, in chunks)."""
-        if self.autoencoder is None:
-            raise ValueError("encode_images needs a latent model (one with an autoencoder)")
-        chunks = [
-            ops.convert_to_numpy(self.autoencoder.encode(images[start : start + batch_size]))
-            for start in range(0, len(images), batch_size)
-        ]
-        return np.concatenate(chunks).astype(np.float32)
-
-    def from_space(self, samples, batch_size=64):
-        """Normalised samples of the U-Net's space as images in [0, 1]:
-        denormalised, and for a latent model decoded (in chunks)."""
-        samples = self.denormalize(samples)
-        if self.autoencoder is None:
-            return ops.convert_to_numpy(samples)
-        samples = ops.convert_to_numpy(samples)
-        chunks = [
-            ops.convert_to_numpy(self.autoencoder.decode(samples[start : start + batch_size]))
-            for start in range(0, len(samples), batch_size)
-        ]
-        return np.concatenate(chunks)
-
     # -- the diffusion model -------------------------------------------------
 
     @property
@@ -447,16 +379,43 @@ class DiffusionModel(keras.Model):
         classifier-free guidance's unconditional half uses."""
         return self.num_classes
 
+    @property
+    def conditional(self):
+        """Whether the model takes labels: classes, or a caption's tokens."""
+        return bool(self.num_classes) or self.text_encoder is not None
+
+    @property
+    def label_shape(self):
+        """The shape of one image's label: `()` for a class, `(words,)` for
+        a caption's tokens (`TextEncoder.tokenize`)."""
+        return () if self.text_encoder is None else (self.text_encoder.sequence_length,)
+
+    def null_labels(self, count):
+        """`count` labels that mean "no condition": the null class, or the
+        empty prompt's tokens (all padding)."""
+        if self.text_encoder is not None:
+            return ops.zeros((count,) + self.label_shape, "int32")
+        return ops.full((count,), self.null_class, "int32")
+
+    def network_inputs(self, noisy_images, noise_rates, class_labels=None):
+        """What the U-Net takes for these noisy images: the images, their
+        noise variances, and for a conditional model the labels (the null
+        labels when None) or a text model's caption embeddings."""
+        inputs = [noisy_images, noise_rates**2]
+        if self.conditional:
+            if class_labels is None:
+                class_labels = self.null_labels(ops.shape(noisy_images)[0])
+            labels = ops.cast(ops.reshape(class_labels, (-1,) + self.label_shape), "int32")
+            inputs.append(labels if self.text_encoder is None else self.text_encoder(labels))
+        return inputs
+
     def network_outputs(self, noisy_images, noise_rates, class_labels=None, training=False):
         """The raw prediction (noise, image or velocity) of the training
         network when `training`, of the EMA network otherwise. A conditional
-        model given no labels predicts for the null class."""
+        model given no labels predicts for the null class (the empty prompt
+        for a text model, whose labels are caption tokens)."""
         network = self.network if training else self.ema_network
-        inputs = [noisy_images, noise_rates**2]
-        if self.num_classes:
-            if class_labels is None:
-                class_labels = ops.full((ops.shape(noisy_images)[0],), self.null_class, "int32")
-            inputs.append(ops.cast(ops.reshape(class_labels, (-1,)), "int32"))
+        inputs = self.network_inputs(noisy_images, noise_rates, class_labels)
         return ops.cast(network(inputs, training=training), "float32")
 
     def split_prediction(self, outputs, noisy_images, noise_rates, signal_rates):
@@ -524,19 +483,18 @@ class DiffusionModel(keras.Model):
     def _training_labels(self, data, seed, local_batch):
         """The batch's labels with `label_dropout` of them set to the null
         class; None for an unconditional model."""
-        if not self.num_classes:
+        if not self.conditional:
             return None
         labels = _labels_of(data)
         if labels is None:
-            raise ValueError(
-                "this model is class-conditional (num_classes > 0); train it on "
-                "(images, labels) batches"
-            )
-        labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
+            what = "(images, labels)" if self.num_classes else "(images, caption tokens)"
+            raise ValueError(f"this model is conditional; train it on {what} batches")
+        labels = ops.cast(ops.reshape(labels, (-1,) + self.label_shape), "int32")
         draws = self._global_draw(
             tf.random.stateless_uniform, local_batch, [], self._substream(seed, 2)
         )
-        return ops.where(draws < self.label_dropout, self.null_class, labels)
+        dropped = ops.reshape(draws < self.label_dropout, (-1,) + (1,) * len(self.label_shape))
+        return ops.where(dropped, self.null_labels(local_batch), labels)
 
     @staticmethod
     def _substream(seed, index):
@@ -612,7 +570,7 @@ class DiffusionModel(keras.Model):
         seed = self._step_seed(self.eval_steps, stream=1)
         images, noises, noisy_images, noise_rates, signal_rates = self._noisy_batch(data, seed)
         class_labels = None
-        if self.num_classes and _labels_of(data) is not None:
+        if self.conditional and _labels_of(data) is not None:
             class_labels = _labels_of(data)
         outputs = self.network_outputs(noisy_images, noise_rates, class_labels, training=False)
         self.eval_steps.assign_add(1)
@@ -622,222 +580,23 @@ class DiffusionModel(keras.Model):
         )
         return self._track(images, noises, pred_noises, pred_images, targets, outputs)
 
-    # -- sampling ------------------------------------------------------------
 
-    def guided_denoise(self, noisy_images, noise_rates, signal_rates, guide=None):
-        """`denoise` with the EMA network, steered as `guide` says (see
-        `diffusion_keras.guidance.guided_denoise`): what samplers call."""
-        return guidance.guided_denoise(self, noisy_images, noise_rates, signal_rates, guide)
-
-    @property
-    def sample_shape(self):
-        """The shape of one sample in the U-Net's space: `(image_size,
-        image_size, channels)`, or a latent model's latent shape."""
-        return (self.space_size, self.space_size, self.space_channels)
-
-    @property
-    def sampler(self):
-        """This model's `sampling.Sampler` (its compiled loops are cached)."""
-        if self._sampler is None:
-            self._sampler = Sampler(self)
-        return self._sampler
-
-    def sampling_step(
-        self, current_images, pred_images, step, diffusion_steps, sampler="ddim", eta=0.0,
-        step_noises=None, guide=None, times=None,
-    ):  # fmt: skip
-        """One step of `sampler`; see `diffusion_keras.sampling.sampling_step`.
-        Returns `(next_images, pred_images)`."""
-        return sampling.sampling_step(
-            self, current_images, pred_images, step, diffusion_steps, sampler, eta,
-            step_noises, guide, times,
-        )  # fmt: skip
-
-    def ddim_step(self, current_images, step, diffusion_steps):
-        """One deterministic DDIM step (eta = 0), as the book's loop takes it.
-        Returns `(next_images, pred_images)`."""
-        return self.sampling_step(current_images, current_images, step, diffusion_steps)
-
-    def reverse_diffusion(self, initial_noise, diffusion_steps, sampler="ddim", eta=0.0,
-                          step_noises=None, guide=None, spacing="uniform"):  # fmt: skip
-        """Runs `sampler` from `initial_noise` (normalised space) in
-        `diffusion_steps` steps and returns the last predicted images, as the
-        book does. Eager, a Python loop; `generate` uses a compiled equivalent.
-        `step_noises` `(diffusion_steps, n, size, size, channels)` is needed
-        when `eta` > 0; `guide` is as in `guided_denoise`; `spacing` as in
-        `generate`."""
-        return sampling.reverse_diffusion(
-            self, initial_noise, diffusion_steps, sampler, eta, step_noises, guide, spacing
-        )
-
-    def class_index(self, name_or_index):
-        """The label of a class given by name or by index (as int or str)."""
-        if not self.num_classes:
-            raise ValueError("this model is not class-conditional; it takes no class")
-        if isinstance(name_or_index, str) and name_or_index in self.class_names:
-            return self.class_names.index(name_or_index)
-        try:
-            index = int(name_or_index)
-        except (TypeError, ValueError):
-            index = None
-        if index is None or not 0 <= index < self.num_classes:
-            shown = ", ".join(self.class_names[:10]) + (", ..." if self.num_classes > 10 else "")
-            raise ValueError(
-                f"unknown class {name_or_index!r}; this model has {self.num_classes} "
-                f"classes: {shown} (or an index 0..{self.num_classes - 1})"
-            )
-        return index
-
-    def generate(
-        self,
-        num_images=None,
-        diffusion_steps=20,
-        initial_noise=None,
-        seed=None,
-        batch_size=64,
-        progress=False,
-        sampler="ddim",
-        eta=0.0,
-        class_labels=None,
-        guidance_scale=1.0,
-        classifier=None,
-        classifier_scale=1.0,
-        spacing="uniform",
-    ):
-        """Generates images in [0, 1] as a numpy array `(n, size, size, channels)`.
-
-        Args:
-            num_images: int. How many images; may be omitted when
-                `initial_noise` is given.
-            diffusion_steps: int. Sampling steps (network evaluations).
-                Defaults to 20.
-            initial_noise: array or None. Starting noise `(n, size, size,
-                channels)`; drawn from `seed` when None.
-            seed: int or None. Same seed, same images (the fresh noise of
-                `eta` > 0 included).
-            batch_size: int. Images denoised at once. The result does not depend
-                on it. Defaults to 64.
-            progress: bool. Show a progress bar over the diffusion steps.
-            sampler: str. `"ddim"` (the book's) or `"dpmpp_2m"` (second order,
-                one network evaluation per step,
-                closer to the exact ODE solution in few steps). Defaults to `"ddim"`.
-            eta: float. For `ddim`, the share of fresh noise per step in
-                [0, 1]: 0 is deterministic DDIM, 1 DDPM-like ancestral sampling.
-                Defaults to 0.
-            class_labels: a class name or index for every image, or one per
-                image; None for unconditional images. A conditional model
-                takes its own classes; an unconditional one those of
-                `classifier`.
-            guidance_scale: float. Classifier-free guidance weight w >= 0 for
-                a conditional model: 1 is the conditional model, 0 the
-                unconditional one, larger pushes harder towards the class.
-                Defaults to 1.
-            classifier: a `NoiseClassifier` or None. Steers sampling towards
-                `class_labels` with its log-probability gradient.
-            classifier_scale: float. Classifier guidance strength s >= 0.
-                Defaults to 1.
-            spacing: str. Where the steps fall: `"uniform"` in time (the
-                book's) or `"log_snr"`, equal steps in log signal-to-noise
-                ratio between the same first and last times, which gives
-                better images in few steps (see the README). Defaults to
-                `"uniform"`.
-        """
-        self._check_adapted()
-        validate_sampler(sampler, eta)
-        validate_spacing(spacing)
-        expected = self.sample_shape
-        if initial_noise is None:
-            if num_images is None or int(num_images) < 1:
-                raise ValueError(f"num_images must be >= 1, got {num_images}")
-            initial_noise = self.make_noise(int(num_images), seed)
-        initial_noise = np.asarray(initial_noise, dtype="float32")
-        if initial_noise.ndim != 4 or initial_noise.shape[1:] != expected:
-            raise ValueError(
-                f"initial_noise must have shape (n, {expected[0]}, {expected[1]}, "
-                f"{expected[2]}), got {initial_noise.shape}"
-            )
-        if num_images is not None and int(num_images) != len(initial_noise):
-            raise ValueError(
-                f"num_images is {num_images} but initial_noise has {len(initial_noise)} images"
-            )
-        steering = guidance.steering(
-            self, len(initial_noise), class_labels, guidance_scale, classifier, classifier_scale
-        )
-        diffusion_steps, batch_size = _positive_steps_and_batch(diffusion_steps, batch_size)
-        pred_images = self.sampler.run(
-            initial_noise, diffusion_steps, sampler, eta, seed, spacing=spacing,
-            batch_size=batch_size, progress=progress, **steering,
-        )  # fmt: skip
-        return self.from_space(pred_images, batch_size)
-
-    def edit(
-        self, images, strength=None, mask=None, noise_level=None, resample=1,
-        diffusion_steps=20, seed=None, sampler="ddim", eta=0.0, spacing="uniform",
-        class_labels=None, guidance_scale=1.0, classifier=None, classifier_scale=1.0,
-        batch_size=64, progress=False,
-    ):  # fmt: skip
-        """Edits existing images: image-to-image, inpainting or denoising.
-
-        See `diffusion_keras.editing` for what each does and what strength means.
-
-        Args:
-            images: floats in [0, 1], `(n, size, size, channels)` (or one image).
-            strength: float in (0, 1]. How far along the diffusion path the
-                images are noised before sampling: near 0 returns them, 1 is
-                plain generation (the images are not used, except where a mask
-                keeps them). Defaults to 1 with a `mask`; needed otherwise.
-            mask: 0 (keep) / 1 (regenerate), `(size, size)` for every image or
-                one per image `(n, size, size[, 1 or channels])`; None edits the
-                whole image.
-            noise_level: float. Denoise instead: the standard deviation of the
-                Gaussian noise already on `images` (in their [0, 1] units).
-                Sampling starts at the time with that signal-to-noise ratio;
-                with `diffusion_steps=1` it is the network's single estimate.
-            resample: int >= 1. With a mask, how often each step is taken
-                (RePaint's resampling); the cost grows with it.
-            diffusion_steps, seed, sampler, eta, spacing, class_labels,
-            guidance_scale, classifier, classifier_scale, batch_size,
-            progress: as in `generate`. The noise is `make_noise(n, seed)`,
-                the same as `generate`'s.
-
-        Returns:
-            A numpy array of images in [0, 1]; where `mask` is 0, exactly the input.
-        """
-        from diffusion_keras.editing import edit
-
-        if self.autoencoder is not None:
-            raise ValueError("editing works on pixel-space models; this one is a latent model")
-        return edit(
-            self, images, strength, mask, noise_level, resample, diffusion_steps, seed,
-            sampler, eta, spacing, class_labels, guidance_scale, classifier,
-            classifier_scale, batch_size, progress,
-        )  # fmt: skip
-
-    def _check_adapted(self):
-        if not int(self.normalizer_adapted.numpy()):
-            raise ValueError(
-                "this model's normalizer was never adapted, so its images would be "
-                "garbage; call model.adapt(images) before training"
-            )
-
-    def _step_noises(self, seed, indices, diffusion_steps):
-        """Fresh noise for stochastic sampling, `(steps, n, size, size,
-        channels)`, drawn per image from (seed, image index), so that it does
-        not depend on the batch size."""
-        return sampling.step_noises(self.sample_shape, seed, indices, diffusion_steps)
-
-    def make_noise(self, num_images, seed=None):
-        """Standard normal noise `(num_images, size, size, channels)` from `seed`.
-
-        Drawn with numpy, so the same seed gives the same noise on every
-        machine and for every batch size.
-        """
-        return sampling.make_noise(self.sample_shape, num_images, seed)
-
-
-def _positive_steps_and_batch(diffusion_steps, batch_size):
-    if int(diffusion_steps) < 1:
-        raise ValueError(f"diffusion_steps must be >= 1, got {diffusion_steps}")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return int(diffusion_steps), int(batch_size)
+def _frozen(submodel):
+    """A frozen sub-model (autoencoder, text encoder) for a `DiffusionModel`:
+    a saved model's own copy as it was saved (Keras then loads its weights),
+    or a frozen, uncompiled copy of a user's model (weights and settings, not
+    its optimizer), so that theirs stays theirs."""
+    if submodel is None:
+        return None
+    if isinstance(submodel, dict):
+        submodel = keras.saving.deserialize_keras_object(submodel)
+    else:
+        frozen = type(submodel).from_config({**submodel.get_config(), "trainable": False})
+        frozen.set_weights(submodel.get_weights())
+        submodel = frozen
+    submodel.trainable = False
+    # A subclassed model does not pass `trainable` on to its layers, and an
+    # owner gathers its trainable variables from those: freeze each one.
+    for variable in submodel.weights:
+        variable.trainable = False
+    return submodel

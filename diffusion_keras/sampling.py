@@ -168,11 +168,13 @@ class Sampler:
         self.denoiser = denoiser
         self._compiled = {}
 
-    def _guide(self, guidance, classifier, class_labels, guidance_scale, classifier_scale):
+    def _guide(self, guidance, classifier, class_labels, null_labels, guidance_scale,
+               classifier_scale):  # fmt: skip
         if guidance == "none" and classifier is None:
             return None
         return {
             "class_labels": class_labels,
+            "null_labels": null_labels,
             "guidance_scale": guidance_scale if guidance == "cfg" else None,
             "classifier": classifier,
             "classifier_scale": classifier_scale,
@@ -195,6 +197,10 @@ class Sampler:
             "scalar": tf.TensorSpec((), "int32"),
             "real": tf.TensorSpec((), "float32"),
             "labels": tf.TensorSpec((None,), "int32"),
+            # A class per image, or a text model's caption tokens.
+            "conditions": tf.TensorSpec(
+                (None,) + tuple(getattr(self.denoiser, "label_shape", ())), "int32"
+            ),
             "times": tf.TensorSpec((None,), "float32"),
             "noises": tf.TensorSpec((None, None) + shape, "float32"),
         }
@@ -203,8 +209,9 @@ class Sampler:
         shape, spec = self._specs()
         denoiser = self.denoiser
 
-        def loop(initial, diffusion_steps, eta, noises, times, labels, scale, cscale, *edit):
-            guide = self._guide(guidance, classifier, labels, scale, cscale)
+        def loop(initial, diffusion_steps, eta, noises, times, labels, nulls, scale, cscale,
+                 *edit):  # fmt: skip
+            guide = self._guide(guidance, classifier, labels, nulls, scale, cscale)
             times = None if spacing == "uniform" else times
             if editing:
                 # Editing always visits explicit times (`editing.edit_times`).
@@ -237,7 +244,7 @@ class Sampler:
 
         signature = [
             spec["images"], spec["scalar"], spec["real"], spec["noises"], spec["times"],
-            spec["labels"], spec["real"], spec["real"],
+            spec["conditions"], spec["conditions"], spec["real"], spec["real"],
         ]  # fmt: skip
         if editing:
             signature += [spec["images"], spec["images"], spec["labels"], spec["scalar"]]
@@ -248,8 +255,8 @@ class Sampler:
         denoiser = self.denoiser
 
         def one_step(current_images, pred_images, step, diffusion_steps, eta, step_noise, times,
-                     labels, scale, cscale, *edit):  # fmt: skip
-            guide = self._guide(guidance, classifier, labels, scale, cscale)
+                     labels, nulls, scale, cscale, *edit):  # fmt: skip
+            guide = self._guide(guidance, classifier, labels, nulls, scale, cscale)
             times = None if spacing == "uniform" else times
             step_noise = step_noise if stochastic else None
             eta = eta if stochastic else 0.0
@@ -267,7 +274,8 @@ class Sampler:
 
         signature = [
             spec["images"], spec["images"], spec["scalar"], spec["scalar"], spec["real"],
-            spec["images"], spec["times"], spec["labels"], spec["real"], spec["real"],
+            spec["images"], spec["times"], spec["conditions"], spec["conditions"], spec["real"],
+            spec["real"],
         ]  # fmt: skip
         if editing:
             signature += [spec["images"], spec["images"], spec["labels"], spec["scalar"]]
@@ -275,15 +283,18 @@ class Sampler:
 
     def run(
         self, initial, diffusion_steps, sampler="ddim", eta=0.0, seed=None, labels=None,
-        guidance="none", guidance_scale=1.0, classifier=None, classifier_scale=1.0,
-        spacing="uniform", times=None, batch_size=64, progress=False, edit=None,
+        null_labels=None, guidance="none", guidance_scale=1.0, classifier=None,
+        classifier_scale=1.0, spacing="uniform", times=None, batch_size=64, progress=False,
+        edit=None,
     ):  # fmt: skip
         """The reverse process from `initial` `(n, *sample_shape)` (normalised
         space), in chunks of `batch_size`; returns the last clean-image
         estimates as a numpy array, still normalised.
 
-        `labels` are int32 `(n,)` (or None) and `guidance` is `"none"`,
-        `"labels"` (the conditional model) or `"cfg"`. `times` overrides the
+        `labels` are int32 `(n,)` (or a text model's tokens `(n, words)`, or
+        None), `null_labels` the same for classifier-free guidance's other
+        half (None: the denoiser's `null_labels`), and `guidance` is
+        `"none"`, `"labels"` (the conditional model) or `"cfg"`. `times` overrides the
         times `spacing` gives (editing starts later). `edit` is None or a dict
         of numpy arrays `known` and `mask` `(n, *sample_shape)` and an int
         `resample` (`diffusion_keras.editing`). The result does not depend on
@@ -293,8 +304,15 @@ class Sampler:
         count = len(initial)
         shape = tuple(self.denoiser.sample_shape)
         stochastic = float(eta) > 0.0
+        label_shape = tuple(getattr(self.denoiser, "label_shape", ()))
         if labels is None:
-            labels = np.zeros(count, np.int32)
+            labels = np.zeros((count,) + label_shape, np.int32)
+        if null_labels is None:
+            null_labels = (
+                ops.convert_to_numpy(self.denoiser.null_labels(count))
+                if getattr(self.denoiser, "conditional", False)
+                else np.zeros((count,) + label_shape, np.int32)
+            )
         guide_args = (tf.constant(float(guidance_scale), "float32"),
                       tf.constant(float(classifier_scale), "float32"))  # fmt: skip
         if times is None:
@@ -315,6 +333,7 @@ class Sampler:
             size = int(chunk.shape[0])
             indices = range(start, start + size)
             chunk_labels = tf.constant(labels[start : start + size])
+            chunk_nulls = tf.constant(np.asarray(null_labels)[start : start + size])
             noises = (
                 step_noises(shape, seed, indices, diffusion_steps)
                 if stochastic
@@ -333,8 +352,8 @@ class Sampler:
                     "loop", sampler, stochastic, guidance, classifier, spacing, editing
                 )
                 pred_images = function(
-                    chunk, steps_tensor, eta_tensor, noises, times, chunk_labels, *guide_args,
-                    *edit_args,
+                    chunk, steps_tensor, eta_tensor, noises, times, chunk_labels, chunk_nulls,
+                    *guide_args, *edit_args,
                 )  # fmt: skip
             else:
                 function = self._function(
@@ -345,7 +364,8 @@ class Sampler:
                     noise = noises[step] if stochastic else noises[0]
                     current_images, pred_images = function(
                         current_images, pred_images, tf.constant(step, "int32"), steps_tensor,
-                        eta_tensor, noise, times, chunk_labels, *guide_args, *edit_args,
+                        eta_tensor, noise, times, chunk_labels, chunk_nulls, *guide_args,
+                        *edit_args,
                     )  # fmt: skip
                     bar.add(1)
             outputs.append(ops.convert_to_numpy(pred_images))

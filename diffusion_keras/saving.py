@@ -42,6 +42,14 @@ def load_autoencoder(path, compile=False):
     return _load(path, Autoencoder, compile)
 
 
+def load_text_encoder(path):
+    """Loads a `TextEncoder` (`RUN_DIR/text_encoder.keras`), with the same
+    checks and one-line `ModelFileError`s as `load_model`."""
+    from diffusion_keras.text import TextEncoder
+
+    return _load(path, TextEncoder, False)
+
+
 def _load(path, cls, compile):
     if not os.path.exists(path):
         raise ModelFileError(f"model file {path!r} does not exist")

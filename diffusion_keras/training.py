@@ -74,6 +74,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     ema: float = 0.999
     ema_warmup: bool = True
+    precise_bn_batches: int = 16
     loss: str = "mae"
     prediction: str = "noise"
     loss_weighting: str = "none"
@@ -91,6 +92,10 @@ class TrainConfig:
     latent_factor: int = 4
     latent_channels: int = 4
     autoencoder_epochs: int = 10
+    # text
+    captions: bool = False
+    text_encoder: str = ""
+    text_encoder_epochs: int = 10
     # classes
     conditional: bool = False
     label_dropout: float = 0.1
@@ -143,7 +148,7 @@ RECIPES = {
     "default": {},
     # The book's notebook exactly: its EMA from the first step (no warm-up) and
     # no flips, a constant learning rate, the loss on the noise unweighted.
-    "book": dict(flip=False, ema=0.999, ema_warmup=False, learning_rate=1e-3,
+    "book": dict(flip=False, ema=0.999, ema_warmup=False, precise_bn_batches=0, learning_rate=1e-3,
                  lr_schedule="constant", warmup_steps=0, loss="mae", prediction="noise",
                  loss_weighting="none", batch_size=64),
 }  # fmt: skip
@@ -170,13 +175,16 @@ def learning_rate(config, total_steps):
     )
 
 
-def build_model(config, class_names=None, total_steps=None, autoencoder=None):
+def build_model(config, class_names=None, total_steps=None, autoencoder=None, text_encoder=None):
     """A fresh, compiled `DiffusionModel` for `config` (normalizer not adapted).
 
     A conditional config needs the `class_names` of its data; a learning-rate
-    schedule needs the run's `total_steps`; a latent one its `autoencoder`."""
+    schedule needs the run's `total_steps`; a latent one its `autoencoder`;
+    one with captions its `text_encoder`."""
     classes = {}
-    if config.conditional:
+    if config.captions:
+        classes = dict(text_encoder=text_encoder, label_dropout=config.label_dropout)
+    elif config.conditional:
         classes = dict(
             num_classes=len(class_names),
             class_names=list(class_names),
@@ -329,16 +337,27 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
     with_labels = config.conditional or config.train_classifier
     if data is None:
         data = load_images(
-            config.data, config.image_size, center_crop=config.center_crop, with_labels=with_labels
-        )
+            config.data, config.image_size, center_crop=config.center_crop,
+            with_labels=with_labels, with_captions=config.captions,
+        )  # fmt: skip
     if with_labels:
         require_labels(data)
+    if config.captions and data.captions is None:
+        raise TrainingError(f"--captions: {data.source or 'these images'} came without captions")
     held_out = None
     if config.kid_every:
         # Held out before training, the same images for every resume of the run.
         data, held_out = split_held_out(data, config.kid_images, config.seed)
     steps = steps_per_epoch(data, config.batch_size, config.dataset_repetitions)
     parse_checkpoint_every(config.checkpoint_every)  # a bad value fails before any work
+    text_encoder = None
+    if config.captions:
+        # The run's frozen text encoder, loaded (a resumed run finds the one
+        # it trained in RUN_DIR) or trained (CLIP) now; captions train as its tokens.
+        from diffusion_keras.clip import text_encoder_for
+
+        text_encoder = text_encoder_for(config, data, run_dir, verbose, chief)
+        data = dataclasses.replace(data, labels=text_encoder.tokenize(data.captions))
 
     def make_dataset(first_epoch=0, first_step=0):
         return train_dataset(
@@ -350,7 +369,7 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
             first_epoch=first_epoch,
             first_step=first_step,
             epochs=config.epochs,
-            labels=config.conditional,
+            labels=config.conditional or config.captions,
         )
 
     # Built now so that less than a batch of data fails before any model is built.
@@ -387,7 +406,14 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
                 class_names_of(data) if config.conditional else None,
                 total_steps=steps * config.epochs,
                 autoencoder=autoencoder,
+                text_encoder=text_encoder,
             )
+        if config.latent and not config.flip:
+            # Encoded once (flips would need the flipped images' latents too).
+            from diffusion_keras.latent import encoded_once
+
+            data = encoded_once(model, data, run_dir, config.batch_size)
+        if not resume:
             model.adapt(image_dataset(data, config.batch_size))
     if chief:
         config.save(paths["config"])
@@ -405,7 +431,10 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
             stop=stop,
             running_means=not is_multiworker(strategy),
         )
-        callbacks = run_callbacks(config, paths, chief, held_out, nan_guard, checkpointer)
+        callbacks = run_callbacks(
+            config, paths, chief, held_out, nan_guard, checkpointer,
+            data.captions if config.captions else None, data,
+        )  # fmt: skip
         callbacks += list(extra_callbacks)
         multiworker = is_multiworker(strategy)
         if stop.should_stop() and not multiworker:
@@ -469,8 +498,18 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
         return model
 
 
-def run_callbacks(config, paths, chief, held_out, nan_guard, checkpointer):
-    """The callbacks of a training run, in the order they must run."""
+def sample_prompts(captions, count):
+    """`count` prompts for sample grids: the data's first different captions
+    (repeated when it has fewer)."""
+    different = list(dict.fromkeys(c for c in captions if c)) or [""]
+    return [different[i % len(different)] for i in range(count)]
+
+
+def run_callbacks(config, paths, chief, held_out, nan_guard, checkpointer, captions=None,
+                  data=None):  # fmt: skip
+    """The callbacks of a training run, in the order they must run (a text
+    model's sample grids draw the first of the data's `captions`; `data`, the
+    training images or latents, feeds the EMA network's precise batch norm)."""
     callbacks = [
         nan_guard,
         checkpointer,
@@ -484,6 +523,7 @@ def run_callbacks(config, paths, chief, held_out, nan_guard, checkpointer):
                 num_images=config.plot_images,
                 diffusion_steps=config.plot_diffusion_steps,
                 seed=config.seed,
+                prompts=None if captions is None else sample_prompts(captions, config.plot_images),
             ),
             keras.callbacks.TensorBoard(log_dir=paths["logs"], write_graph=False),
         ]
@@ -499,6 +539,14 @@ def run_callbacks(config, paths, chief, held_out, nan_guard, checkpointer):
             )
             # Before the CSV and TensorBoard loggers, so that they record `kid`.
             callbacks.insert(0, kid)
+    if config.precise_bn_batches and data is not None:
+        from diffusion_keras.precise_bn import PreciseBatchNorm
+
+        # First: the checkpoint, the sample grid and KID see the recomputed statistics.
+        callbacks.insert(0, PreciseBatchNorm(
+            data, config.precise_bn_batches, config.batch_size, config.seed,
+            labels=config.conditional or config.captions,
+        ))  # fmt: skip
     for callback in callbacks:
         if hasattr(callback, "epoch_is_whole") and callback is not checkpointer:
             callback.epoch_is_whole = checkpointer.epoch_is_whole

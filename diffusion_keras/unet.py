@@ -61,6 +61,7 @@ def build_unet(
     attention_levels=(),
     attention_heads=4,
     cross_attention=False,
+    context_shape=None,
 ):
     """Builds the U-Net that predicts the noise in a noisy image.
 
@@ -116,6 +117,13 @@ def build_unet(
             sequence that the attention levels cross-attend to (after their
             self-attention), instead of an embedding concatenated to the
             input. Defaults to False.
+        context_shape: `(length, dims)` or None. With it the network takes a
+            third input, a sequence of condition embeddings `(batch, length,
+            dims)` (a caption's, from a `TextEncoder`): the attention levels
+            cross-attend to it, and its first embedding (the caption's
+            summary) is mapped to `embedding_dims` values and concatenated
+            like the noise embedding (SDXL's pooled text conditioning).
+            Needs `attention_levels`. Defaults to None.
 
     References:
     - [Ronneberger et al., 2015](https://arxiv.org/abs/1505.04597)
@@ -123,6 +131,12 @@ def build_unet(
     """
     validate_unet_args(image_size, widths, block_depth, channels, embedding_dims, num_classes)
     validate_attention(attention_levels, len(widths), attention_heads, cross_attention, num_classes)
+    if context_shape is not None:
+        if num_classes:
+            raise ValueError("a network takes classes or a context sequence, not both")
+        if not attention_levels:
+            raise ValueError("a context sequence needs attention levels to cross-attend from")
+        context_shape = tuple(int(n) for n in context_shape)
     validate_precision(precision)
     validate_batch_norm(batch_norm)
     attention = (tuple(sorted(int(level) for level in attention_levels)), int(attention_heads),
@@ -132,6 +146,7 @@ def build_unet(
             image_size, channels, [int(w) for w in widths], block_depth, embedding_dims,
             embedding_min_frequency, embedding_max_frequency, name, seed,
             synchronized_batch_norm, batch_norm, int(num_classes), bool(remat), attention,
+            context_shape,
         )  # fmt: skip
 
 
@@ -151,7 +166,7 @@ def validate_attention(levels, num_widths, heads, cross_attention, num_classes):
 def _build_unet(
     image_size, channels, widths, block_depth, embedding_dims,
     embedding_min_frequency, embedding_max_frequency, name, seed, synchronized, batch_norm,
-    num_classes, remat, attention=((), 4, False),
+    num_classes, remat, attention=((), 4, False), context_shape=None,
 ):  # fmt: skip
     attention_levels, heads, cross_attention = attention
     noisy_images = keras.Input(shape=(image_size, image_size, channels))
@@ -186,6 +201,13 @@ def _build_unet(
         else:
             class_embedding = layers.Reshape((1, 1, embedding_dims))(class_embedding)
             features.append(layers.UpSampling2D(size=image_size)(class_embedding))
+    if context_shape is not None:
+        context = keras.Input(shape=context_shape)
+        inputs.append(context)
+        cross_attention = True
+        summary = layers.Dense(embedding_dims, kernel_initializer=initializers())(context[:, 0])
+        summary = layers.Reshape((1, 1, embedding_dims))(summary)
+        features.append(layers.UpSampling2D(size=image_size)(summary))
     x = layers.Concatenate()(features)
 
     def attend_at(level):

@@ -154,6 +154,29 @@ def one_line_error(result):
     return lines[0]
 
 
+def in_process_error(args):
+    """Runs generate.py's main in this process as `cli.run` would; asserts it
+    failed with exit code 2 and one line on stderr, and returns the line."""
+    import contextlib
+    import io
+
+    from diffusion_keras.cli import run
+
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    import generate
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            code = run(generate.main, [str(a) for a in args])
+        except SystemExit as exit:  # argparse's own errors
+            code = exit.code
+    lines = stderr.getvalue().strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    return lines[0]
+
+
 @pytest.fixture
 def png_folder(tmp_path):
     folder = tmp_path / "images"

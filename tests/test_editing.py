@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_script, smooth_images, tiny_model, two_colour_images
+from conftest import in_process_error, run_script, smooth_images, tiny_model, two_colour_images
 from diffusion_keras.editing import (
     as_masks,
     edit_times,
@@ -258,26 +258,6 @@ def test_generate_edits_folders_with_masks_and_names_each_output(model, tmp_path
                           ("small.png", "is 20x20 but its image is 24x24")):  # fmt: skip
         line = in_process_error([model_path, "--init-image", image, "--mask", tmp_path / mask])
         assert message in line
-
-
-def in_process_error(args):
-    """Runs generate.py's main in this process as `cli.run` would; asserts it
-    failed with exit code 2 and one line on stderr, and returns the line."""
-    import contextlib
-    import io
-
-    import generate
-    from diffusion_keras.cli import run
-
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr):
-        try:
-            code = run(generate.main, [str(a) for a in args])
-        except SystemExit as exit:  # argparse's own errors
-            code = exit.code
-    lines = stderr.getvalue().strip().splitlines()
-    assert code == 2 and len(lines) == 1, lines
-    return lines[0]
 
 
 @pytest.mark.parametrize(

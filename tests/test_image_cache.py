@@ -8,7 +8,7 @@ import pytest
 
 import diffusion_keras.data as data_module
 from conftest import write_png_folder
-from diffusion_keras.data import image_dataset, load_images
+from diffusion_keras.data import ImageData, image_dataset, load_folder, load_images
 
 
 @pytest.fixture
@@ -116,3 +116,27 @@ def test_an_epoch_hands_pages_back_as_it_goes(monkeypatch):
     batches = list(data_module.epoch_batches(data, 8, 1, seed=0, epoch=0))
     assert len(batches) == 40
     assert len(calls) == 40 // data_module.RELEASE_EVERY + 1  # every 16 batches, and at the end
+
+
+def test_holding_images_out_of_a_mapped_folder_keeps_the_rest_mapped(tmp_path, cache):
+    from diffusion_keras.data import IndexedImages, image_dataset, split_held_out, train_dataset
+
+    folder = str(tmp_path / "images")
+    write_png_folder(folder, count=24, nested=False)
+    load_folder(folder, 16)
+    mapped = load_folder(folder, 16)
+    assert isinstance(mapped.images, np.memmap)
+    train, held = split_held_out(mapped, 4, seed=3)
+    assert isinstance(train.images, IndexedImages) and isinstance(held.images, np.ndarray)
+    in_memory = ImageData(np.array(mapped.images), source="copy")
+    expected_train, expected_held = split_held_out(in_memory, 4, seed=3)
+    np.testing.assert_array_equal(np.asarray(train.images), expected_train.images)
+    np.testing.assert_array_equal(held.images, expected_held.images)
+    assert train.images.shape == (20, 16, 16, 3) and len(train.images) == 20
+    np.testing.assert_array_equal(train.images[[2, 5]], expected_train.images[[2, 5]])
+    streamed = np.concatenate([b.numpy() for b in image_dataset(train, 8)])
+    np.testing.assert_allclose(streamed, expected_train.images / 255.0, atol=1e-7)
+    batches = train_dataset(train, 4, 1, seed=0, epochs=1)
+    reference = train_dataset(expected_train, 4, 1, seed=0, epochs=1)
+    for a, b in zip(batches, reference):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -100,6 +100,21 @@ def test_what_latent_models_do_not_do_is_said(autoencoder):
         DiffusionModel(**TINY_LATENT).encode_images(blob_images(1, SIZE))
 
 
+def test_cached_latents_are_encoded_again_when_the_autoencoder_changes(autoencoder, tmp_path):
+    from diffusion_keras.data import ImageData
+    from diffusion_keras.latent import encoded_once
+
+    data = ImageData((blob_images(16, SIZE) * 255).astype(np.uint8), source="blobs")
+    model = latent_model(autoencoder)
+    cached = encoded_once(model, data, str(tmp_path))
+    assert cached.images.dtype == np.float32 and cached.images.shape == (16, 4, 4, 4)
+    again = encoded_once(model, data, str(tmp_path))
+    np.testing.assert_array_equal(again.images, cached.images)
+    other = latent_model(Autoencoder(factor=4, widths=(8, 16, 16), seed=2))
+    changed = encoded_once(other, data, str(tmp_path))
+    np.testing.assert_allclose(changed.images, other.encode_images(data.images / 255.0), atol=1e-5)
+
+
 def test_a_latent_run_trains_its_autoencoder_once_and_resumes(tmp_path):
     from diffusion_keras.data import ImageData
     from diffusion_keras.saving import load_autoencoder, load_model
@@ -117,9 +132,17 @@ def test_a_latent_run_trains_its_autoencoder_once_and_resumes(tmp_path):
     assert float(saved.latent_scale) != 1.0
     for a, b in zip(saved.get_weights(), model.autoencoder.get_weights()):
         np.testing.assert_array_equal(a, b)
+    # The images were encoded once, into the run directory, and the resumed
+    # run maps the same latents instead of encoding again.
+    latents = tmp_path / "first" / "latents.npy"
+    np.testing.assert_allclose(
+        np.load(latents), model.encode_images(data.images / 255.0), atol=1e-5
+    )
+    written = latents.stat().st_mtime_ns
     first.epochs = 2
     resumed = train(first, resume=True, verbose=0, data=data)
     assert int(resumed.train_steps.numpy()) == 8
+    assert latents.stat().st_mtime_ns == written
 
     # Another run reuses the autoencoder instead of training one.
     path = str(tmp_path / "first" / "autoencoder.keras")

@@ -1,0 +1,95 @@
+"""Captions: made for builtin:flowers, read from image folders in both layouts."""
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import write_png_folder
+from diffusion_keras.captions import (
+    COLOUR_NAMES,
+    NUMBER_WORDS,
+    PHRASINGS,
+    flower_attributes,
+    flower_caption,
+    flower_captions,
+    folder_captions,
+)
+from diffusion_keras.data import load_folder, load_images, split_held_out
+from diffusion_keras.errors import DataError
+from diffusion_keras.flowers import flower_parameters
+
+
+def test_a_flowers_caption_says_what_it_was_drawn_with():
+    for index in range(40):
+        _, drawn = flower_parameters(index)
+        words = flower_attributes(index)
+        assert words["count"] == drawn["layers"][0]["petals"]
+        assert words["colour"] in COLOUR_NAMES
+        captions = flower_captions(index)
+        assert len(captions) == len(PHRASINGS) and len(set(captions)) == len(PHRASINGS)
+        for caption in captions:
+            assert words["colour"] in caption and NUMBER_WORDS[words["count"]] in caption
+        assert flower_caption(index) == captions[index % len(PHRASINGS)]
+
+
+def test_flower_colours_follow_the_petal_hue():
+    reds = [i for i in range(300) if flower_attributes(i)["colour"] == "red"]
+    blues = [i for i in range(300) if flower_attributes(i)["colour"] == "blue"]
+    assert reds and blues
+    hue = lambda i: flower_parameters(i)[1]["layers"][0]["hue"] % 1.0  # noqa: E731
+    assert all(hue(i) < 0.04 or hue(i) >= 0.95 for i in reds)
+    assert all(0.45 <= hue(i) < 0.70 for i in blues)
+
+
+def test_builtin_flowers_come_with_captions_only_when_asked():
+    plain = load_images("builtin:flowers:8", 16)
+    captioned = load_images("builtin:flowers:8", 16, with_captions=True)
+    assert plain.captions is None
+    assert captioned.captions == [flower_caption(i) for i in range(8)]
+    np.testing.assert_array_equal(plain.images, captioned.images)
+    train, held = split_held_out(captioned, 3)
+    assert sorted(train.captions + held.captions) == sorted(captioned.captions)
+
+
+def test_metadata_jsonl_gives_captions_and_bad_rows_are_counted(tmp_path):
+    folder = str(tmp_path / "images")
+    paths = write_png_folder(folder, count=6, nested=False)
+    names = [os.path.basename(p) for p in paths]
+    rows = [
+        json.dumps({"file_name": names[0], "text": "a red flower"}),
+        json.dumps({"file_name": names[1], "text": "  two   words \n"}),
+        "{not json",
+        json.dumps({"file_name": names[2]}),
+        json.dumps({"file_name": "missing.png", "text": "nothing"}),
+        json.dumps({"file_name": names[3], "text": ""}),
+    ]
+    with open(os.path.join(folder, "metadata.jsonl"), "w") as handle:
+        handle.write("\n".join(rows) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_folder(folder, 16, with_captions=True, cache=False)
+    assert data.captions == ["a red flower", "two words", "", "", "", ""]
+    messages = [str(w.message) for w in caught]
+    assert any("skipped 3 bad rows" in m and "line 3" in m for m in messages), messages
+    assert any("4 of 6 images" in m and "empty prompt" in m for m in messages), messages
+    assert not any("not images" in m for m in messages), messages
+
+
+def test_sidecar_txt_files_give_captions(tmp_path):
+    folder = str(tmp_path / "images")
+    paths = write_png_folder(folder, count=4, nested=True)
+    with open(os.path.splitext(paths[0])[0] + ".txt", "w") as handle:
+        handle.write("blue petals\n")
+    with open(os.path.splitext(paths[2])[0] + ".txt", "w") as handle:
+        handle.write("   ")
+    with pytest.warns(UserWarning, match="3 of 4 images"):
+        captions = folder_captions(folder, paths)
+    assert captions == ["blue petals", "", "", ""]
+
+
+def test_asking_a_tfds_set_for_captions_is_a_clear_error():
+    with pytest.raises(DataError, match="no captions"):
+        load_images("tfds:oxford_flowers102", 16, with_captions=True)
