@@ -79,3 +79,19 @@ def test_the_callback_recomputes_at_whole_epoch_ends_only():
     assert all(np.array_equal(a, b) for a, b in zip(model.ema_network.get_weights(), before))
     callback.on_epoch_end(0)
     assert not all(np.array_equal(a, b) for a, b in zip(model.ema_network.get_weights(), before))
+
+
+def test_a_run_saved_before_precise_bn_resumes_without_it(tmp_path):
+    import json
+
+    from diffusion_keras.training import TrainConfig
+
+    path = str(tmp_path / "config.json")
+    TrainConfig().save(path)
+    assert TrainConfig.load(path).precise_bn_batches == 16
+    with open(path) as handle:
+        old = json.load(handle)
+    del old["precise_bn_batches"]
+    with open(path, "w") as handle:
+        json.dump(old, handle)
+    assert TrainConfig.load(path).precise_bn_batches == 0
