@@ -147,28 +147,6 @@ def _unit(x):
     return x / ops.maximum(ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True)), 1e-6)
 
 
-def caption_dataset(images, tokens, batch_size, epochs, seed):
-    """Shuffled `(images in [0, 1], tokens)` batches for `epochs`, a function of `seed`."""
-    import tensorflow as tf
-
-    from diffusion_keras.data import without_autotune
-
-    def batches():
-        for epoch in range(epochs):
-            order = np.random.default_rng([seed, epoch, 11]).permutation(len(images))
-            for start in range(0, len(order) - batch_size + 1, batch_size):
-                index = np.sort(order[start : start + batch_size])
-                yield images[index], tokens[index]
-
-    signature = (
-        tf.TensorSpec((batch_size,) + tuple(images.shape[1:]), images.dtype),
-        tf.TensorSpec((batch_size, tokens.shape[1]), tf.int32),
-    )
-    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
-    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y))
-    return without_autotune(dataset.prefetch(2))
-
-
 def train_text_encoder(
     images, captions, epochs=10, batch_size=64, seed=0, sequence_length=24, dims=64, depth=2,
     heads=4, learning_rate=CLIP_LEARNING_RATE, verbose="auto",
@@ -176,6 +154,7 @@ def train_text_encoder(
     """A new `TextEncoder` over the words of `captions`, trained
     contrastively against the uint8 `images` (one caption each). Returns the
     `(text_encoder, pretrainer)`; the pretrainer measures retrieval."""
+    from diffusion_keras.data import ImageData, steps_per_epoch, train_dataset
     from diffusion_keras.errors import DataError
 
     if len(images) != len(captions):
@@ -191,9 +170,10 @@ def train_text_encoder(
     encoder = TextEncoder(vocabulary, sequence_length, dims, depth, heads, seed=seed)
     pretrainer = ContrastivePretrainer(encoder, images.shape[1], images.shape[3], dims, seed=seed)
     pretrainer.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=1e-4))
-    tokens = encoder.tokenize(captions)
-    steps = len(images) // batch_size
-    dataset = caption_dataset(images, tokens, batch_size, epochs, seed)
+    # The diffusion model's pipeline: seeded shuffles, `(images in [0, 1], tokens)`.
+    pairs = ImageData(images, encoder.tokenize(captions), source="captions")
+    steps = steps_per_epoch(pairs, batch_size, 1)
+    dataset = train_dataset(pairs, batch_size, 1, seed=seed, epochs=epochs, labels=True)
     pretrainer.fit(dataset, epochs=epochs, steps_per_epoch=steps, verbose=verbose, shuffle=False)
     return encoder, pretrainer
 
