@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from diffusion_keras.guidance import find_class
 from diffusion_keras.layers import (
     KernelInitializers,
     SinusoidalEmbedding,
@@ -187,13 +188,8 @@ class NoiseClassifier(keras.Model):
             )
 
     def class_index(self, name_or_index):
-        if isinstance(name_or_index, str) and name_or_index in self.class_names:
-            return self.class_names.index(name_or_index)
-        try:
-            index = int(name_or_index)
-        except (TypeError, ValueError):
-            index = None
-        if index is None or not 0 <= index < self.num_classes:
+        index = find_class(self.class_names, name_or_index)
+        if index is None:
             raise ValueError(
                 f"unknown class {name_or_index!r}; the classifier's classes are: "
                 + ", ".join(self.class_names)

@@ -69,13 +69,8 @@ class Generation:
         """The label of a class given by name or by index (as int or str)."""
         if not self.num_classes:
             raise ValueError("this model is not class-conditional; it takes no class")
-        if isinstance(name_or_index, str) and name_or_index in self.class_names:
-            return self.class_names.index(name_or_index)
-        try:
-            index = int(name_or_index)
-        except (TypeError, ValueError):
-            index = None
-        if index is None or not 0 <= index < self.num_classes:
+        index = guidance.find_class(self.class_names, name_or_index)
+        if index is None:
             shown = ", ".join(self.class_names[:10]) + (", ..." if self.num_classes > 10 else "")
             raise ValueError(
                 f"unknown class {name_or_index!r}; this model has {self.num_classes} "

@@ -63,6 +63,19 @@ def guided_denoise(model, noisy_images, noise_rates, signal_rates, guide=None):
     return pred_noises, pred_images
 
 
+def find_class(class_names, name_or_index):
+    """The index of a class given by name or by index (as int or str) among
+    `class_names`, or None when it names none of them (the caller says so,
+    in its own words)."""
+    if isinstance(name_or_index, str) and name_or_index in class_names:
+        return class_names.index(name_or_index)
+    try:
+        index = int(name_or_index)
+    except (TypeError, ValueError):
+        return None
+    return index if 0 <= index < len(class_names) else None
+
+
 def resolve_labels(model, class_labels, count, classifier):
     """Labels `(count,)` int32 from a name, an index or one per image."""
     if class_labels is None:
