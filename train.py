@@ -83,6 +83,12 @@ def parser():
         help="--lr-schedule cosine: warm-up steps (default 0)",
     )
     add("--weight-decay", type=non_negative_float, help="AdamW weight decay (default 1e-4)")
+    add(
+        "--adam-beta2",
+        dest="adam_beta_2",
+        type=unit_interval,
+        help="AdamW's second-moment decay in [0, 1) (default 0.999)",
+    )
     add("--ema", type=unit_interval, help="EMA decay in [0, 1) (default 0.999)")
     add(
         "--ema-warmup",

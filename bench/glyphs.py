@@ -13,6 +13,13 @@ import numpy as np
 CHARACTERS = "FGJKLNPQRSZ234567"
 
 
+def glyph_characters(count, seed=0):
+    """The index in `CHARACTERS` of each of `glyph_images(count, seed=seed)`'s glyphs."""
+    return np.array(
+        [np.random.default_rng([seed, index]).integers(len(CHARACTERS)) for index in range(count)]
+    )
+
+
 def glyph_images(count, size=32, seed=0):
     """`(count, size, size, 3)` uint8 glyph images, drawn at 4x and reduced."""
     from PIL import Image, ImageDraw, ImageFont

@@ -31,6 +31,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
 # Flower index ranges, so that no two parts share a flower.
 TRAIN_FROM, RETRIEVAL_FROM, CLASSIFIER_FROM, CLASSIFIER_TEST_FROM, PROMPTS_FROM = (
@@ -69,26 +70,11 @@ def flowers(start, count, size):
 
 def attribute_classifier(size, seed):
     """A small CNN with two heads: petal colour and petal count."""
-    import keras
-    from keras import layers
+    from trained_features import small_classifier
 
     from diffusion_keras.captions import COLOUR_NAMES, PETAL_COUNTS
 
-    keras.utils.set_random_seed(seed)
-    images = keras.Input((size, size, 3))
-    x = images
-    for width, stride in ((32, 1), (64, 2), (96, 2), (128, 2)):
-        for step in (stride, 1):
-            x = layers.Conv2D(width, 3, strides=step, padding="same", use_bias=False)(x)
-            x = layers.BatchNormalization()(x)
-            x = layers.Activation("swish")(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    colour = layers.Dense(len(COLOUR_NAMES), name="colour")(x)
-    count = layers.Dense(len(PETAL_COUNTS), name="count")(x)
-    model = keras.Model(images, {"colour": colour, "count": count})
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss={"colour": loss, "count": loss})
-    return model
+    return small_classifier(size, dict(colour=len(COLOUR_NAMES), count=len(PETAL_COUNTS)), seed)
 
 
 def read_back(classifier, images):

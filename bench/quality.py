@@ -70,7 +70,10 @@ RECIPES = {
     ),
     "cosine_mse": dict(recipe="default", lr_schedule="cosine", warmup_steps=40, loss="mse"),
     "cosine_no_ema": dict(recipe="default", lr_schedule="cosine", warmup_steps=40, ema=0.0),
+    "beta2": dict(recipe="default", adam_beta_2=0.99),
+    "cosine_beta2": dict(recipe="default", lr_schedule="cosine", warmup_steps=40, adam_beta_2=0.99),
 }  # fmt: skip
+FEATURE_CHOICES = ["auto", "inception", "random", "trained"]
 SAMPLERS = [
     ("ddim, 20 steps (the book's)", dict(diffusion_steps=20)),
     ("ddim, 10 steps", dict(diffusion_steps=10)),
@@ -109,6 +112,18 @@ def load(dataset, size, held_out, seed):
     return split_held_out(data, held_out, seed)
 
 
+def bench_features(name, dataset, size):
+    """The KID feature extractor `name` ("auto", "inception", "random", or
+    "trained": `bench/trained_features.py`'s classifier of `dataset`)."""
+    if name == "trained":
+        from trained_features import trained_features
+
+        return trained_features(dataset, size)
+    from diffusion_keras.metrics import feature_extractor
+
+    return feature_extractor(name, size)
+
+
 def kid_between(extractor, real, other, subset=128):
     from diffusion_keras.metrics import KernelInceptionDistance
 
@@ -139,12 +154,11 @@ def recipe_run(config, args, total_steps):
     import numpy as np
 
     from diffusion_keras.data import train_dataset
-    from diffusion_keras.metrics import feature_extractor
     from diffusion_keras.training import build_model
 
     train_data, held_out = load(args.dataset, args.image_size, args.held_out, args.seed)
     real = held_out.images.astype(np.float32) / 255.0
-    extractor = feature_extractor(args.features, args.image_size)
+    extractor = bench_features(args.features, args.dataset, args.image_size)
     model = build_model(config, total_steps=max(total_steps, 1))
     model.adapt(train_data.images.astype(np.float32) / 255.0)
     dataset = train_dataset(train_data, config.batch_size, 1, seed=args.seed, flip=config.flip)
@@ -224,13 +238,11 @@ def references(args):
     package_first()
     import numpy as np
 
-    from diffusion_keras.metrics import feature_extractor
-
     out = {}
     for dataset in args.datasets.split(","):
         train_data, held_out = load(dataset, args.image_size, args.held_out, args.seed)
         real = held_out.images.astype(np.float32) / 255.0
-        extractor = feature_extractor(args.features, args.image_size)
+        extractor = bench_features(args.features, dataset, args.image_size)
         rng = np.random.default_rng(args.seed)
         sample = train_data.images[rng.choice(len(train_data), len(real), replace=False)]
         out[dataset] = dict(
@@ -315,7 +327,7 @@ def main():
     parser.add_argument("--recipes", default="book,book_ema_warmup,default,batch16")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--held-out", type=int, default=256)
-    parser.add_argument("--features", default="auto", choices=["auto", "inception", "random"])
+    parser.add_argument("--features", default="auto", choices=FEATURE_CHOICES)
     parser.add_argument("--precision", default="float32",
                         choices=["float32", "mixed_bfloat16", "auto"])  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)

@@ -30,7 +30,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from quality import (  # noqa: E402
+    FEATURE_CHOICES,
     RECIPES,
+    bench_features,
     kid_between,
     package_first,
     recipe_config,
@@ -52,6 +54,7 @@ def worker(args):
 
     config = recipe_config(args.recipe, args)
     model, dataset, real, extractor, settle = recipe_run(config, args, args.run_steps)
+    trained = bench_features("trained", args.dataset, args.image_size)
     marks = list(range(args.steps, args.run_steps + 1, args.steps))
     curve = []
 
@@ -59,11 +62,12 @@ def worker(args):
         def on_train_batch_end(self, batch, logs=None):
             if batch + 1 in marks:
                 settle(batch + 1)
-                kids = {}
+                kids, trained_kids = {}, {}
                 for name, sampling in SAMPLINGS.items():
                     images = model.generate(len(real), seed=args.seed, **sampling)
                     kids[name] = kid_between(extractor, real, images)
-                curve.append(dict(steps=batch + 1, **kids))
+                    trained_kids[name] = kid_between(trained, real, images)
+                curve.append(dict(steps=batch + 1, **kids, trained=trained_kids))
                 print(f"{args.dataset} {args.recipe}: {batch + 1} steps, KID {kids}",
                       file=sys.stderr, flush=True)  # fmt: skip
                 if batch + 1 == marks[-1]:
@@ -96,7 +100,7 @@ def main():
     parser.add_argument("--recipes", default="default")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--held-out", type=int, default=512)
-    parser.add_argument("--features", default="auto", choices=["auto", "inception", "random"])
+    parser.add_argument("--features", default="auto", choices=FEATURE_CHOICES)
     parser.add_argument("--precision", default="float32",
                         choices=["float32", "mixed_bfloat16", "auto"])  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
@@ -132,21 +136,36 @@ def main():
                     os.makedirs(args.save_dir, exist_ok=True)
                     with open(saved, "w") as handle:
                         json.dump(results[recipe], handle)
-        reference = results[REFERENCE]["curve"]
-        features = results[REFERENCE]["features"]
-        names = " / ".join(SAMPLINGS)
-        print(f"\n{dataset}, {args.image_size}x{args.image_size}, KID ({features} features; lower "
-              f"is better), {names}:")  # fmt: skip
-        for mark in reference:
-            kids = " / ".join(f"{mark[s]:.4f}" for s in SAMPLINGS)
-            print(f"  {REFERENCE:<24} at {mark['steps']:>5} steps: {kids}")
-        goal = reference[-1]
-        for recipe in recipes:
-            final = results[recipe]["curve"][-1]
-            kids = " / ".join(f"{final[s]:.4f}" for s in SAMPLINGS)
-            verdict = all(final[s] <= goal[s] for s in SAMPLINGS)
-            print(f"  {recipe:<24} at {final['steps']:>5} steps: {kids}  as good as the "
-                  f"reference at {goal['steps']}: {'yes' if verdict else 'no'}")  # fmt: skip
+        for features, kids_of in (
+            (results[REFERENCE]["features"], lambda mark: mark),
+            ("trained", lambda mark: mark.get("trained")),
+        ):
+            report(dataset, args, results, recipes, features, kids_of)
+
+
+def report(dataset, args, results, recipes, features, kids_of):
+    """One table: the reference's marks and each recipe's final KIDs, in the
+    features `kids_of(mark)` picks (a run without them is left out)."""
+    reference = [kids_of(mark) | dict(steps=mark["steps"]) for mark in results[REFERENCE]["curve"]
+                 if kids_of(mark)]  # fmt: skip
+    if not reference:
+        return
+    names = " / ".join(SAMPLINGS)
+    print(f"\n{dataset}, {args.image_size}x{args.image_size}, KID ({features} features; lower "
+          f"is better), {names}:")  # fmt: skip
+    for mark in reference:
+        kids = " / ".join(f"{mark[s]:.4f}" for s in SAMPLINGS)
+        print(f"  {REFERENCE:<24} at {mark['steps']:>5} steps: {kids}")
+    goal = reference[-1]
+    for recipe in recipes:
+        last = results[recipe]["curve"][-1]
+        final = kids_of(last)
+        if not final:
+            continue
+        kids = " / ".join(f"{final[s]:.4f}" for s in SAMPLINGS)
+        verdict = all(final[s] <= goal[s] for s in SAMPLINGS)
+        print(f"  {recipe:<24} at {last['steps']:>5} steps: {kids}  as good as the "
+              f"reference at {goal['steps']}: {'yes' if verdict else 'no'}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -15,6 +15,15 @@ from diffusion_keras.unet import BOOK_WIDTHS, build_unet, validate_unet_args
 from diffusion_keras.weighting import loss_weights, validate_weighting
 
 LOSSES = ("mae", "mse")
+# `get_config`'s keys that are attributes of the same name (besides name,
+# trainable, loss and the sub-models).
+CONFIG_KEYS = (
+    "image_size", "channels", "widths", "block_depth", "embedding_dims",
+    "embedding_min_frequency", "embedding_max_frequency", "schedule", "min_signal_rate",
+    "max_signal_rate", "ema", "ema_warmup", "seed", "precision", "prediction", "num_classes",
+    "class_names", "label_dropout", "batch_norm", "remat", "loss_weighting", "min_snr_gamma",
+    "attention_levels", "attention_heads", "cross_attention",
+)  # fmt: skip
 PREDICTIONS = ("noise", "image", "velocity")
 
 
@@ -184,23 +193,12 @@ class DiffusionModel(Spaces, Generation, keras.Model):
         # The model's own policy makes `compile` wrap the optimizer in a
         # LossScaleOptimizer under mixed_float16.
         super().__init__(dtype=precision, **kwargs)
-        if autoencoder is not None and channels != 3:
-            raise ValueError(f"a latent model's images have 3 channels, got channels={channels}")
-        autoencoder = _frozen(autoencoder)
-        text_encoder = _frozen(text_encoder)
-        if text_encoder is not None and num_classes:
-            raise ValueError("a model is conditioned on classes or on text, not both")
-        if text_encoder is not None and not attention_levels:
-            raise ValueError(
-                "a text-conditional model cross-attends to the caption; give it attention "
-                "levels (--attention-levels)"
-            )
+        autoencoder, text_encoder = _frozen(autoencoder), _frozen(text_encoder)
+        space_size, space_channels = _space_shape(
+            image_size, channels, autoencoder, text_encoder, num_classes, attention_levels
+        )
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder
-        if autoencoder is not None:
-            space_size, _, space_channels = autoencoder.latent_shape(int(image_size))
-        else:
-            space_size, space_channels = int(image_size), int(channels)
         validate_unet_args(
             space_size, widths, block_depth, space_channels, embedding_dims, num_classes
         )
@@ -245,27 +243,7 @@ class DiffusionModel(Spaces, Generation, keras.Model):
 
         self.normalizer = layers.Normalization(name="normalizer", dtype="float32")
         self.normalizer.build((None, space_size, space_size, space_channels))
-        unet_args = dict(
-            image_size=space_size,
-            channels=space_channels,
-            widths=self.widths,
-            block_depth=self.block_depth,
-            embedding_dims=self.embedding_dims,
-            embedding_min_frequency=self.embedding_min_frequency,
-            embedding_max_frequency=self.embedding_max_frequency,
-            precision=precision,
-            num_classes=self.num_classes,
-            batch_norm=self.batch_norm,
-            remat=self.remat,
-            attention_levels=self.attention_levels,
-            attention_heads=self.attention_heads,
-            cross_attention=self.cross_attention,
-            context_shape=None if text_encoder is None else text_encoder.context_shape,
-            # Built inside a multi-replica strategy's scope: batch statistics
-            # over the global batch, as on one device.
-            synchronized_batch_norm=tf.distribute.has_strategy()
-            and tf.distribute.get_strategy().num_replicas_in_sync > 1,
-        )
+        unet_args = _unet_args(self)
         self.network = build_unet(name="network", seed=self.seed, **unet_args)
         # The EMA network starts as an exact copy (the book's `clone_model`
         # re-initialised it) and is never trained directly.
@@ -275,27 +253,9 @@ class DiffusionModel(Spaces, Generation, keras.Model):
 
         # Counters saved with the model: training steps taken (drives the EMA
         # warm-up and the training noise), and evaluation batches seen.
-        self.train_steps = self.add_weight(
-            shape=(),
-            dtype="int64",
-            initializer="zeros",
-            trainable=False,
-            name="train_steps",
-        )
-        self.eval_steps = self.add_weight(
-            shape=(),
-            dtype="int64",
-            initializer="zeros",
-            trainable=False,
-            name="eval_steps",
-        )
-        self.normalizer_adapted = self.add_weight(
-            shape=(),
-            dtype="int32",
-            initializer="zeros",
-            trainable=False,
-            name="normalizer_adapted",
-        )
+        self.train_steps = self._counter("train_steps", "int64")
+        self.eval_steps = self._counter("eval_steps", "int64")
+        self.normalizer_adapted = self._counter("normalizer_adapted", "int32")
         self.noise_loss_tracker = keras.metrics.Mean(name="n_loss")
         self.image_loss_tracker = keras.metrics.Mean(name="i_loss")
         self.velocity_loss_tracker = keras.metrics.Mean(name="v_loss")
@@ -305,45 +265,24 @@ class DiffusionModel(Spaces, Generation, keras.Model):
         self._sampler = None
         self.built = True
 
+    def _counter(self, name, dtype):
+        return self.add_weight(
+            shape=(), dtype=dtype, initializer="zeros", trainable=False, name=name
+        )
+
     # -- configuration -------------------------------------------------------
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "image_size": self.image_size,
-            "channels": self.channels,
-            "widths": list(self.widths),
-            "block_depth": self.block_depth,
-            "embedding_dims": self.embedding_dims,
-            "embedding_min_frequency": self.embedding_min_frequency,
-            "embedding_max_frequency": self.embedding_max_frequency,
-            "schedule": self.schedule,
-            "min_signal_rate": self.min_signal_rate,
-            "max_signal_rate": self.max_signal_rate,
-            "ema": self.ema,
-            "ema_warmup": self.ema_warmup,
-            "loss": self.loss_name,
-            "seed": self.seed,
-            "precision": self.precision,
-            "prediction": self.prediction,
-            "num_classes": self.num_classes,
-            "class_names": list(self.class_names),
-            "label_dropout": self.label_dropout,
-            "batch_norm": self.batch_norm,
-            "remat": self.remat,
-            "loss_weighting": self.loss_weighting,
-            "min_snr_gamma": self.min_snr_gamma,
-            "attention_levels": list(self.attention_levels),
-            "attention_heads": self.attention_heads,
-            "cross_attention": self.cross_attention,
-            "autoencoder": None
-            if self.autoencoder is None
-            else keras.saving.serialize_keras_object(self.autoencoder),
-            "text_encoder": None
-            if self.text_encoder is None
-            else keras.saving.serialize_keras_object(self.text_encoder),
-        }
+        config = {"name": self.name, "trainable": self.trainable, "loss": self.loss_name}
+        for key in CONFIG_KEYS:
+            value = getattr(self, key)
+            config[key] = list(value) if isinstance(value, (list, tuple)) else value
+        for key in ("autoencoder", "text_encoder"):
+            submodel = getattr(self, key)
+            config[key] = (
+                None if submodel is None else keras.saving.serialize_keras_object(submodel)
+            )
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -419,32 +358,13 @@ class DiffusionModel(Spaces, Generation, keras.Model):
         return ops.cast(network(inputs, training=training), "float32")
 
     def split_prediction(self, outputs, noisy_images, noise_rates, signal_rates):
-        """The network's outputs as `(pred_noises, pred_images)`.
-
-        With x = signal * image + noise * eps and signal**2 + noise**2 = 1 (true
-        of every schedule here), a prediction of eps, of the image or of the
-        velocity v = signal * eps - noise * image each gives the other two:
-        image = signal * x - noise * v and eps = noise * x + signal * v.
-        """
-        if self.prediction == "noise":
-            pred_noises = outputs
-            pred_images = (noisy_images - noise_rates * pred_noises) / signal_rates
-        elif self.prediction == "image":
-            pred_images = outputs
-            pred_noises = (noisy_images - signal_rates * pred_images) / noise_rates
-        else:
-            pred_images = signal_rates * noisy_images - noise_rates * outputs
-            pred_noises = noise_rates * noisy_images + signal_rates * outputs
-        return pred_noises, pred_images
+        """The network's outputs as `(pred_noises, pred_images)` (see `split_prediction`)."""
+        return split_prediction(self.prediction, outputs, noisy_images, noise_rates, signal_rates)
 
     def prediction_targets(self, images, noises, noise_rates, signal_rates):
         """What the network should output for these (normalised) images and
         noises: the loss compares this with `network_outputs`."""
-        if self.prediction == "noise":
-            return noises
-        if self.prediction == "image":
-            return images
-        return signal_rates * noises - noise_rates * images
+        return prediction_targets(self.prediction, images, noises, noise_rates, signal_rates)
 
     def denoise(self, noisy_images, noise_rates, signal_rates, training, class_labels=None):
         """Splits noisy images into predicted noise and predicted clean images.
@@ -454,27 +374,13 @@ class DiffusionModel(Spaces, Generation, keras.Model):
         outputs = self.network_outputs(noisy_images, noise_rates, class_labels, training)
         return self.split_prediction(outputs, noisy_images, noise_rates, signal_rates)
 
-    def _global_draw(self, draw, local_batch, tail_shape, seed):
-        """Draws `draw(shape, seed)` for the whole global batch and keeps this
-        replica's slice: under a distribution strategy each replica holds a
-        slice of the global batch, and every image gets the draw it would get
-        on one device."""
-        replica = tf.distribute.get_replica_context()
-        replicas = 1 if replica is None else replica.num_replicas_in_sync
-        replica_id = 0 if replica is None else replica.replica_id_in_sync_group
-        start = replica_id * local_batch
-        shape = tf.concat([[local_batch * replicas], tf.cast(tail_shape, "int32")], axis=0)
-        return draw(shape, seed)[start : start + local_batch]
-
     def _noisy_batch(self, images, seed):
         """Draws noises and diffusion times for a batch and mixes them in."""
         images = self.normalize(self.to_space(images_of(images)))
         local_batch = ops.shape(images)[0]
-        noises = self._global_draw(
-            tf.random.stateless_normal, local_batch, ops.shape(images)[1:], seed
-        )
-        diffusion_times = self._global_draw(
-            tf.random.stateless_uniform, local_batch, [1, 1, 1], self._substream(seed, 1)
+        noises = global_draw(tf.random.stateless_normal, local_batch, ops.shape(images)[1:], seed)
+        diffusion_times = global_draw(
+            tf.random.stateless_uniform, local_batch, [1, 1, 1], substream(seed, 1)
         )
         noise_rates, signal_rates = self.diffusion_schedule(diffusion_times)
         noisy_images = signal_rates * images + noise_rates * noises
@@ -490,15 +396,9 @@ class DiffusionModel(Spaces, Generation, keras.Model):
             what = "(images, labels)" if self.num_classes else "(images, caption tokens)"
             raise ValueError(f"this model is conditional; train it on {what} batches")
         labels = ops.cast(ops.reshape(labels, (-1,) + self.label_shape), "int32")
-        draws = self._global_draw(
-            tf.random.stateless_uniform, local_batch, [], self._substream(seed, 2)
-        )
+        draws = global_draw(tf.random.stateless_uniform, local_batch, [], substream(seed, 2))
         dropped = ops.reshape(draws < self.label_dropout, (-1,) + (1,) * len(self.label_shape))
         return ops.where(dropped, self.null_labels(local_batch), labels)
-
-    @staticmethod
-    def _substream(seed, index):
-        return tf.stack([seed[0], seed[1] + index * (1 << 40)])
 
     def _step_seed(self, counter, stream):
         # A stateless seed from (model seed, stream, counter): the same model,
@@ -579,6 +479,96 @@ class DiffusionModel(Spaces, Generation, keras.Model):
             outputs, noisy_images, noise_rates, signal_rates
         )
         return self._track(images, noises, pred_noises, pred_images, targets, outputs)
+
+
+def split_prediction(prediction, outputs, noisy_images, noise_rates, signal_rates):
+    """A network's `outputs` (a `prediction` of "noise", "image" or
+    "velocity") as `(pred_noises, pred_images)`.
+
+    With x = signal * image + noise * eps and signal**2 + noise**2 = 1 (true
+    of every schedule here), a prediction of eps, of the image or of the
+    velocity v = signal * eps - noise * image each gives the other two:
+    image = signal * x - noise * v and eps = noise * x + signal * v.
+    """
+    if prediction == "noise":
+        return outputs, (noisy_images - noise_rates * outputs) / signal_rates
+    if prediction == "image":
+        return (noisy_images - signal_rates * outputs) / noise_rates, outputs
+    return (
+        noise_rates * noisy_images + signal_rates * outputs,
+        signal_rates * noisy_images - noise_rates * outputs,
+    )
+
+
+def prediction_targets(prediction, images, noises, noise_rates, signal_rates):
+    """What a network predicting `prediction` should output."""
+    if prediction == "noise":
+        return noises
+    if prediction == "image":
+        return images
+    return signal_rates * noises - noise_rates * images
+
+
+def global_draw(draw, local_batch, tail_shape, seed):
+    """Draws `draw(shape, seed)` for the whole global batch and keeps this
+    replica's slice: under a distribution strategy each replica holds a
+    slice of the global batch, and every image gets the draw it would get
+    on one device."""
+    replica = tf.distribute.get_replica_context()
+    replicas = 1 if replica is None else replica.num_replicas_in_sync
+    replica_id = 0 if replica is None else replica.replica_id_in_sync_group
+    start = replica_id * local_batch
+    shape = tf.concat([[local_batch * replicas], tf.cast(tail_shape, "int32")], axis=0)
+    return draw(shape, seed)[start : start + local_batch]
+
+
+def substream(seed, index):
+    """Stateless seed `index` of the stream `seed`."""
+    return tf.stack([seed[0], seed[1] + index * (1 << 40)])
+
+
+def _unet_args(model):
+    """The `build_unet` arguments of a `DiffusionModel`'s two networks."""
+    return dict(
+        image_size=model.space_size,
+        channels=model.space_channels,
+        widths=model.widths,
+        block_depth=model.block_depth,
+        embedding_dims=model.embedding_dims,
+        embedding_min_frequency=model.embedding_min_frequency,
+        embedding_max_frequency=model.embedding_max_frequency,
+        precision=model.precision,
+        num_classes=model.num_classes,
+        batch_norm=model.batch_norm,
+        remat=model.remat,
+        attention_levels=model.attention_levels,
+        attention_heads=model.attention_heads,
+        cross_attention=model.cross_attention,
+        context_shape=None if model.text_encoder is None else model.text_encoder.context_shape,
+        # Built inside a multi-replica strategy's scope: batch statistics
+        # over the global batch, as on one device.
+        synchronized_batch_norm=tf.distribute.has_strategy()
+        and tf.distribute.get_strategy().num_replicas_in_sync > 1,
+    )
+
+
+def _space_shape(image_size, channels, autoencoder, text_encoder, num_classes, attention_levels):
+    """`(size, channels)` of the space the U-Net works in (the images, or an
+    autoencoder's latents); raises `ValueError` for sub-models that do not go
+    together."""
+    if autoencoder is not None and channels != 3:
+        raise ValueError(f"a latent model's images have 3 channels, got channels={channels}")
+    if text_encoder is not None and num_classes:
+        raise ValueError("a model is conditioned on classes or on text, not both")
+    if text_encoder is not None and not attention_levels:
+        raise ValueError(
+            "a text-conditional model cross-attends to the caption; give it attention "
+            "levels (--attention-levels)"
+        )
+    if autoencoder is not None:
+        size, _, latent_channels = autoencoder.latent_shape(int(image_size))
+        return size, latent_channels
+    return int(image_size), int(channels)
 
 
 def _frozen(submodel):

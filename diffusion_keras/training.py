@@ -72,6 +72,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     weight_decay: float = 1e-4
+    adam_beta_2: float = 0.999
     ema: float = 0.999
     ema_warmup: bool = True
     precise_bn_batches: int = 16
@@ -151,8 +152,8 @@ RECIPES = {
     # The book's notebook exactly: its EMA from the first step (no warm-up) and
     # no flips, a constant learning rate, the loss on the noise unweighted.
     "book": dict(flip=False, ema=0.999, ema_warmup=False, precise_bn_batches=0, learning_rate=1e-3,
-                 lr_schedule="constant", warmup_steps=0, loss="mae", prediction="noise",
-                 loss_weighting="none", batch_size=64),
+                 adam_beta_2=0.999, lr_schedule="constant", warmup_steps=0, loss="mae",
+                 prediction="noise", loss_weighting="none", batch_size=64),
 }  # fmt: skip
 LR_SCHEDULES = ("constant", "cosine")
 NOTHING_TO_SAVE = "stopped by SIGTERM before the first training step; nothing to save"
@@ -219,6 +220,7 @@ def build_model(config, class_names=None, total_steps=None, autoencoder=None, te
         optimizer=keras.optimizers.AdamW(
             learning_rate=learning_rate(config, total_steps or 1),
             weight_decay=config.weight_decay,
+            beta_2=config.adam_beta_2,
         ),
         jit_compile=resolve_jit_compile(config.jit_compile),
     )

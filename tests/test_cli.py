@@ -179,3 +179,4 @@ def test_flags_reach_the_run_config():
     assert (latent.latent, latent.autoencoder, latent.latent_factor) == (True, "ae.keras", 8)
     cosine = config("--lr-schedule", "cosine", "--warmup-steps", "100")
     assert (cosine.lr_schedule, cosine.warmup_steps) == ("cosine", 100)
+    assert config("--adam-beta2", "0.99").adam_beta_2 == 0.99

@@ -116,6 +116,7 @@ def test_unusable_data_fails_before_any_model_is_built(tmp_path, make, message):
         ("train.py", ["--learning-rate", "0"], "--learning-rate: expected a positive number"),
         ("train.py", ["--weight-decay", "-1"], "--weight-decay: expected a number >= 0"),
         ("train.py", ["--ema", "1"], "--ema: expected a number in [0, 1)"),
+        ("train.py", ["--adam-beta2", "1"], "--adam-beta2: expected a number in [0, 1)"),
         ("train.py", ["--image-size", "20", "--widths", "8,16,32,64"], "multiple of 8"),
         ("train.py", ["--embedding-dims", "7"], "even"),
         ("train.py", ["--loss", "huber"], "invalid choice: 'huber'"),

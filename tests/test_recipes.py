@@ -18,6 +18,7 @@ def test_book_recipe_is_the_books_notebook():
     book = TrainConfig.for_recipe("book")
     assert (book.flip, book.ema, book.ema_warmup) == (False, 0.999, False)
     assert (book.learning_rate, book.lr_schedule, book.weight_decay) == (1e-3, "constant", 1e-4)
+    assert book.adam_beta_2 == 0.999  # AdamW's own default, as the book's notebook uses it
     assert (book.loss, book.prediction, book.loss_weighting) == ("mae", "noise", "none")
     assert (book.batch_size, book.image_size, book.widths) == (64, 64, (32, 64, 96, 128))
     assert TrainConfig.for_recipe("book", batch_size=16).batch_size == 16  # flags still win
@@ -26,6 +27,14 @@ def test_book_recipe_is_the_books_notebook():
     with pytest.raises(ValueError, match="unknown recipe 'fast'; choose one of: default, book"):
         TrainConfig.for_recipe("fast")
     assert set(RECIPES) == {"default", "book"}
+
+
+def test_the_optimizer_takes_the_configs_second_moment_decay():
+    from diffusion_keras.training import build_model
+
+    small = dict(image_size=16, widths=(8, 16), block_depth=1, precision="float32")
+    assert float(build_model(TrainConfig(**small)).optimizer.beta_2) == 0.999
+    assert float(build_model(TrainConfig(adam_beta_2=0.99, **small)).optimizer.beta_2) == 0.99
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
