@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 from diffusion_keras.errors import DataError
+from diffusion_keras.image_cache import release_pages
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 BUILTIN_PREFIX = "builtin:"
@@ -328,18 +329,6 @@ def load_images(source, image_size=64, center_crop=False, with_labels=False, dat
 
 
 RELEASE_EVERY = 16  # batches between handing a memory map's pages back
-
-
-def release_pages(images):
-    """Unmaps the pages a memory-mapped array has read (`MADV_DONTNEED`): they
-    stay in the page cache, but no longer count in this process's resident
-    memory, which would otherwise grow to the whole file over an epoch.
-    Nothing for arrays in memory."""
-    import mmap
-
-    handle = getattr(images, "_mmap", None)
-    if handle is not None and hasattr(handle, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        handle.madvise(mmap.MADV_DONTNEED)
 
 
 def epoch_batches(data, batch_size, repetitions, seed, epoch, flip=False, labels=False):

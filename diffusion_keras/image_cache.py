@@ -52,6 +52,18 @@ def _read(folder, directory):
     return images, kept, skipped
 
 
+def release_pages(images):
+    """Unmaps the pages a memory-mapped array has read (`MADV_DONTNEED`): they
+    stay in the page cache, but no longer count in this process's resident
+    memory, which would otherwise grow to the whole file over an epoch.
+    Nothing for arrays in memory."""
+    import mmap
+
+    handle = getattr(images, "_mmap", None)
+    if handle is not None and hasattr(handle, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        handle.madvise(mmap.MADV_DONTNEED)
+
+
 def _decode_into(path, folder, paths, image_size, decode, workers):
     """Decodes `paths` in chunks into a new `.npy` at `path`; returns the
     kept and skipped relative paths."""
@@ -68,6 +80,11 @@ def _decode_into(path, folder, paths, image_size, decode, workers):
                 else:
                     images[len(kept)] = array
                     kept.append(relative)
+            # Written pages would otherwise stay in this process's resident
+            # memory until the whole file is (19.7 GB for 100k images at
+            # 256x256): write them out and hand them back to the page cache.
+            images.flush()
+            release_pages(images)
     images.flush()
     del images
     return kept, skipped

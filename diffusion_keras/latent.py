@@ -64,7 +64,7 @@ def autoencoder_for(config, data, run_dir, verbose="auto", chief=True):
 def _fingerprint(model, data):
     """What the cached latents depend on: the images (hashed a batch at a
     time) and the autoencoder's weights."""
-    from diffusion_keras.data import release_pages
+    from diffusion_keras.image_cache import release_pages
 
     images = hashlib.blake2b(digest_size=16)
     for start in range(0, len(data.images), 256):
@@ -89,7 +89,7 @@ def encoded_once(model, data, run_dir, batch_size=64):
     atomically. The latents are the posterior means, so training on them is
     training on the images (`DiffusionModel.to_space`).
     """
-    from diffusion_keras.data import release_pages
+    from diffusion_keras.image_cache import release_pages
 
     path = os.path.join(run_dir, LATENTS_FILE)
     meta = path + ".json"
