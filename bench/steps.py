@@ -15,7 +15,10 @@ schedule sized to them. Every run is a fresh process at 32x32 with the same
 seed and data; KID is measured on `--held-out` images the runs never saw, from
 the same seeded noise, with the book's sampler (DDIM, 20 steps) and with
 generate.py's default (DPM-Solver++(2M), 5 log-SNR steps), and with that
-solver at 10 steps. Steps, not
+solver at 10 steps, each in two feature spaces: `--features` (random
+features offline) and `bench/trained_features.py`'s (a classifier of the
+data set's real images, which sees what random features miss on the
+glyphs: their shape). Steps, not
 minutes, so a busy machine changes nothing but the wall time. Run by hand,
 never by CI.
 """

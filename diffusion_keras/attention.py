@@ -85,3 +85,57 @@ class SpatialAttention(layers.Layer):
         config = super().get_config()
         config.update(num_heads=self.num_heads, key_dim=self.key_dim)
         return config
+
+
+def cross_attention_maps(model, prompts, noisy_images, noise_rates):
+    """Where a text-conditional model's EMA U-Net looks for each token of the
+    prompts, at every cross-attention block.
+
+    Args:
+        model: a `DiffusionModel` with a text encoder.
+        prompts: a str, or one str per image.
+        noisy_images: `(batch, size, size, channels)` in the model's space
+            (normalised pixels, or latents), at `noise_rates`.
+        noise_rates: `(batch, 1, 1, 1)`.
+
+    Returns:
+        A list of `(layer name, maps)`, from the first block to the last;
+        `maps` is a numpy array `(batch, height, width, keys)`: the attention
+        weights averaged over heads, which sum to 1 over the keys at each
+        position. Key 0 is the start token, keys 1.. the prompt's words
+        (`text.words_of`), then padding.
+    """
+    import numpy as np
+
+    if getattr(model, "text_encoder", None) is None:
+        raise ValueError("attention maps need a text-conditional model (a text encoder)")
+    network = model.ema_network
+    blocks = [
+        layer
+        for layer in network.layers
+        if isinstance(layer, SpatialAttention) and isinstance(layer.input, (list, tuple))
+    ]
+    if isinstance(prompts, str):
+        prompts = [prompts] * len(noisy_images)
+    if len(prompts) != len(noisy_images):
+        raise ValueError(f"got {len(prompts)} prompts for {len(noisy_images)} images")
+    tokens = model.text_encoder.tokenize(list(prompts))
+    inputs = model.network_inputs(
+        ops.convert_to_tensor(noisy_images, "float32"),
+        ops.convert_to_tensor(noise_rates, "float32"),
+        tokens,
+    )
+    probe = keras.Model(network.inputs, [tensor for layer in blocks for tensor in layer.input])
+    captured = probe(inputs, training=False)
+    maps = []
+    for index, layer in enumerate(blocks):
+        x, context = captured[2 * index], captured[2 * index + 1]
+        scores = ops.mean(ops.cast(layer.attention_scores([x, context]), "float32"), axis=1)
+        height, width = int(x.shape[1]), int(x.shape[2])
+        maps.append(
+            (
+                layer.name,
+                np.reshape(ops.convert_to_numpy(scores), (-1, height, width, scores.shape[-1])),
+            )
+        )
+    return maps

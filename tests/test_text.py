@@ -163,6 +163,28 @@ def test_guidance_with_the_empty_prompt_is_the_unconditional_pass():
     assert np.abs(negative - red).max() > 1e-3
 
 
+def test_cross_attention_maps_say_where_each_token_is_looked_for():
+    from diffusion_keras.attention import cross_attention_maps
+
+    model = text_model()
+    images, captions = colour_images(16)
+    model.fit(images, model.text_encoder.tokenize(captions), batch_size=8, epochs=1, verbose=0)
+    noisy = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
+    rates = np.full((2, 1, 1, 1), 0.8, "float32")
+    maps = cross_attention_maps(model, ["a red flower", "a blue flower"], noisy, rates)
+    # One cross-attention block (level 1 of widths 8, 16: the middle, 8x8), over the
+    # start token, the words and the padding (sequence length 6).
+    assert len(maps) == 1 and maps[0][1].shape == (2, 8, 8, 7)
+    np.testing.assert_allclose(maps[0][1].sum(axis=-1), 1.0, atol=1e-5)
+    alone = cross_attention_maps(model, "a red flower", noisy[:1], rates[:1])[0][1]
+    np.testing.assert_allclose(alone[0], maps[0][1][0], atol=1e-5)  # per image
+    assert np.abs(maps[0][1][0] - maps[0][1][1]).max() > 1e-4  # the prompt matters
+    with pytest.raises(ValueError, match="need a text-conditional model"):
+        cross_attention_maps(tiny_model(), "a red flower", noisy, rates)
+    with pytest.raises(ValueError, match="got 3 prompts for 2 images"):
+        cross_attention_maps(model, ["a", "b", "c"], noisy, rates)
+
+
 def test_caption_dropout_trains_the_empty_prompt():
     import tensorflow as tf
 
