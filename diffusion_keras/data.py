@@ -328,7 +328,12 @@ def load_images(source, image_size=64, center_crop=False, with_labels=False, dat
     return load_folder(source, image_size, center_crop, with_labels, with_captions=with_captions)
 
 
-RELEASE_EVERY = 16  # batches between handing a memory map's pages back
+# Batches between handing a memory map's pages back. Every batch: reading
+# rows at random maps the page cache's whole large folios (up to 2 MB) around
+# each image, so 16 shuffled batches of 64 images at 256x256 (200 MB) held
+# 2 GB resident; handing them back after each batch costs 0.08 ms and keeps
+# that under 200 MB (Linux 6.18).
+RELEASE_EVERY = 1
 
 
 def epoch_batches(data, batch_size, repetitions, seed, epoch, flip=False, labels=False):

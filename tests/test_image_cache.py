@@ -138,7 +138,7 @@ def test_an_epoch_hands_pages_back_as_it_goes(monkeypatch):
     data = data_module.ImageData(np.zeros((40 * 8, 4, 4, 3), np.uint8))
     batches = list(data_module.epoch_batches(data, 8, 1, seed=0, epoch=0))
     assert len(batches) == 40
-    assert len(calls) == 40 // data_module.RELEASE_EVERY + 1  # every 16 batches, and at the end
+    assert len(calls) == 40 // data_module.RELEASE_EVERY + 1  # as it goes, and at the end
 
 
 def test_holding_images_out_of_a_mapped_folder_keeps_the_rest_mapped(tmp_path, cache):
