@@ -253,9 +253,12 @@ def test_ctrl_c_saves_the_current_weights(tmp_path, png_folder):
     run_dir = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
     flags = ["--data", png_folder, "--epochs", 50, "--output", run_dir, *TINY_FLAGS]
+    # A background job of a non-interactive shell (CI started with `&`) ignores
+    # SIGINT, and a child inherits that: give train.py the default, as a terminal would.
     process = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "train.py"), *map(str, flags)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 300
     while not (run_dir / "checkpoints" / "epoch_001.keras").exists():
