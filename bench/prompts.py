@@ -48,33 +48,24 @@ def flowers(start, count, size):
     """Flowers `start .. start + count - 1` as uint8 images, with their
     attributes (colour index, count index) and captions."""
     import numpy as np
+    from trained_features import flower_labels
 
-    from diffusion_keras.captions import (
-        COLOUR_NAMES,
-        PETAL_COUNTS,
-        flower_attributes,
-        flower_caption,
-    )
+    from diffusion_keras.captions import flower_caption
     from diffusion_keras.flowers import render_flower
 
+    indices = range(start, start + count)
     images = np.empty((count, size, size, 3), np.uint8)
-    colours, counts, captions = [], [], []
-    for k, index in enumerate(range(start, start + count)):
+    for k, index in enumerate(indices):
         images[k] = np.round(render_flower(index, size) * 255.0)
-        words = flower_attributes(index)
-        colours.append(COLOUR_NAMES.index(words["colour"]))
-        counts.append(PETAL_COUNTS.index(words["count"]))
-        captions.append(flower_caption(index))
-    return images, np.array(colours), np.array(counts), captions
+    labels = flower_labels(indices)
+    return images, labels["colour"], labels["count"], [flower_caption(i) for i in indices]
 
 
 def attribute_classifier(size, seed):
     """A small CNN with two heads: petal colour and petal count."""
-    from trained_features import small_classifier
+    from trained_features import flower_heads, small_classifier
 
-    from diffusion_keras.captions import COLOUR_NAMES, PETAL_COUNTS
-
-    return small_classifier(size, dict(colour=len(COLOUR_NAMES), count=len(PETAL_COUNTS)), seed)
+    return small_classifier(size, flower_heads(), seed)
 
 
 def read_back(classifier, images):

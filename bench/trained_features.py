@@ -63,17 +63,32 @@ def labelled_images(dataset, size, count):
             dict(character=glyph_characters(count, seed=1)),
             dict(character=len(CHARACTERS)),
         )
-    from diffusion_keras.captions import COLOUR_NAMES, PETAL_COUNTS, flower_attributes
     from diffusion_keras.flowers import render_flower
 
     indices = range(FLOWERS_FROM, FLOWERS_FROM + count)
     images = np.stack([render_flower(index, size) for index in indices])
+    return images, flower_labels(indices), flower_heads()
+
+
+def flower_heads():
+    """The flower classifier's heads: petal colour and petal count, to their class counts."""
+    from diffusion_keras.captions import COLOUR_NAMES, PETAL_COUNTS
+
+    return dict(colour=len(COLOUR_NAMES), count=len(PETAL_COUNTS))
+
+
+def flower_labels(indices):
+    """`{"colour": ..., "count": ...}`: the class index arrays of flowers
+    `indices` (their drawn petal colour and petal count)."""
+    import numpy as np
+
+    from diffusion_keras.captions import COLOUR_NAMES, PETAL_COUNTS, flower_attributes
+
     words = [flower_attributes(index) for index in indices]
-    labels = dict(
+    return dict(
         colour=np.array([COLOUR_NAMES.index(w["colour"]) for w in words]),
         count=np.array([PETAL_COUNTS.index(w["count"]) for w in words]),
     )
-    return images, labels, dict(colour=len(COLOUR_NAMES), count=len(PETAL_COUNTS))
 
 
 def trained_features(dataset, size, seed=0):

@@ -358,7 +358,8 @@ class DiffusionModel(Spaces, Generation, keras.Model):
         return ops.cast(network(inputs, training=training), "float32")
 
     def split_prediction(self, outputs, noisy_images, noise_rates, signal_rates):
-        """The network's outputs as `(pred_noises, pred_images)` (see `split_prediction`)."""
+        """The network's outputs as `(pred_noises, pred_images)` (the module-level
+        `split_prediction`, for this model's `prediction`)."""
         return split_prediction(self.prediction, outputs, noisy_images, noise_rates, signal_rates)
 
     def prediction_targets(self, images, noises, noise_rates, signal_rates):
