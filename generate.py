@@ -10,6 +10,7 @@ from diffusion_keras.cli import (
     closed_unit_interval,
     int_list,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
     run,
@@ -109,6 +110,10 @@ def parser():
     edit.add_argument("--resample", type=positive_int, default=1,
         help="inpainting: take each step R times (RePaint's resampling; R times the cost)",
     )  # fmt: skip
+    edit.add_argument("--harmonize", type=non_negative_int, default=None, metavar="N",
+        help="inpainting: sweeps per step that carry the estimate's error at the mask's border "
+             "into the hole, so that it meets the kept pixels without a seam (default 16; 0: "
+             "off)")  # fmt: skip
     edit.add_argument("--noise-level", type=positive_float, default=None, metavar="SIGMA",
         help="denoising: the input's Gaussian noise, standard deviation in 0-255 pixel "
              "values (--steps 1: the single-step estimate)")  # fmt: skip
@@ -182,6 +187,7 @@ def check_edit_flags(args):
              ("--noise-level", args.noise_level)) if v is not None]  # fmt: skip
     if args.init_image is None:
         extra = given + ["--resample"] * (args.resample != 1)
+        extra += ["--harmonize"] * (args.harmonize is not None)
         extra += ["--variations"] * (args.variations != 1)
         if extra:
             raise UsageError(f"{extra[0]} edits an image: give it with --init-image PATH|FOLDER")
@@ -191,6 +197,9 @@ def check_edit_flags(args):
             "--init-image: say what to do with it: --strength S (image-to-image), --mask PATH "
             "(inpainting) or --noise-level SIGMA (denoising)"
         )
+    if args.mask is None and (args.resample != 1 or args.harmonize is not None):
+        flag = "--resample" if args.resample != 1 else "--harmonize"
+        raise UsageError(f"{flag} is for inpainting: give a --mask")
     if args.noise_level is not None and len(given) > 1:
         raise UsageError("--noise-level denoises the whole image: give no --strength or --mask")
     if args.interpolate or args.show_steps:
@@ -217,6 +226,7 @@ def edit_images(args, model, settings):
         mask=None if masks is None else np.repeat(masks, copies, axis=0),
         noise_level=None if args.noise_level is None else args.noise_level / 255.0,
         resample=args.resample,
+        harmonize=args.harmonize,
         **settings,
     )
     shown = images if masks is None else images * (1.0 - masks[..., None]) + masks[..., None]

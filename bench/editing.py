@@ -14,10 +14,12 @@ Prints three tables and writes a PNG (`--plot`):
 2. inpainting: for three masks, the seam measure (`editing.seam_ratio`:
    gradient across the mask's border over the same two pixels further out;
    about 1 when the seam is as smooth as the image) of the originals, of
-   `edit` with several samplers, and of RePaint's pasting (the kept region
-   replaced after each step with freshly noised original, Lugmayr et al.
-   2022) at the same cost, written out here as an eager loop for comparison;
-   and the largest change in the kept region;
+   `edit` with several samplers (with and without `--harmonize`), and of
+   RePaint's pasting (the kept region replaced after each step with freshly
+   noised original, Lugmayr et al. 2022) at the same cost, written out here
+   as an eager loop for comparison; how real the centre-inpainted images
+   look (KID, random features, against the held-out images not edited); and
+   the largest change in the kept region;
 3. denoising: PSNR of noisy held-out images and of `edit(noise_level=...)`
    at several noise levels and step counts, with whether the level is one the
    model trained on.
@@ -106,6 +108,7 @@ def main():
     from diffusion_keras.data import load_images, split_held_out
     from diffusion_keras.editing import psnr, relative_noise_of, seam_ratio
     from diffusion_keras.images import save_grid
+    from diffusion_keras.metrics import kid_from_features, random_features
     from diffusion_keras.saving import load_model
 
     flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
@@ -141,18 +144,34 @@ def main():
     masks["right half"][:, size // 2 :] = 1
     methods = [
         ("ours: ddim eta 1, 20 steps (--mask default)", dict(diffusion_steps=20, eta=1.0), None),
+        (
+            "ours: the same, --harmonize 0 (DDNM alone)",
+            dict(diffusion_steps=20, eta=1.0, harmonize=0),
+            None,
+        ),
         ("ours: ddim eta 0, 20 steps", dict(diffusion_steps=20), None),
         ("ours: ddim eta 0, 20 steps, resample 3", dict(diffusion_steps=20, resample=3), None),
         ("ours: dpmpp_2m, 5 log-SNR steps", default, None),
+        ("ours: dpmpp_2m, 5 log-SNR steps, --harmonize 0", dict(default, harmonize=0), None),
         ("RePaint paste: ddim eta 1, 20 steps", None, 1.0),
         ("RePaint paste: ddim eta 0, 20 steps", None, 0.0),
     ]
-    header = f"{'method':<46}" + "".join(f"{name:>12}" for name in masks) + f"{'seconds':>9}"
+    # How real the centre-inpainted images look: KID (random features) against
+    # the held-out images not edited here.
+    extractor = random_features(size)
+    others = extractor(held_out.images[args.images :].astype(np.float32) / 255.0)[0]
+
+    def centre_kid(edited):
+        return float(kid_from_features(others, extractor(edited)[0]))
+
+    header = (f"{'method':<46}" + "".join(f"{name:>12}" for name in masks)
+              + f"{'seconds':>9}{'centre KID':>12}")  # fmt: skip
     print(header)
-    print(f"{'originals':<46}" + "".join(f"{seam_ratio(images, m):>12.3f}" for m in masks.values()))
+    print(f"{'originals':<46}" + "".join(f"{seam_ratio(images, m):>12.3f}" for m in masks.values())
+          + f"{'':>9}{centre_kid(images):>12.4f}")  # fmt: skip
     kept_error = 0.0
     for label, settings, repaint_eta in methods:
-        cells, start = [], time.perf_counter()
+        cells, start, kid = [], time.perf_counter(), None
         for name, mask in masks.items():
             if settings is None:
                 edited = repaint_paste(model, images, mask, 20, 1, repaint_eta)
@@ -165,8 +184,11 @@ def main():
                     )
                     rows_for_plot.append(edited[:8])
             cells.append(seam_ratio(edited, mask))
+            if name == "centre":
+                kid = edited
         seconds = time.perf_counter() - start
-        print(f"{label:<46}" + "".join(f"{c:>12.3f}" for c in cells) + f"{seconds:>9.1f}")
+        print(f"{label:<46}" + "".join(f"{c:>12.3f}" for c in cells) + f"{seconds:>9.1f}"
+              + f"{centre_kid(kid):>12.4f}")  # fmt: skip
     print(f"largest change in a kept pixel (ours): {kept_error:.2e}")
 
     print("\n3. denoising held-out images (PSNR, dB; dpmpp_2m, log-SNR steps)")

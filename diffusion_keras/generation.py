@@ -171,7 +171,7 @@ class Generation:
         self, images, strength=None, mask=None, noise_level=None, resample=1,
         diffusion_steps=20, seed=None, sampler="ddim", eta=0.0, spacing="uniform",
         class_labels=None, guidance_scale=1.0, classifier=None, classifier_scale=1.0,
-        batch_size=64, progress=False, prompts=None, negative_prompts=None,
+        batch_size=64, progress=False, prompts=None, negative_prompts=None, harmonize=None,
     ):  # fmt: skip
         """Edits existing images: image-to-image, inpainting or denoising.
 
@@ -192,6 +192,10 @@ class Generation:
                 with `diffusion_steps=1` it is the network's single estimate.
             resample: int >= 1. With a mask, how often each step is taken
                 (RePaint's resampling); the cost grows with it.
+            harmonize: int >= 0. With a mask, the sweeps that carry the
+                estimate's error at the kept region's border into the
+                regenerated one at every step (`editing.harmonic_fill`), so the
+                two meet without a seam; 0 turns it off. None: `editing.HARMONIZE`.
             diffusion_steps, seed, sampler, eta, spacing, class_labels,
             guidance_scale, classifier, classifier_scale, batch_size,
             progress, prompts, negative_prompts: as in `generate`. The
@@ -200,7 +204,7 @@ class Generation:
         Returns:
             A numpy array of images in [0, 1]; where `mask` is 0, exactly the input.
         """
-        from diffusion_keras.editing import edit
+        from diffusion_keras.editing import HARMONIZE, edit
 
         if self.autoencoder is not None:
             raise ValueError("editing works on pixel-space models; this one is a latent model")
@@ -208,6 +212,7 @@ class Generation:
             self, images, strength, mask, noise_level, resample, diffusion_steps, seed,
             sampler, eta, spacing, class_labels, guidance_scale, classifier,
             classifier_scale, batch_size, progress, prompts, negative_prompts,
+            harmonize=HARMONIZE if harmonize is None else harmonize,
         )  # fmt: skip
 
     def _check_adapted(self):

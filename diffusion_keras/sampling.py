@@ -155,6 +155,12 @@ def keyed_noise(keys, counter, sample_shape):
 # -- the compiled loop -------------------------------------------------------
 
 
+def _edit_specs(spec):
+    """The signature of `editing.inpainting_step`'s inputs: known images, masks,
+    noise keys, resample and harmonize."""
+    return [spec["images"], spec["images"], spec["labels"], spec["scalar"], spec["scalar"]]
+
+
 class Sampler:
     """Runs the reverse process of `denoiser` as compiled TensorFlow loops.
 
@@ -217,7 +223,7 @@ class Sampler:
                 # Editing always visits explicit times (`editing.edit_times`).
                 from diffusion_keras.editing import inpainting_step
 
-                known, mask, keys, resample = edit
+                known, mask, keys, resample, harmonize = edit
 
             # An explicit while loop: one graph node for all steps, with no
             # AutoGraph source conversion to go wrong.
@@ -227,7 +233,7 @@ class Sampler:
                     return step + 1, *inpainting_step(
                         denoiser, current_images, pred_images, step, diffusion_steps, sampler,
                         eta if stochastic else 0.0, step_noise, guide, times,
-                        known, mask, keys, resample, shape,
+                        known, mask, keys, resample, harmonize, shape,
                     )  # fmt: skip
                 next_images, pred_images = sampling_step(
                     denoiser, current_images, pred_images, step, diffusion_steps, sampler,
@@ -247,7 +253,7 @@ class Sampler:
             spec["conditions"], spec["conditions"], spec["real"], spec["real"],
         ]  # fmt: skip
         if editing:
-            signature += [spec["images"], spec["images"], spec["labels"], spec["scalar"]]
+            signature += _edit_specs(spec)
         return tf.function(loop, input_signature=signature, autograph=False)
 
     def _one_step(self, sampler, stochastic, guidance, classifier, spacing, editing):
@@ -278,7 +284,7 @@ class Sampler:
             spec["real"],
         ]  # fmt: skip
         if editing:
-            signature += [spec["images"], spec["images"], spec["labels"], spec["scalar"]]
+            signature += _edit_specs(spec)
         return tf.function(one_step, input_signature=signature, autograph=False)
 
     def run(
@@ -296,8 +302,8 @@ class Sampler:
         half (None: the denoiser's `null_labels`), and `guidance` is
         `"none"`, `"labels"` (the conditional model) or `"cfg"`. `times` overrides the
         times `spacing` gives (editing starts later). `edit` is None or a dict
-        of numpy arrays `known` and `mask` `(n, *sample_shape)` and an int
-        `resample` (`diffusion_keras.editing`). The result does not depend on
+        of numpy arrays `known` and `mask` `(n, *sample_shape)` and ints
+        `resample` and `harmonize` (`diffusion_keras.editing`). The result does not depend on
         `batch_size`.
         """
         initial = np.asarray(initial, dtype="float32")
@@ -346,6 +352,7 @@ class Sampler:
                     tf.constant(edit["mask"][start : start + size]),
                     image_keys(seed, indices),
                     tf.constant(int(edit["resample"]), "int32"),
+                    tf.constant(int(edit.get("harmonize", 0)), "int32"),
                 )
             if bar is None:
                 function = self._function(
