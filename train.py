@@ -32,6 +32,7 @@ from diffusion_keras.cli import (  # noqa: E402
     OneLineParser,
     UsageError,
     closed_unit_interval,
+    finite_float,
     int_list,
     level_list,
     non_negative_float,
@@ -117,6 +118,18 @@ def parser():
         help="weight each image's loss by its noise level: none or min_snr (default none)",
     )
     add("--min-snr-gamma", type=positive_float, help="--loss-weighting min_snr: gamma (default 5)")
+    add(
+        "--time-sampling",
+        choices=["uniform", "log_normal"],
+        help="how training draws diffusion times: uniform (the book's) or log_normal (log-SNR "
+        "normal, EDM's noise levels; default uniform)",
+    )
+    add("--log-snr-mean", type=finite_float, help="--time-sampling log_normal: mean (default 1.0)")
+    add(
+        "--log-snr-std",
+        type=positive_float,
+        help="--time-sampling log_normal: standard deviation (default 2.4)",
+    )
     add(
         "--prediction",
         choices=["noise", "image", "velocity"],

@@ -72,6 +72,7 @@ def _float_in(accept, description):
     return parse
 
 
+finite_float = _float_in(lambda v: True, "a finite number")
 positive_float = _float_in(lambda v: v > 0, "a positive number")
 non_negative_float = _float_in(lambda v: v >= 0, "a number >= 0")
 unit_interval = _float_in(lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")

@@ -7,12 +7,12 @@ from keras import layers, ops
 
 from diffusion_keras.generation import Generation
 from diffusion_keras.layers import validate_batch_norm
-from diffusion_keras.pixels import images_of
 from diffusion_keras.precision import validate_precision
 from diffusion_keras.schedules import get_schedule, validate_schedule
 from diffusion_keras.spaces import Spaces
+from diffusion_keras.training_steps import TrainingSteps
 from diffusion_keras.unet import BOOK_WIDTHS, build_unet, validate_unet_args
-from diffusion_keras.weighting import loss_weights, validate_weighting
+from diffusion_keras.weighting import time_sampler, validate_weighting
 
 LOSSES = ("mae", "mse")
 # `get_config`'s keys that are attributes of the same name (besides name,
@@ -22,7 +22,8 @@ CONFIG_KEYS = (
     "embedding_min_frequency", "embedding_max_frequency", "schedule", "min_signal_rate",
     "max_signal_rate", "ema", "ema_warmup", "seed", "precision", "prediction", "num_classes",
     "class_names", "label_dropout", "batch_norm", "remat", "loss_weighting", "min_snr_gamma",
-    "attention_levels", "attention_heads", "cross_attention",
+    "attention_levels", "attention_heads", "cross_attention", "time_sampling", "log_snr_mean",
+    "log_snr_std",
 )  # fmt: skip
 PREDICTIONS = ("noise", "image", "velocity")
 
@@ -57,16 +58,8 @@ def checked_class_names(class_names, num_classes):
     return class_names
 
 
-def _labels_of(data):
-    if isinstance(data, (tuple, list)) and len(data) > 1:
-        return data[1]
-    if isinstance(data, dict) and "label" in data:
-        return data["label"]
-    return None
-
-
 @keras.saving.register_keras_serializable(package="diffusion_keras")
-class DiffusionModel(Spaces, Generation, keras.Model):
+class DiffusionModel(Spaces, Generation, TrainingSteps, keras.Model):
     """A denoising diffusion model with an EMA copy of its U-Net.
 
     Training (`fit`) adds noise at a random diffusion time to each image and
@@ -122,6 +115,12 @@ class DiffusionModel(Spaces, Generation, keras.Model):
             image's loss weighted by its noise level (min-SNR-gamma, Hang et
             al. 2023; see `diffusion_keras.weighting`). Defaults to `"none"`.
         min_snr_gamma: float. The gamma of `"min_snr"`. Defaults to 5.
+        time_sampling: str. How training draws `diffusion_times`: `"uniform"`
+            (the book's) or `"log_normal"` (log-SNR normal with
+            `log_snr_mean` and `log_snr_std`, as EDM draws its noise levels;
+            see `diffusion_keras.weighting`). Defaults to `"uniform"`.
+        log_snr_mean, log_snr_std: float. Of `"log_normal"`. Default 1.0
+            and 2.4 (EDM's, for unit-variance data).
         autoencoder: an `Autoencoder` (or its serialized config) or None.
             With one, the model is a latent diffusion model (Rombach et al.
             2022): the U-Net works on the autoencoder's scaled latents,
@@ -181,6 +180,9 @@ class DiffusionModel(Spaces, Generation, keras.Model):
         remat=True,
         loss_weighting="none",
         min_snr_gamma=5.0,
+        time_sampling="uniform",
+        log_snr_mean=1.0,
+        log_snr_std=2.4,
         autoencoder=None,
         attention_levels=(),
         attention_heads=4,
@@ -225,6 +227,8 @@ class DiffusionModel(Spaces, Generation, keras.Model):
         validate_weighting(loss_weighting, min_snr_gamma)
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = float(min_snr_gamma)
+        self.time_sampling = time_sampling
+        self.log_snr_mean, self.log_snr_std = float(log_snr_mean), float(log_snr_std)
         self.seed = int(seed)
         self.precision = precision
         self.prediction = prediction
@@ -239,6 +243,9 @@ class DiffusionModel(Spaces, Generation, keras.Model):
         self.cross_attention = bool(cross_attention)
 
         self.diffusion_schedule = get_schedule(schedule, min_signal_rate, max_signal_rate)
+        self.time_sampler = time_sampler(
+            time_sampling, self.diffusion_schedule, self.log_snr_mean, self.log_snr_std
+        )
         self.loss_fn = _loss_function(loss)
 
         self.normalizer = layers.Normalization(name="normalizer", dtype="float32")
@@ -288,7 +295,9 @@ class DiffusionModel(Spaces, Generation, keras.Model):
     def from_config(cls, config):
         # Files saved before `batch_norm` existed hold Keras's BatchNormalization,
         # and files saved before `remat` existed the book's separate layers.
-        return cls(**{"batch_norm": "keras", "remat": False, **config})
+        # Files saved before `time_sampling` trained on uniform times.
+        legacy = {"batch_norm": "keras", "remat": False, "time_sampling": "uniform"}
+        return cls(**{**legacy, **config})
 
     def with_precision(self, precision):
         """This model (weights, EMA, normalizer, counters) in another precision.
@@ -375,112 +384,6 @@ class DiffusionModel(Spaces, Generation, keras.Model):
         outputs = self.network_outputs(noisy_images, noise_rates, class_labels, training)
         return self.split_prediction(outputs, noisy_images, noise_rates, signal_rates)
 
-    def _noisy_batch(self, images, seed):
-        """Draws noises and diffusion times for a batch and mixes them in."""
-        images = self.normalize(self.to_space(images_of(images)))
-        local_batch = ops.shape(images)[0]
-        noises = global_draw(tf.random.stateless_normal, local_batch, ops.shape(images)[1:], seed)
-        diffusion_times = global_draw(
-            tf.random.stateless_uniform, local_batch, [1, 1, 1], substream(seed, 1)
-        )
-        noise_rates, signal_rates = self.diffusion_schedule(diffusion_times)
-        noisy_images = signal_rates * images + noise_rates * noises
-        return images, noises, noisy_images, noise_rates, signal_rates
-
-    def _training_labels(self, data, seed, local_batch):
-        """The batch's labels with `label_dropout` of them set to the null
-        class; None for an unconditional model."""
-        if not self.conditional:
-            return None
-        labels = _labels_of(data)
-        if labels is None:
-            what = "(images, labels)" if self.num_classes else "(images, caption tokens)"
-            raise ValueError(f"this model is conditional; train it on {what} batches")
-        labels = ops.cast(ops.reshape(labels, (-1,) + self.label_shape), "int32")
-        draws = global_draw(tf.random.stateless_uniform, local_batch, [], substream(seed, 2))
-        dropped = ops.reshape(draws < self.label_dropout, (-1,) + (1,) * len(self.label_shape))
-        return ops.where(dropped, self.null_labels(local_batch), labels)
-
-    def _step_seed(self, counter, stream):
-        # A stateless seed from (model seed, stream, counter): the same model,
-        # seed and step always draw the same noise, so a resumed run repeats an
-        # uninterrupted one.
-        return tf.stack([tf.constant(self.seed, "int64") * 4 + stream, tf.cast(counter, "int64")])
-
-    def ema_decay(self):
-        """The EMA decay for the next update, with the warm-up if enabled."""
-        if not self.ema_warmup:
-            return ops.convert_to_tensor(self.ema, "float32")
-        n = ops.cast(self.train_steps, "float32")
-        return ops.minimum(self.ema, (1.0 + n) / (10.0 + n))
-
-    def update_ema(self):
-        decay = self.ema_decay()
-        for weight, ema_weight in zip(self.network.weights, self.ema_network.weights):
-            ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)
-
-    def _track(self, images, noises, pred_noises, pred_images, targets, outputs):
-        self.noise_loss_tracker.update_state(self.loss_fn(noises, pred_noises))
-        self.image_loss_tracker.update_state(self.loss_fn(images, pred_images))
-        if self.prediction == "velocity":
-            self.velocity_loss_tracker.update_state(self.loss_fn(targets, outputs))
-        return {m.name: m.result() for m in self.metrics}
-
-    def training_loss(self, targets, outputs, noise_rates, signal_rates):
-        """The loss the optimizer minimises: `loss` on the prediction, each
-        image weighted by its noise level as `loss_weighting` says."""
-        if self.loss_weighting == "none":
-            return self.loss_fn(targets, outputs)  # the book's, op for op
-        errors = targets - outputs
-        errors = ops.abs(errors) if self.loss_name == "mae" else ops.square(errors)
-        weights = loss_weights(
-            self.loss_weighting, noise_rates, signal_rates, self.prediction, self.min_snr_gamma
-        )
-        return ops.mean(weights * ops.mean(errors, axis=(1, 2, 3), keepdims=True))
-
-    def train_step(self, data):
-        seed = self._step_seed(self.train_steps, stream=0)
-        images, noises, noisy_images, noise_rates, signal_rates = self._noisy_batch(data, seed)
-        class_labels = self._training_labels(data, seed, ops.shape(images)[0])
-        targets = self.prediction_targets(images, noises, noise_rates, signal_rates)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            # 1. Train the network to predict the noise (or the image, or the
-            #    velocity) in the noisy images.
-            outputs = self.network_outputs(noisy_images, noise_rates, class_labels, training=True)
-            loss = self.training_loss(targets, outputs, noise_rates, signal_rates)
-            # 2. The optimizer sums gradients over replicas, so each replica's
-            #    loss is divided by their number: N replicas with global batch B
-            #    take the same step as one device with batch B. `scale_loss`
-            #    applies loss scaling under mixed_float16.
-            scaled_loss = self.optimizer.scale_loss(loss / replicas)
-        gradients = tape.gradient(scaled_loss, self.network.trainable_weights)
-        self.optimizer.apply(gradients, self.network.trainable_weights)
-        # 3. The EMA network follows the trained one, BatchNorm statistics too.
-        self.update_ema()
-        self.train_steps.assign_add(1)
-        self.step_loss_tracker.reset_state()
-        self.step_loss_tracker.update_state(loss)
-
-        pred_noises, pred_images = self.split_prediction(
-            outputs, noisy_images, noise_rates, signal_rates
-        )
-        return self._track(images, noises, pred_noises, pred_images, targets, outputs)
-
-    def test_step(self, data):
-        seed = self._step_seed(self.eval_steps, stream=1)
-        images, noises, noisy_images, noise_rates, signal_rates = self._noisy_batch(data, seed)
-        class_labels = None
-        if self.conditional and _labels_of(data) is not None:
-            class_labels = _labels_of(data)
-        outputs = self.network_outputs(noisy_images, noise_rates, class_labels, training=False)
-        self.eval_steps.assign_add(1)
-        targets = self.prediction_targets(images, noises, noise_rates, signal_rates)
-        pred_noises, pred_images = self.split_prediction(
-            outputs, noisy_images, noise_rates, signal_rates
-        )
-        return self._track(images, noises, pred_noises, pred_images, targets, outputs)
-
 
 def split_prediction(prediction, outputs, noisy_images, noise_rates, signal_rates):
     """A network's `outputs` (a `prediction` of "noise", "image" or
@@ -508,24 +411,6 @@ def prediction_targets(prediction, images, noises, noise_rates, signal_rates):
     if prediction == "image":
         return images
     return signal_rates * noises - noise_rates * images
-
-
-def global_draw(draw, local_batch, tail_shape, seed):
-    """Draws `draw(shape, seed)` for the whole global batch and keeps this
-    replica's slice: under a distribution strategy each replica holds a
-    slice of the global batch, and every image gets the draw it would get
-    on one device."""
-    replica = tf.distribute.get_replica_context()
-    replicas = 1 if replica is None else replica.num_replicas_in_sync
-    replica_id = 0 if replica is None else replica.replica_id_in_sync_group
-    start = replica_id * local_batch
-    shape = tf.concat([[local_batch * replicas], tf.cast(tail_shape, "int32")], axis=0)
-    return draw(shape, seed)[start : start + local_batch]
-
-
-def substream(seed, index):
-    """Stateless seed `index` of the stream `seed`."""
-    return tf.stack([seed[0], seed[1] + index * (1 << 40)])
 
 
 def _unet_args(model):

@@ -80,6 +80,9 @@ class TrainConfig:
     prediction: str = "noise"
     loss_weighting: str = "none"
     min_snr_gamma: float = 5.0
+    time_sampling: str = "uniform"
+    log_snr_mean: float = 1.0
+    log_snr_std: float = 2.4
     seed: int = 42
     precision: str = "auto"
     jit_compile: str = "auto"
@@ -139,8 +142,10 @@ class TrainConfig:
             data = json.load(handle)
         known = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
-        # A run from before precise BN resumes as it was trained: without it.
+        # A run from before an option resumes as it was trained: without precise
+        # BN, with uniform times.
         data.setdefault("precise_bn_batches", 0)
+        data.setdefault("time_sampling", "uniform")
         data["widths"] = tuple(data.get("widths", BOOK_WIDTHS))
         data["attention_levels"] = tuple(data.get("attention_levels", ()))
         return cls(**data)
@@ -153,7 +158,8 @@ RECIPES = {
     # no flips, a constant learning rate, the loss on the noise unweighted.
     "book": dict(flip=False, ema=0.999, ema_warmup=False, precise_bn_batches=0, learning_rate=1e-3,
                  adam_beta_2=0.999, lr_schedule="constant", warmup_steps=0, loss="mae",
-                 prediction="noise", loss_weighting="none", batch_size=64),
+                 prediction="noise", loss_weighting="none", time_sampling="uniform",
+                 batch_size=64),
 }  # fmt: skip
 LR_SCHEDULES = ("constant", "cosine")
 NOTHING_TO_SAVE = "stopped by SIGTERM before the first training step; nothing to save"
@@ -209,6 +215,9 @@ def build_model(config, class_names=None, total_steps=None, autoencoder=None, te
         loss=config.loss,
         loss_weighting=config.loss_weighting,
         min_snr_gamma=config.min_snr_gamma,
+        time_sampling=config.time_sampling,
+        log_snr_mean=config.log_snr_mean,
+        log_snr_std=config.log_snr_std,
         seed=config.seed,
         precision=resolve_precision(config.precision),
         autoencoder=autoencoder,

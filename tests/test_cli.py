@@ -174,6 +174,15 @@ def test_flags_reach_the_run_config():
     assert config().ema_warmup is True
     weighted = config("--loss-weighting", "min_snr", "--min-snr-gamma", "2")
     assert (weighted.loss_weighting, weighted.min_snr_gamma) == ("min_snr", 2.0)
+    sampled = config(
+        "--time-sampling", "log_normal", "--log-snr-mean", "-0.5", "--log-snr-std", "2"
+    )
+    assert (sampled.time_sampling, sampled.log_snr_mean, sampled.log_snr_std) == (
+        "log_normal",
+        -0.5,
+        2.0,
+    )
+    assert config().time_sampling == "uniform"
     assert config().latent is False
     latent = config("--autoencoder", "ae.keras", "--latent-factor", "8")
     assert (latent.latent, latent.autoencoder, latent.latent_factor) == (True, "ae.keras", 8)

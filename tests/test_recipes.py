@@ -11,7 +11,7 @@ from conftest import TINY, fit_on_blobs, one_line_error, run_script, tiny_model,
 from diffusion_keras import DiffusionModel
 from diffusion_keras.schedules import offset_cosine_schedule
 from diffusion_keras.training import RECIPES, TrainConfig, learning_rate
-from diffusion_keras.weighting import loss_weights
+from diffusion_keras.weighting import loss_weights, time_sampler
 
 
 def test_book_recipe_is_the_books_notebook():
@@ -20,6 +20,7 @@ def test_book_recipe_is_the_books_notebook():
     assert (book.learning_rate, book.lr_schedule, book.weight_decay) == (1e-3, "constant", 1e-4)
     assert book.adam_beta_2 == 0.999  # AdamW's own default, as the book's notebook uses it
     assert (book.loss, book.prediction, book.loss_weighting) == ("mae", "noise", "none")
+    assert book.time_sampling == "uniform"
     assert (book.batch_size, book.image_size, book.widths) == (64, 64, (32, 64, 96, 128))
     assert TrainConfig.for_recipe("book", batch_size=16).batch_size == 16  # flags still win
     assert TrainConfig.for_recipe("default") == TrainConfig()
@@ -79,6 +80,49 @@ def test_min_snr_model_trains_saves_and_reloads(tmp_path):
     assert (loaded.loss_weighting, loaded.min_snr_gamma) == ("min_snr", 2.0)
     with pytest.raises(ValueError, match="unknown loss weighting 'p2'"):
         DiffusionModel(**TINY, loss_weighting="p2")
+
+
+def test_log_normal_times_have_normal_log_snrs_cut_to_the_schedules_range():
+    from math import erf, exp, pi, sqrt
+
+    draws = (np.arange(20_000, dtype=np.float32) + 0.5) / 20_000
+    np.testing.assert_array_equal(time_sampler("uniform", offset_cosine_schedule)(draws), draws)
+    sample = time_sampler("log_normal", offset_cosine_schedule, log_snr_mean=1.0, log_snr_std=2.4)
+    times = np.asarray(sample(draws.reshape(-1, 1, 1, 1))).reshape(-1)
+    assert times.min() >= 0.0 and times.max() <= 1.0 and (np.diff(times) >= 0).all()
+    noise_rates, signal_rates = (np.asarray(r, np.float64) for r in offset_cosine_schedule(times))
+    log_snrs = 2.0 * np.log(signal_rates / noise_rates)
+    # The normal (mean 1, sd 2.4) cut to [log-SNR at t=1, at t=0]: its mean and sd.
+    low, high = (2.0 * np.log(s / sqrt(1 - s * s)) for s in (0.02, 0.95))
+    a, b = (low - 1.0) / 2.4, (high - 1.0) / 2.4
+    pdf = [exp(-z * z / 2) / sqrt(2 * pi) for z in (a, b)]
+    mass = 0.5 * (erf(b / sqrt(2)) - erf(a / sqrt(2)))
+    mean = 1.0 + 2.4 * (pdf[0] - pdf[1]) / mass
+    sd = 2.4 * sqrt(1 + (a * pdf[0] - b * pdf[1]) / mass - ((pdf[0] - pdf[1]) / mass) ** 2)
+    assert log_snrs.mean() == pytest.approx(mean, abs=0.01)
+    assert log_snrs.std() == pytest.approx(sd, abs=0.01)
+    assert 0.1 < np.mean(times > 0.7) < 0.2  # uniform times: 30% there, at noise rate > 0.92
+
+
+def test_a_log_normal_model_trains_saves_and_reloads(tmp_path):
+    model = tiny_model(time_sampling="log_normal", log_snr_mean=0.5, log_snr_std=2.0)
+    _, history = fit_on_blobs(model, steps_per_epoch=4)
+    assert np.isfinite(history.history["n_loss"]).all()
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert (loaded.time_sampling, loaded.log_snr_mean, loaded.log_snr_std) == (
+        "log_normal",
+        0.5,
+        2.0,
+    )
+    assert tiny_model().time_sampling == "uniform"
+    older = {k: v for k, v in model.get_config().items() if k != "time_sampling"}
+    assert DiffusionModel.from_config(older).time_sampling == "uniform"  # saved before it
+    with pytest.raises(ValueError, match="unknown time sampling 'beta'"):
+        DiffusionModel(**TINY, time_sampling="beta")
+    with pytest.raises(ValueError, match="log_snr_std must be > 0"):
+        DiffusionModel(**TINY, time_sampling="log_normal", log_snr_std=0.0)
 
 
 def test_unweighted_loss_is_the_books_op_for_op():
