@@ -57,6 +57,9 @@ RECIPES = {
     "velocity_mse": dict(
         recipe="default", prediction="velocity", loss="mse", time_sampling="uniform",
     ),
+    "velocity_mae": dict(
+        recipe="default", prediction="velocity", loss="mae", time_sampling="uniform",
+    ),
     # EDM's loss (Karras et al. 2022) for unit-variance data: its weighting on
     # the clean image with its preconditioning is unit-weighted MSE on the
     # velocity; with its log-normal noise levels.
