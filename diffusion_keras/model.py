@@ -295,9 +295,9 @@ class DiffusionModel(Spaces, Generation, TrainingSteps, keras.Model):
     def from_config(cls, config):
         # Files saved before `batch_norm` existed hold Keras's BatchNormalization,
         # and files saved before `remat` existed the book's separate layers.
-        # Files saved before `time_sampling` trained on uniform times.
-        legacy = {"batch_norm": "keras", "remat": False, "time_sampling": "uniform"}
-        return cls(**{**legacy, **config})
+        # (Files from before `time_sampling` take its default, the uniform
+        # times they were trained with.)
+        return cls(**{"batch_norm": "keras", "remat": False, **config})
 
     def with_precision(self, precision):
         """This model (weights, EMA, normalizer, counters) in another precision.

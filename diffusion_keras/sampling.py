@@ -352,7 +352,7 @@ class Sampler:
                     tf.constant(edit["mask"][start : start + size]),
                     image_keys(seed, indices),
                     tf.constant(int(edit["resample"]), "int32"),
-                    tf.constant(int(edit.get("harmonize", 0)), "int32"),
+                    tf.constant(int(edit["harmonize"]), "int32"),
                 )
             if bar is None:
                 function = self._function(

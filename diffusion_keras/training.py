@@ -142,10 +142,8 @@ class TrainConfig:
             data = json.load(handle)
         known = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
-        # A run from before an option resumes as it was trained: without precise
-        # BN, with uniform times.
+        # A run from before precise BN resumes as it was trained: without it.
         data.setdefault("precise_bn_batches", 0)
-        data.setdefault("time_sampling", "uniform")
         data["widths"] = tuple(data.get("widths", BOOK_WIDTHS))
         data["attention_levels"] = tuple(data.get("attention_levels", ()))
         return cls(**data)

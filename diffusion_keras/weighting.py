@@ -33,6 +33,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from diffusion_keras.samplers import log_snrs
+
 WEIGHTINGS = ("none", "min_snr")
 TIME_SAMPLINGS = ("uniform", "log_normal")
 
@@ -79,13 +81,11 @@ def time_sampler(name, schedule, log_snr_mean=1.0, log_snr_std=2.4, grid=4097):
     if name == "uniform":
         return lambda draws: draws
     times = np.linspace(0.0, 1.0, grid)
-    noise_rates, signal_rates = (
-        np.asarray(ops.convert_to_numpy(r), np.float64) for r in schedule(times.astype("float32"))
-    )
-    log_snrs = 2.0 * np.log(np.maximum(signal_rates, 1e-20) / np.maximum(noise_rates, 1e-20))
+    # `samplers.log_snrs` is log(signal / noise), half the log-SNR.
+    halves = ops.convert_to_numpy(log_snrs(*schedule(times.astype("float32"))))
     # log-SNR falls with t: the mass up to t is the normal's above log_snr(t).
-    above = np.array([0.5 * math.erfc((v - log_snr_mean) / (log_snr_std * math.sqrt(2.0)))
-                      for v in log_snrs])  # fmt: skip
+    above = np.array([0.5 * math.erfc((2.0 * v - log_snr_mean) / (log_snr_std * math.sqrt(2.0)))
+                      for v in np.asarray(halves, np.float64)])  # fmt: skip
     cdf = above - above[0]
     if not cdf[-1] > 0:
         raise ValueError("log_normal time sampling: no probability on the schedule's range")
