@@ -166,6 +166,12 @@ def parser():
         help="--latent: epochs of autoencoder training (default 10)",
     )
     add(
+        "--autoencoder-crop",
+        type=non_negative_int,
+        help="--latent: train the autoencoder on random NxN crops of larger images (default "
+        "64; 0 whole images)",
+    )
+    add(
         "--precise-bn-batches",
         type=non_negative_int,
         help="recompute the EMA network's batch-norm statistics from N batches at each "
@@ -186,6 +192,12 @@ def parser():
         "--text-encoder-epochs",
         type=positive_int,
         help="--captions: epochs of contrastive (CLIP) text-encoder training (default 10)",
+    )
+    add(
+        "--text-encoder-training",
+        choices=["frozen", "joint"],
+        help="--captions: keep the CLIP-trained text encoder frozen (default, Stable "
+        "Diffusion's way) or train it on with the U-Net (joint, GLIDE's way)",
     )
     add(
         "--conditional",
@@ -358,6 +370,8 @@ def main(argv=None):
         raise UsageError(f"--autoencoder: {config.autoencoder} does not exist")
     if config.text_encoder and not os.path.isfile(config.text_encoder):
         raise UsageError(f"--text-encoder: {config.text_encoder} does not exist")
+    if config.text_encoder_training == "joint" and not config.captions:
+        raise UsageError("--text-encoder-training joint: a text encoder needs --captions")
     if config.captions and config.conditional:
         raise UsageError("--captions and --conditional: a model takes captions or classes")
     if config.captions and not config.attention_levels:
@@ -371,6 +385,12 @@ def main(argv=None):
                 f"--latent-factor {config.latent_factor}"
             )
         space_size //= config.latent_factor
+        crop = config.autoencoder_crop
+        if 0 < crop < config.image_size and crop % config.latent_factor:
+            raise UsageError(
+                f"--autoencoder-crop {crop} is not divisible by --latent-factor "
+                f"{config.latent_factor}"
+            )
     validate_unet_args(
         space_size, config.widths, config.block_depth, embedding_dims=config.embedding_dims
     )

@@ -174,7 +174,9 @@ def train_text_encoder(
     pairs = ImageData(images, encoder.tokenize(captions), source="captions")
     steps = steps_per_epoch(pairs, batch_size, 1)
     dataset = train_dataset(pairs, batch_size, 1, seed=seed, epochs=epochs, labels=True)
-    pretrainer.fit(dataset, epochs=epochs, steps_per_epoch=steps, verbose=verbose, shuffle=False)
+    if epochs:  # 0 leaves the encoder as initialised (to be trained jointly from scratch)
+        pretrainer.fit(dataset, epochs=epochs, steps_per_epoch=steps, verbose=verbose,
+                       shuffle=False)  # fmt: skip
     return encoder, pretrainer
 
 

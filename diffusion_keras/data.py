@@ -409,6 +409,29 @@ def train_dataset(
     return without_autotune(dataset.prefetch(2))
 
 
+def random_crops(dataset, size, seed=0):
+    """`dataset`'s batches with each image cut to a `size` x `size` square at
+    a seeded random place (the same places for the same seed and batch order).
+
+    A convolutional autoencoder trained on crops learns from four times as
+    many updates per CPU minute at a quarter of the image (64 of 128 pixels):
+    at 128x128 it reached in 6.7 CPU minutes the held-out PSNR that whole
+    images took about 28 to reach (`bench/autoencoder.py --crop`)."""
+    import tensorflow as tf
+
+    def crop(step, batch):
+        seeds = tf.random.experimental.stateless_split(
+            tf.stack([tf.constant(seed, tf.int64), step]), tf.shape(batch, out_type=tf.int64)[0]
+        )
+        channels = tf.shape(batch)[-1]
+        return tf.map_fn(
+            lambda pair: tf.image.stateless_random_crop(pair[0], [size, size, channels], pair[1]),
+            (batch, seeds), fn_output_signature=batch.dtype,
+        )  # fmt: skip
+
+    return without_autotune(dataset.enumerate().map(crop))
+
+
 def without_autotune(dataset):
     """`dataset` with tf.data's autotuning off.
 

@@ -23,7 +23,7 @@ CONFIG_KEYS = (
     "max_signal_rate", "ema", "ema_warmup", "seed", "precision", "prediction", "num_classes",
     "class_names", "label_dropout", "batch_norm", "remat", "loss_weighting", "min_snr_gamma",
     "attention_levels", "attention_heads", "cross_attention", "time_sampling", "log_snr_mean",
-    "log_snr_std",
+    "log_snr_std", "train_text_encoder",
 )  # fmt: skip
 PREDICTIONS = ("noise", "image", "velocity")
 
@@ -137,10 +137,15 @@ class DiffusionModel(Spaces, Generation, TrainingSteps, keras.Model):
             With one, the model is text-conditional (Stable Diffusion's
             structure): its labels are caption tokens (`(batch, words)`,
             `TextEncoder.tokenize`), the attention levels cross-attend to
-            the frozen encoder's token embeddings, `label_dropout` of the
-            training captions become the empty prompt, and `generate` takes
-            `prompts`. Saved in the same file. Needs `attention_levels`.
+            the encoder's token embeddings (frozen unless
+            `train_text_encoder`), `label_dropout` of the training captions
+            become the empty prompt, and `generate` takes `prompts`. Saved
+            in the same file. Needs `attention_levels`.
             Defaults to None.
+        train_text_encoder: bool. Train the text encoder jointly with the
+            U-Net on the diffusion loss (GLIDE's way) instead of keeping it
+            frozen (Stable Diffusion's); sampling then uses an EMA copy of it,
+            as it does of the U-Net. Needs `text_encoder`. Defaults to False.
         seed: int or None. Seeds the initial weights and the training noise;
             training is then reproducible and resumable. Defaults to a random seed, which is
             saved with the model.
@@ -188,6 +193,7 @@ class DiffusionModel(Spaces, Generation, TrainingSteps, keras.Model):
         attention_heads=4,
         cross_attention=False,
         text_encoder=None,
+        train_text_encoder=False,
         **kwargs,
     ):
         validate_precision(precision)
@@ -195,7 +201,11 @@ class DiffusionModel(Spaces, Generation, TrainingSteps, keras.Model):
         # The model's own policy makes `compile` wrap the optimizer in a
         # LossScaleOptimizer under mixed_float16.
         super().__init__(dtype=precision, **kwargs)
-        autoencoder, text_encoder = _frozen(autoencoder), _frozen(text_encoder)
+        if train_text_encoder and text_encoder is None:
+            raise ValueError("train_text_encoder needs a text_encoder")
+        self.train_text_encoder = bool(train_text_encoder)
+        autoencoder = _owned(autoencoder)
+        text_encoder = _owned(text_encoder, trainable=self.train_text_encoder)
         space_size, space_channels = _space_shape(
             image_size, channels, autoencoder, text_encoder, num_classes, attention_levels
         )
@@ -257,6 +267,9 @@ class DiffusionModel(Spaces, Generation, TrainingSteps, keras.Model):
         self.ema_network = build_unet(name="ema_network", **unet_args)
         self.ema_network.set_weights(self.network.get_weights())
         self.ema_network.trainable = False
+        # A jointly trained text encoder has an EMA copy that samples with
+        # the EMA network; a frozen one serves both.
+        self.ema_text_encoder = _owned(text_encoder) if self.train_text_encoder else None
 
         # Counters saved with the model: training steps taken (drives the EMA
         # warm-up and the training noise), and evaluation batches seen.
@@ -345,16 +358,21 @@ class DiffusionModel(Spaces, Generation, TrainingSteps, keras.Model):
             return ops.zeros((count,) + self.label_shape, "int32")
         return ops.full((count,), self.null_class, "int32")
 
-    def network_inputs(self, noisy_images, noise_rates, class_labels=None):
+    def network_inputs(self, noisy_images, noise_rates, class_labels=None, training=False):
         """What the U-Net takes for these noisy images: the images, their
         noise variances, and for a conditional model the labels (the null
-        labels when None) or a text model's caption embeddings."""
+        labels when None) or a text model's caption embeddings (from the
+        trained text encoder when `training`, else from its EMA copy)."""
         inputs = [noisy_images, noise_rates**2]
         if self.conditional:
             if class_labels is None:
                 class_labels = self.null_labels(ops.shape(noisy_images)[0])
             labels = ops.cast(ops.reshape(class_labels, (-1,) + self.label_shape), "int32")
-            inputs.append(labels if self.text_encoder is None else self.text_encoder(labels))
+            if self.text_encoder is not None:
+                ema = self.ema_text_encoder
+                encoder = self.text_encoder if training or ema is None else ema
+                labels = encoder(labels, training=training and self.train_text_encoder)
+            inputs.append(labels)
         return inputs
 
     def network_outputs(self, noisy_images, noise_rates, class_labels=None, training=False):
@@ -363,7 +381,7 @@ class DiffusionModel(Spaces, Generation, TrainingSteps, keras.Model):
         model given no labels predicts for the null class (the empty prompt
         for a text model, whose labels are caption tokens)."""
         network = self.network if training else self.ema_network
-        inputs = self.network_inputs(noisy_images, noise_rates, class_labels)
+        inputs = self.network_inputs(noisy_images, noise_rates, class_labels, training)
         return ops.cast(network(inputs, training=training), "float32")
 
     def split_prediction(self, outputs, noisy_images, noise_rates, signal_rates):
@@ -457,19 +475,21 @@ def _space_shape(image_size, channels, autoencoder, text_encoder, num_classes, a
     return int(image_size), int(channels)
 
 
-def _frozen(submodel):
-    """A frozen sub-model (autoencoder, text encoder) for a `DiffusionModel`:
-    a saved model's own copy as it was saved (Keras then loads its weights),
-    or a frozen, uncompiled copy of a user's model (weights and settings, not
-    its optimizer), so that theirs stays theirs."""
+def _owned(submodel, trainable=False):
+    """A sub-model (autoencoder, text encoder) of a `DiffusionModel`, frozen
+    unless `trainable`: a saved model's own copy as it was saved (Keras then
+    loads its weights), or an uncompiled copy of a user's model (weights and
+    settings, not its optimizer), so that theirs stays theirs."""
     if submodel is None:
         return None
     if isinstance(submodel, dict):
         submodel = keras.saving.deserialize_keras_object(submodel)
     else:
-        frozen = type(submodel).from_config({**submodel.get_config(), "trainable": False})
-        frozen.set_weights(submodel.get_weights())
-        submodel = frozen
+        copy = type(submodel).from_config({**submodel.get_config(), "trainable": trainable})
+        copy.set_weights(submodel.get_weights())
+        submodel = copy
+    if trainable:
+        return submodel
     submodel.trainable = False
     # A subclassed model does not pass `trainable` on to its layers, and an
     # owner gathers its trainable variables from those: freeze each one.

@@ -96,10 +96,12 @@ class TrainConfig:
     latent_factor: int = 4
     latent_channels: int = 4
     autoencoder_epochs: int = 10
+    autoencoder_crop: int = 64
     # text
     captions: bool = False
     text_encoder: str = ""
     text_encoder_epochs: int = 10
+    text_encoder_training: str = "frozen"
     # classes
     conditional: bool = False
     label_dropout: float = 0.1
@@ -189,8 +191,15 @@ def build_model(config, class_names=None, total_steps=None, autoencoder=None, te
     schedule needs the run's `total_steps`; a latent one its `autoencoder`;
     one with captions its `text_encoder`."""
     classes = {}
+    training = config.text_encoder_training
+    if training not in ("frozen", "joint"):
+        raise ValueError(f"text_encoder_training must be 'frozen' or 'joint', got {training!r}")
     if config.captions:
-        classes = dict(text_encoder=text_encoder, label_dropout=config.label_dropout)
+        classes = dict(
+            text_encoder=text_encoder,
+            train_text_encoder=config.text_encoder_training == "joint",
+            label_dropout=config.label_dropout,
+        )
     elif config.conditional:
         classes = dict(
             num_classes=len(class_names),

@@ -87,7 +87,10 @@ class TrainingSteps:
 
     def update_ema(self):
         decay = self.ema_decay()
-        for weight, ema_weight in zip(self.network.weights, self.ema_network.weights):
+        pairs = list(zip(self.network.weights, self.ema_network.weights))
+        if self.train_text_encoder:
+            pairs += zip(self.text_encoder.weights, self.ema_text_encoder.weights)
+        for weight, ema_weight in pairs:
             ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)
 
     def _track(self, images, noises, pred_noises, pred_images, targets, outputs):
@@ -125,8 +128,11 @@ class TrainingSteps:
             #    take the same step as one device with batch B. `scale_loss`
             #    applies loss scaling under mixed_float16.
             scaled_loss = self.optimizer.scale_loss(loss / replicas)
-        gradients = tape.gradient(scaled_loss, self.network.trainable_weights)
-        self.optimizer.apply(gradients, self.network.trainable_weights)
+        # The U-Net's weights, and a jointly trained text encoder's (frozen
+        # sub-models have none), in the order a loaded model builds its
+        # optimizer in.
+        weights = self.trainable_weights
+        self.optimizer.apply(tape.gradient(scaled_loss, weights), weights)
         # 3. The EMA network follows the trained one, BatchNorm statistics too.
         self.update_ema()
         self.train_steps.assign_add(1)

@@ -139,7 +139,12 @@ def test_train_resume_and_generate_end_to_end(png_folder, tmp_path):
         (["--data", "builtin:tulips"], "unknown built-in data set"),
         (["--resume", "--output", "/no/such/run"], "not found"),
         (["--latent", "--image-size", "30"], "not divisible by --latent-factor 4"),
+        (
+            ["--latent", "--image-size", "128", "--autoencoder-crop", "30"],
+            "--autoencoder-crop 30 is not divisible by --latent-factor 4",
+        ),
         (["--autoencoder", "/no/such.keras", "--epochs", "1"], "does not exist"),
+        (["--text-encoder-training", "joint"], "a text encoder needs --captions"),
     ],
 )
 def test_train_rejects_bad_arguments_in_one_line(args, message):
@@ -186,6 +191,11 @@ def test_flags_reach_the_run_config():
     assert config().latent is False
     latent = config("--autoencoder", "ae.keras", "--latent-factor", "8")
     assert (latent.latent, latent.autoencoder, latent.latent_factor) == (True, "ae.keras", 8)
+    assert latent.autoencoder_crop == 64
+    assert config().text_encoder_training == "frozen"
+    joint = config("--captions", "--text-encoder-training", "joint")
+    assert joint.text_encoder_training == "joint"
+    assert config("--latent", "--autoencoder-crop", "0").autoencoder_crop == 0
     cosine = config("--lr-schedule", "cosine", "--warmup-steps", "100")
     assert (cosine.lr_schedule, cosine.warmup_steps) == ("cosine", 100)
     assert config("--adam-beta2", "0.99").adam_beta_2 == 0.99

@@ -13,6 +13,7 @@ from diffusion_keras.data import (
     list_image_files,
     load_images,
     load_tfds,
+    random_crops,
     train_dataset,
 )
 from diffusion_keras.flowers import flower_images
@@ -105,6 +106,31 @@ def test_resumed_dataset_continues_where_the_full_one_was():
     for a, b in zip(full[3:], resumed):
         np.testing.assert_array_equal(a, b)
     assert full[0].dtype == np.float32 and 0.0 <= full[0].min() and full[0].max() <= 1.0
+
+
+def test_random_crops_are_seeded_windows_of_each_image():
+    data = ImageData(flower_images(8, 16))
+    whole = [b.numpy() for b in train_dataset(data, 4, 1, seed=1, epochs=1)]
+
+    def crops(seed):
+        batches = train_dataset(data, 4, 1, seed=1, epochs=1)
+        return [b.numpy() for b in random_crops(batches, 8, seed)]
+
+    first, again, other = crops(2), crops(2), crops(3)
+    assert [c.shape for c in first] == [(4, 8, 8, 3)] * 2
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+    places = set()
+    for images, cut in zip(whole, first):
+        for image, window in zip(images, cut):
+            found = [
+                (y, x) for y in range(9) for x in range(9)
+                if np.array_equal(image[y : y + 8, x : x + 8], window)
+            ]  # fmt: skip
+            assert found, "a crop is not a window of its image"
+            places.add(found[0])
+    assert len(places) > 1  # each image its own place, not one per batch
 
 
 def test_fewer_images_than_a_batch_is_refused():

@@ -115,6 +115,28 @@ def test_cached_latents_are_encoded_again_when_the_autoencoder_changes(autoencod
     np.testing.assert_allclose(changed.images, other.encode_images(data.images / 255.0), atol=1e-5)
 
 
+def test_a_latent_run_trains_its_autoencoder_on_crops_of_larger_images(tmp_path, capsys):
+    from diffusion_keras.data import ImageData
+    from diffusion_keras.errors import TrainingError
+    from diffusion_keras.latent import autoencoder_for
+    from diffusion_keras.training import TrainConfig
+
+    data = ImageData((blob_images(16, SIZE) * 255).astype(np.uint8), source="blobs")
+    config = TrainConfig(image_size=SIZE, batch_size=8, dataset_repetitions=1, latent=True,
+                         autoencoder_epochs=1, autoencoder_crop=8)  # fmt: skip
+    autoencoder = autoencoder_for(config, data, str(tmp_path), verbose=0)
+    assert "on 8x8 crops" in capsys.readouterr().out
+    assert int(autoencoder.train_steps.numpy()) == 2
+    # Its learning rate has decayed to zero over its epochs.
+    assert float(autoencoder.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)
+    # It reconstructs whole images, and its latent scale is measured on them.
+    assert autoencoder(blob_images(2, SIZE)).shape == (2, SIZE, SIZE, 3)
+    assert float(autoencoder.latent_scale) != 1.0
+    config.autoencoder_crop = 6
+    with pytest.raises(TrainingError, match="multiple of the latent factor 4, got 6"):
+        autoencoder_for(config, data, str(tmp_path / "other"), verbose=0)
+
+
 def test_a_latent_run_trains_its_autoencoder_once_and_resumes(tmp_path):
     from diffusion_keras.data import ImageData
     from diffusion_keras.saving import load_autoencoder, load_model

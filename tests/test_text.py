@@ -141,6 +141,42 @@ def test_the_text_encoder_is_frozen_and_saved_with_the_model(tmp_path):
         )
 
 
+def test_a_jointly_trained_text_encoder_learns_samples_with_its_ema_and_reloads(tmp_path):
+    encoder = tiny_encoder()
+    users = [w.copy() for w in encoder.get_weights()]
+    model = text_model(encoder, train_text_encoder=True)
+    own = len(model.network.trainable_weights) + len(model.text_encoder.trainable_weights)
+    assert len(model.trainable_weights) == own
+    images, captions = colour_images(16)
+    model.fit(images, model.text_encoder.tokenize(captions), batch_size=8, epochs=1, verbose=0,
+              shuffle=False)  # fmt: skip
+    trained, ema = model.text_encoder.get_weights(), model.ema_text_encoder.get_weights()
+    assert any(np.abs(t - u).max() > 1e-6 for t, u in zip(trained, users))
+    # The EMA copy follows it part of the way (warm-up decay (1+n)/(10+n)).
+    assert any(np.abs(e - u).max() > 1e-7 and np.abs(e - t).max() > 1e-7
+               for e, t, u in zip(ema, trained, users))  # fmt: skip
+    for a, b in zip(encoder.get_weights(), users):  # the user's encoder is theirs
+        np.testing.assert_array_equal(a, b)
+    # Sampling cross-attends to the EMA encoder's embeddings, not the trained one's.
+    with_ema = model.generate(2, 3, seed=4, prompts="a red flower", guidance_scale=2.0)
+    model.ema_text_encoder.set_weights(trained)
+    assert np.abs(model.generate(2, 3, seed=4, prompts="a red flower", guidance_scale=2.0)
+                  - with_ema).max() > 1e-6  # fmt: skip
+    model.ema_text_encoder.set_weights(ema)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = load_model(path)
+    assert loaded.train_text_encoder
+    assert len(loaded.optimizer.variables) == len(model.optimizer.variables)
+    for a, b in zip(loaded.ema_text_encoder.get_weights(), ema):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(
+        loaded.generate(2, 3, seed=4, prompts="a red flower", guidance_scale=2.0), with_ema
+    )
+    with pytest.raises(ValueError, match="train_text_encoder needs a text_encoder"):
+        DiffusionModel(image_size=16, widths=(8, 16), block_depth=1, train_text_encoder=True)
+
+
 def test_guidance_with_the_empty_prompt_is_the_unconditional_pass():
     model = text_model()
     images, captions = colour_images(16)
@@ -230,11 +266,15 @@ def test_train_and_generate_from_captions(tmp_path):
                         "--output", out, "--no-progress")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert os.path.exists(out)
-    # A second run reuses the text encoder.
+    assert not load_model(os.path.join(run, "model.keras")).train_text_encoder
+    # A second run reuses the text encoder, and trains it on with the U-Net.
     again = run_script("train.py", *tiny, "--text-encoder", os.path.join(run, "text_encoder.keras"),
-                       "--output", str(tmp_path / "again"), "--verbose", "0")  # fmt: skip
+                       "--text-encoder-training", "joint", "--output", str(tmp_path / "again"),
+                       "--verbose", "0")  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "training the text encoder" not in again.stdout
+    joint = load_model(str(tmp_path / "again" / "model.keras"))
+    assert joint.train_text_encoder and joint.ema_text_encoder is not None
 
 
 def test_caption_flags_fail_in_one_line(tmp_path):
