@@ -35,9 +35,8 @@ def worker(args):
     sys.path.insert(0, ROOT)
     sys.path.insert(0, HERE)
     import diffusion_keras  # noqa: F401, I001  (its CPU-kernel choice, before TensorFlow)
-    import keras
     import numpy as np
-    from quality import cpu_seconds, kid_between
+    from quality import cpu_seconds, kid_between, race_callback
 
     from diffusion_keras.data import load_images, split_held_out, train_dataset
     from diffusion_keras.metrics import feature_extractor
@@ -46,7 +45,6 @@ def worker(args):
     from diffusion_keras.saving import load_autoencoder
     from diffusion_keras.training import TrainConfig, build_model
 
-    excluded = [0.0]  # CPU seconds spent sampling for KID, not counted
     data, held_out = split_held_out(
         load_images("builtin:flowers", args.image_size), args.held_out, args.seed
     )
@@ -69,30 +67,16 @@ def worker(args):
     sampling = dict(SAMPLING_RECIPES["default"])
     budget = args.budget * 60.0
     marks = [budget * (k + 1) / args.marks for k in range(args.marks)]
-    curve = []
 
-    class Race(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            used = cpu_seconds() - start - excluded[0]
-            if not marks or used < marks[0]:
-                return
-            marks.pop(0)
-            precise.on_epoch_end(batch)  # counted: train() does it at every epoch's end
-            used = cpu_seconds() - start - excluded[0]
-            begin = cpu_seconds()
-            self.images = model.generate(len(real), seed=args.seed, **sampling)
-            kid = kid_between(extractor, real, self.images)
-            excluded[0] += cpu_seconds() - begin
-            curve.append((used / 60.0, batch + 1, kid))
-            print(f"{args.space}: {used / 60:.1f} CPU min, {batch + 1} steps, KID {kid:.4f}",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            if not marks:
-                self.model.stop_training = True
+    def sample():
+        images = model.generate(len(real), seed=args.seed, **sampling)
+        return images, kid_between(extractor, real, images)
 
-    race = Race()
+    race = race_callback(args.space, marks, start, precise.on_epoch_end, sample)
     model.fit(dataset, steps_per_epoch=10**7, epochs=1, verbose=0, callbacks=[race], shuffle=False)
     np.save(args.samples, race.images[:8])
-    print(json.dumps(dict(space=args.space, curve=curve, sample_shape=list(model.sample_shape))))
+    result = dict(space=args.space, curve=race.curve, sample_shape=list(model.sample_shape))
+    print(json.dumps(result))
 
 
 def plot(results, args):

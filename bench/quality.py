@@ -201,10 +201,43 @@ def recipe_run(config, args, total_steps):
     return model, dataset, real, extractor, settle
 
 
+def race_callback(label, marks, start, settle, sample):
+    """A Keras callback that races a training run against CPU time.
+
+    Each time the CPU seconds used since `start`, sampling not counted, pass
+    the next of `marks` (seconds), it runs `settle(steps)` (counted: what
+    `train()` does at an epoch's end, such as precise BN) and `sample()`, which
+    returns `(images, kid)` (not counted), appends `(minutes, steps, kid)` to
+    its `curve`, keeps the images in `images`, and stops training after the
+    last mark."""
+    import keras
+
+    class Race(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.curve, self.images, self.excluded = [], None, 0.0
+
+        def on_train_batch_end(self, batch, logs=None):
+            used = cpu_seconds() - start - self.excluded
+            if not marks or used < marks[0]:
+                return
+            marks.pop(0)
+            settle(batch + 1)
+            begin = cpu_seconds()
+            self.images, kid = sample()
+            self.excluded += cpu_seconds() - begin
+            self.curve.append((used / 60.0, batch + 1, kid))
+            print(f"{label}: {used / 60:.1f} CPU min, {batch + 1} steps, KID {kid:.4f}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            if not marks:
+                self.model.stop_training = True
+
+    return Race()
+
+
 def worker(args):
     """Trains one recipe on one data set for the budget; prints one JSON line."""
     package_first()
-    import keras
     import numpy as np
 
     config = recipe_config(args.recipe, args)
@@ -214,33 +247,15 @@ def worker(args):
     total_steps = int(budget * args.images_per_cpu_second / config.batch_size)
     model, dataset, real, extractor, settle = recipe_run(config, args, total_steps)
     marks = [budget * (k + 1) / args.marks for k in range(args.marks)]
-    curve, excluded = [], [0.0]
-    start = cpu_seconds()
 
-    def measure(steps):
-        settle(steps)  # counted: train() does it at every epoch's end
-        begin = cpu_seconds()
+    def sample():
         images = model.generate(len(real), 20, seed=args.seed)
-        kid = kid_between(extractor, real, images)
-        excluded[0] += cpu_seconds() - begin
-        return images, kid
+        return images, kid_between(extractor, real, images)
 
-    class Race(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            used = cpu_seconds() - start - excluded[0]
-            if marks and used >= marks[0]:
-                marks.pop(0)
-                self.images, kid = measure(batch + 1)
-                curve.append((used / 60.0, batch + 1, kid))
-                print(f"{args.recipe}: {used / 60:.1f} CPU min, {batch + 1} steps, KID {kid:.4f}",
-                      file=sys.stderr, flush=True)  # fmt: skip
-                if not marks:
-                    self.model.stop_training = True
-
-    race = Race()
+    race = race_callback(args.recipe, marks, cpu_seconds(), settle, sample)
     wall = time.perf_counter()
     model.fit(dataset, steps_per_epoch=10**7, epochs=1, verbose=0, callbacks=[race])
-    result = dict(recipe=args.recipe, dataset=args.dataset, curve=curve,
+    result = dict(recipe=args.recipe, dataset=args.dataset, curve=race.curve,
                   wall_minutes=(time.perf_counter() - wall) / 60.0)  # fmt: skip
     if args.save:
         model.save(args.save)

@@ -51,12 +51,13 @@ def autoencoder_for(config, data, run_dir, verbose="auto", chief=True):
         flip=config.flip, epochs=config.autoencoder_epochs,
     )  # fmt: skip
     crop = config.autoencoder_crop
-    if crop < 0 or crop % config.latent_factor:
+    cropped = 0 < crop < config.image_size  # else whole images, as train.py checks it
+    if crop < 0 or (cropped and crop % config.latent_factor):
         raise TrainingError(
             f"autoencoder_crop must be 0 or a positive multiple of the latent factor "
             f"{config.latent_factor}, got {crop}"
         )
-    if 0 < crop < config.image_size:
+    if cropped:
         dataset = random_crops(dataset, crop, config.seed)
     steps = steps_per_epoch(data, config.batch_size, config.dataset_repetitions)
     # The rate decays to 0 over the run: at 128x128 the last 4 epochs of a
@@ -65,7 +66,7 @@ def autoencoder_for(config, data, run_dir, verbose="auto", chief=True):
         AUTOENCODER_LEARNING_RATE, config.autoencoder_epochs * steps
     )
     autoencoder.compile(optimizer=keras.optimizers.Adam(rate))
-    on = f"{crop}x{crop} crops" if 0 < crop < config.image_size else "whole images"
+    on = f"{crop}x{crop} crops" if cropped else "whole images"
     print(f"training the autoencoder: {config.autoencoder_epochs} epochs of {steps} steps on {on}")
     autoencoder.fit(
         dataset, epochs=config.autoencoder_epochs, steps_per_epoch=steps, verbose=verbose,
