@@ -122,9 +122,13 @@ def parser():
         "--time-sampling",
         choices=["uniform", "log_normal"],
         help="how training draws diffusion times: uniform (the book's) or log_normal (log-SNR "
-        "normal, EDM's noise levels; default uniform)",
+        "normal, as EDM draws noise levels; default log_normal)",
     )
-    add("--log-snr-mean", type=finite_float, help="--time-sampling log_normal: mean (default 1.0)")
+    add(
+        "--log-snr-mean",
+        type=finite_float,
+        help="--time-sampling log_normal: mean (default -1.5; EDM's is 1.0)",
+    )
     add(
         "--log-snr-std",
         type=positive_float,

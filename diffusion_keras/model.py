@@ -12,7 +12,7 @@ from diffusion_keras.schedules import get_schedule, validate_schedule
 from diffusion_keras.spaces import Spaces
 from diffusion_keras.training_steps import TrainingSteps
 from diffusion_keras.unet import BOOK_WIDTHS, build_unet, validate_unet_args
-from diffusion_keras.weighting import time_sampler, validate_weighting
+from diffusion_keras.weighting import LOG_SNR_MEAN, LOG_SNR_STD, time_sampler, validate_weighting
 
 LOSSES = ("mae", "mse")
 # `get_config`'s keys that are attributes of the same name (besides name,
@@ -118,9 +118,12 @@ class DiffusionModel(Spaces, Generation, TrainingSteps, keras.Model):
         time_sampling: str. How training draws `diffusion_times`: `"uniform"`
             (the book's) or `"log_normal"` (log-SNR normal with
             `log_snr_mean` and `log_snr_std`, as EDM draws its noise levels;
-            see `diffusion_keras.weighting`). Defaults to `"uniform"`.
-        log_snr_mean, log_snr_std: float. Of `"log_normal"`. Default 1.0
-            and 2.4 (EDM's, for unit-variance data).
+            see `diffusion_keras.weighting`). Defaults to `"log_normal"`
+            (measured faster to quality); files saved before it existed
+            load as `"uniform"`, as they were trained.
+        log_snr_mean, log_snr_std: float. Of `"log_normal"`. Default -1.5
+            (noisier than EDM's 1.0; measured) and 2.4 (EDM's, for
+            unit-variance data).
         autoencoder: an `Autoencoder` (or its serialized config) or None.
             With one, the model is a latent diffusion model (Rombach et al.
             2022): the U-Net works on the autoencoder's scaled latents,
@@ -185,9 +188,9 @@ class DiffusionModel(Spaces, Generation, TrainingSteps, keras.Model):
         remat=True,
         loss_weighting="none",
         min_snr_gamma=5.0,
-        time_sampling="uniform",
-        log_snr_mean=1.0,
-        log_snr_std=2.4,
+        time_sampling="log_normal",
+        log_snr_mean=LOG_SNR_MEAN,
+        log_snr_std=LOG_SNR_STD,
         autoencoder=None,
         attention_levels=(),
         attention_heads=4,
@@ -308,9 +311,8 @@ class DiffusionModel(Spaces, Generation, TrainingSteps, keras.Model):
     def from_config(cls, config):
         # Files saved before `batch_norm` existed hold Keras's BatchNormalization,
         # and files saved before `remat` existed the book's separate layers.
-        # (Files from before `time_sampling` take its default, the uniform
-        # times they were trained with.)
-        return cls(**{"batch_norm": "keras", "remat": False, **config})
+        # Files saved before `time_sampling` were trained with uniform times.
+        return cls(**{"batch_norm": "keras", "remat": False, "time_sampling": "uniform", **config})
 
     def with_precision(self, precision):
         """This model (weights, EMA, normalizer, counters) in another precision.

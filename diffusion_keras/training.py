@@ -42,6 +42,7 @@ from diffusion_keras.precision import resolve_precision
 from diffusion_keras.preemption import stop_signal
 from diffusion_keras.saving import load_model
 from diffusion_keras.unet import BOOK_WIDTHS, build_unet
+from diffusion_keras.weighting import LOG_SNR_MEAN, LOG_SNR_STD
 
 
 @dataclasses.dataclass
@@ -80,9 +81,9 @@ class TrainConfig:
     prediction: str = "noise"
     loss_weighting: str = "none"
     min_snr_gamma: float = 5.0
-    time_sampling: str = "uniform"
-    log_snr_mean: float = 1.0
-    log_snr_std: float = 2.4
+    time_sampling: str = "log_normal"
+    log_snr_mean: float = LOG_SNR_MEAN
+    log_snr_std: float = LOG_SNR_STD
     seed: int = 42
     precision: str = "auto"
     jit_compile: str = "auto"
@@ -146,6 +147,8 @@ class TrainConfig:
         data = {k: v for k, v in data.items() if k in known}
         # A run from before precise BN resumes as it was trained: without it.
         data.setdefault("precise_bn_batches", 0)
+        # And one from before time sampling, with uniform times.
+        data.setdefault("time_sampling", "uniform")
         data["widths"] = tuple(data.get("widths", BOOK_WIDTHS))
         data["attention_levels"] = tuple(data.get("attention_levels", ()))
         return cls(**data)

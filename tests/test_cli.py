@@ -187,7 +187,8 @@ def test_flags_reach_the_run_config():
         -0.5,
         2.0,
     )
-    assert config().time_sampling == "uniform"
+    assert (config().time_sampling, config().log_snr_mean) == ("log_normal", -1.5)
+    assert config("--recipe", "book").time_sampling == "uniform"
     assert config().latent is False
     latent = config("--autoencoder", "ae.keras", "--latent-factor", "8")
     assert (latent.latent, latent.autoencoder, latent.latent_factor) == (True, "ae.keras", 8)

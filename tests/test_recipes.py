@@ -102,6 +102,9 @@ def test_log_normal_times_have_normal_log_snrs_cut_to_the_schedules_range():
     assert log_snrs.mean() == pytest.approx(mean, abs=0.01)
     assert log_snrs.std() == pytest.approx(sd, abs=0.01)
     assert 0.1 < np.mean(times > 0.7) < 0.2  # uniform times: 30% there, at noise rate > 0.92
+    # The default mean (-1.5) is noisier than EDM's: about half the steps there.
+    noisier = np.asarray(time_sampler("log_normal", offset_cosine_schedule)(draws))
+    assert 0.4 < np.mean(noisier > 0.7) < 0.55
 
 
 def test_a_log_normal_model_trains_saves_and_reloads(tmp_path):
@@ -116,13 +119,30 @@ def test_a_log_normal_model_trains_saves_and_reloads(tmp_path):
         0.5,
         2.0,
     )
-    assert tiny_model().time_sampling == "uniform"
+    default = tiny_model()
+    assert (default.time_sampling, default.log_snr_mean, default.log_snr_std) == (
+        "log_normal",
+        -1.5,
+        2.4,
+    )
     older = {k: v for k, v in model.get_config().items() if k != "time_sampling"}
     assert DiffusionModel.from_config(older).time_sampling == "uniform"  # saved before it
     with pytest.raises(ValueError, match="unknown time sampling 'beta'"):
         DiffusionModel(**TINY, time_sampling="beta")
     with pytest.raises(ValueError, match="log_snr_std must be > 0"):
         DiffusionModel(**TINY, time_sampling="log_normal", log_snr_std=0.0)
+
+
+def test_a_run_saved_before_time_sampling_resumes_with_uniform_times(tmp_path):
+    path = str(tmp_path / "config.json")
+    TrainConfig().save(path)
+    assert TrainConfig.load(path).time_sampling == "log_normal"
+    with open(path) as handle:
+        old = json.load(handle)
+    del old["time_sampling"], old["log_snr_mean"], old["log_snr_std"]
+    with open(path, "w") as handle:
+        json.dump(old, handle)
+    assert TrainConfig.load(path).time_sampling == "uniform"
 
 
 def test_unweighted_loss_is_the_books_op_for_op():
