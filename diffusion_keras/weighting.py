@@ -18,14 +18,15 @@ Where the noise levels are drawn weighs them too (`time_sampler`):
   deviation `log_snr_std`, kept to the schedule's range: the noise / signal
   ratio is log-normal, as in EDM's training (Karras et al. 2022, whose P_mean
   -1.2 and P_std 1.2 for data of standard deviation 0.5 are log-SNR mean
-  2 (1.2 - ln 2) = 1.01 (`EDM_LOG_SNR_MEAN`) and standard deviation 2.4 for
-  our unit-variance data). The default mean, `LOG_SNR_MEAN` = -1.5, is
-  noisier than EDM's: with noise prediction and the book's MAE it reached in
-  392 steps what the book's recipe reaches in 1176, on the flowers and on the
-  glyphs, where uniform times and EDM's mean did not (README "Training
-  recipes"). With the book's offset cosine, uniform times spend 30% of the
-  steps at noise rates above 0.92 (t > 0.7); EDM's mean spends 18% there and
-  the default 48%.
+  2 (1.2 - ln 2) = 1.01 and standard deviation 2.4 for our unit-variance
+  data). The default mean, `LOG_SNR_MEAN` = -1.5, is noisier than EDM's:
+  with noise prediction and the book's MAE, after 392 steps it came within
+  0.005 of the KID the book's recipe reaches after 1176 on the flowers (and
+  below it on the glyphs with two samplers of three, in random features),
+  where uniform times stayed 0.05-0.10 above it and EDM's mean further
+  (README "Training recipes"). With the book's offset cosine, uniform times
+  spend 30% of the steps at noise rates above 0.92 (t > 0.7); EDM's mean
+  spends 18% there and the default 48%.
 
 References:
 - [Hang et al., 2023 (min-SNR weighting)](https://arxiv.org/abs/2303.09556)
@@ -43,7 +44,6 @@ from diffusion_keras.samplers import log_snrs
 WEIGHTINGS = ("none", "min_snr")
 TIME_SAMPLINGS = ("uniform", "log_normal")
 LOG_SNR_MEAN = -1.5  # the default: measured fastest to quality (module docstring)
-EDM_LOG_SNR_MEAN = 1.0  # EDM's P_mean for unit-variance data
 LOG_SNR_STD = 2.4
 
 
