@@ -359,6 +359,7 @@ def config_from_args(args):
 def main(argv=None):
     args = parser().parse_args(argv)
     from diffusion_keras.data import load_images
+    from diffusion_keras.latent import training_crop
     from diffusion_keras.training import run_paths, train
     from diffusion_keras.unet import validate_attention, validate_unet_args
 
@@ -389,8 +390,8 @@ def main(argv=None):
                 f"--latent-factor {config.latent_factor}"
             )
         space_size //= config.latent_factor
-        crop = config.autoencoder_crop
-        if 0 < crop < config.image_size and crop % config.latent_factor:
+        crop = config.autoencoder_crop  # not negative: the parser takes none
+        if training_crop(crop, config.image_size, config.latent_factor) is None:
             raise UsageError(
                 f"--autoencoder-crop {crop} is not divisible by --latent-factor "
                 f"{config.latent_factor}"

@@ -25,6 +25,19 @@ LATENTS_FILE = "latents.npy"
 AUTOENCODER_LEARNING_RATE = 1e-3
 
 
+def training_crop(crop, image_size, factor):
+    """The square side an autoencoder for `image_size` images trains on, given
+    `crop` (`TrainConfig.autoencoder_crop`): `crop` when it is smaller than the
+    images, 0 (whole images) when it is 0 or at least their size, and None
+    when it cannot be used: negative, or a crop that is not a multiple of the
+    latent `factor`."""
+    if crop < 0:
+        return None
+    if not 0 < crop < image_size:
+        return 0
+    return None if crop % factor else crop
+
+
 def autoencoder_for(config, data, run_dir, verbose="auto", chief=True):
     """`config.autoencoder` loaded when given, else `RUN_DIR/autoencoder.keras`
     when an earlier start of this run saved it, else a new one trained on
@@ -51,8 +64,8 @@ def autoencoder_for(config, data, run_dir, verbose="auto", chief=True):
         flip=config.flip, epochs=config.autoencoder_epochs,
     )  # fmt: skip
     crop = config.autoencoder_crop
-    cropped = 0 < crop < config.image_size  # else whole images, as train.py checks it
-    if crop < 0 or (cropped and crop % config.latent_factor):
+    cropped = training_crop(crop, config.image_size, config.latent_factor)
+    if cropped is None:
         raise TrainingError(
             f"autoencoder_crop must be 0 or a positive multiple of the latent factor "
             f"{config.latent_factor}, got {crop}"

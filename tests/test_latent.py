@@ -137,6 +137,16 @@ def test_a_latent_run_trains_its_autoencoder_on_crops_of_larger_images(tmp_path,
         autoencoder_for(config, data, str(tmp_path / "other"), verbose=0)
 
 
+def test_the_autoencoder_crops_only_images_larger_than_its_crop():
+    from diffusion_keras.latent import training_crop
+
+    assert training_crop(64, 128, 4) == 64
+    assert training_crop(0, 128, 4) == 0  # 0: whole images
+    assert training_crop(128, 128, 4) == 0 and training_crop(130, 128, 4) == 0  # not smaller
+    assert training_crop(30, 128, 4) is None  # not a multiple of the factor
+    assert training_crop(-4, 128, 4) is None
+
+
 def test_a_latent_run_trains_its_autoencoder_once_and_resumes(tmp_path):
     from diffusion_keras.data import ImageData
     from diffusion_keras.saving import load_autoencoder, load_model
