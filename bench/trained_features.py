@@ -101,7 +101,10 @@ def trained_features(dataset, size, seed=0):
     from diffusion_keras.precision import cache_dir
 
     folder = os.path.join(cache_dir(), "bench_features")
-    path = os.path.join(folder, f"{dataset}_{size}_{seed}_{IMAGES}_{EPOCHS}.keras")
+    # Flowers' colour labels are the colour their petals show (named by the
+    # outer ring's drawn hue before): the name keeps an older cache out.
+    name = "flowers_seen" if dataset == "flowers" else dataset
+    path = os.path.join(folder, f"{name}_{size}_{seed}_{IMAGES}_{EPOCHS}.keras")
     if os.path.exists(path):
         classifier = keras.models.load_model(path, compile=False)
     else:

@@ -2,22 +2,26 @@
 
 Each generated flower is described by what it was drawn with (petal colour,
 count and shape, size, centre and background), in one of several phrasings,
-all functions of its index alone. Image folders carry captions in the two
+all functions of its index alone. The colour word names the colour the petals
+show (`flowers.petal_colour_seen`), not the hue the outer ring was drawn from:
+the two name different colours for a fifth of the flowers. Image folders carry captions in the two
 conventions users already have: a `metadata.jsonl` with `file_name` and `text`
 per line (Hugging Face's imagefolder layout), or a sidecar `NAME.txt` beside
 each `NAME.jpg`. An image with no caption trains as the empty prompt, which is
 also what classifier-free guidance's unconditional half sees.
 """
 
+import colorsys
 import json
 import os
 import warnings
 
 from diffusion_keras.errors import DataError
-from diffusion_keras.flowers import flower_parameters
+from diffusion_keras.flowers import flower_parameters, petal_colour_seen
 
 METADATA_FILE = "metadata.jsonl"
-# Petal colours by the hue the outer ring is drawn with: (name, hue from, hue to).
+# Petal colours by the hue of the colour the petals show (`petal_colour_seen`):
+# (name, hue from, hue to).
 PETAL_COLOURS = (
     ("red", -0.05, 0.04),
     ("orange", 0.04, 0.11),
@@ -56,7 +60,7 @@ def flower_attributes(index):
     _, _, disc_value = drawn["disc_hsv"]
     background = (drawn["top_hsv"][2] + drawn["bottom_hsv"][2]) / 2.0
     return dict(
-        colour=petal_colour(outer["hue"] % 1.0),
+        colour=petal_colour(colorsys.rgb_to_hsv(*petal_colour_seen(index))[0]),
         count=outer["petals"],
         shape="round" if sharpness < 1.0 else "oval" if sharpness < 2.0 else "pointed",
         size="small" if radius < 0.6 else "medium" if radius < 0.75 else "large",

@@ -77,9 +77,34 @@ def flower_parameters(index):
 def render_flower(index, image_size=64):
     """Draws flower number `index` as a float32 array in [0, 1]."""
     rng, drawn = flower_parameters(index)
+    image, _ = _draw(drawn, image_size * _SUPERSAMPLING)
+    # Average the supersampled pixels (anti-aliasing), then a little grain.
+    image = image.reshape(image_size, _SUPERSAMPLING, image_size, _SUPERSAMPLING, 3)
+    image = image.mean(axis=(1, 3))
+    image = image + rng.normal(0.0, 0.015, size=image.shape)
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def petal_colour_seen(index, size=64):
+    """The colour flower `index`'s petals show: the mean RGB of every petal
+    pixel of its drawing (both rings, not the centre disc) on a `size` grid.
+
+    It differs from the outer ring's drawn hue: the lighter tips cover most
+    of a petal's area and are drawn up to 0.08 of hue away, and a second ring
+    further on. Captions name this colour, so that the word is what the
+    picture shows."""
+    _, drawn = flower_parameters(index)
+    image, petals = _draw(drawn, size)
+    if not petals.any():  # a flower hidden by its disc: the outer ring's base colour
+        return drawn["layers"][0]["base"]
+    return image[petals].mean(axis=0)
+
+
+def _draw(drawn, size):
+    """The drawing of parameters `drawn` on a `size` x `size` grid, without
+    anti-aliasing or grain, and the mask of its petal pixels."""
     top, bottom, flower_radius = drawn["top"], drawn["bottom"], drawn["flower_radius"]
     centre_x, centre_y = drawn["centre"]
-    size = image_size * _SUPERSAMPLING
     coords = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
     y, x = np.meshgrid(coords, coords, indexing="ij")
 
@@ -90,12 +115,14 @@ def render_flower(index, image_size=64):
     dx, dy = x - centre_x, y - centre_y
     radius = np.sqrt(dx**2 + dy**2)
     angle = np.arctan2(dy, dx)
+    petals = np.zeros(radius.shape, dtype=bool)
     for layer, petal in enumerate(drawn["layers"]):
         layer_radius = flower_radius * (1.0 - 0.35 * layer)
         profile = np.abs(np.cos(petal["petals"] * (angle - petal["rotation"]) / 2.0))
         profile = profile ** petal["sharpness"]
         petal_radius = layer_radius * (petal["inner"] + (1.0 - petal["inner"]) * profile)
         inside = radius < petal_radius
+        petals |= inside
         base, tip = petal["base"], petal["tip"]
         # Shade along the petal: darker near the centre, lighter at the tips.
         along = np.clip(radius / np.maximum(petal_radius, 1e-6), 0.0, 1.0)[..., None]
@@ -104,13 +131,9 @@ def render_flower(index, image_size=64):
 
     disc_radius, disc = drawn["disc_radius"], drawn["disc"]
     dots = 0.85 + 0.15 * np.sin(40.0 * dx) * np.sin(40.0 * dy)
-    image = np.where((radius < disc_radius)[..., None], disc * dots[..., None], image)
-
-    # Average the supersampled pixels (anti-aliasing), then a little grain.
-    image = image.reshape(image_size, _SUPERSAMPLING, image_size, _SUPERSAMPLING, 3)
-    image = image.mean(axis=(1, 3))
-    image = image + rng.normal(0.0, 0.015, size=image.shape)
-    return np.clip(image, 0.0, 1.0).astype(np.float32)
+    in_disc = radius < disc_radius
+    image = np.where(in_disc[..., None], disc * dots[..., None], image)
+    return image, petals & ~in_disc
 
 
 def flower_images(count=DEFAULT_COUNT, image_size=64):
