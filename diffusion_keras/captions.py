@@ -4,11 +4,12 @@ Each generated flower is described by what it was drawn with (petal colour,
 count and shape, size, centre and background), in one of several phrasings,
 all functions of its index alone. The colour word names the colour the petals
 show (`flowers.petal_colour_seen`), not the hue the outer ring was drawn from:
-the two name different colours for a fifth of the flowers. Image folders carry captions in the two
-conventions users already have: a `metadata.jsonl` with `file_name` and `text`
-per line (Hugging Face's imagefolder layout), or a sidecar `NAME.txt` beside
-each `NAME.jpg`. An image with no caption trains as the empty prompt, which is
-also what classifier-free guidance's unconditional half sees.
+the two name different colours for a fifth of the flowers. Image folders carry
+captions in the two conventions users already have: a `metadata.jsonl` with
+`file_name` and `text` per line (Hugging Face's imagefolder layout), or a
+sidecar `NAME.txt` beside each `NAME.jpg`. An image with no caption trains as
+the empty prompt, which is also what classifier-free guidance's unconditional
+half sees.
 """
 
 import colorsys
