@@ -225,7 +225,7 @@ def measure(args, model, results):
           f"count {real['count']:.1%}", flush=True)  # fmt: skip
 
     # 4. Prompts of held-out flowers, read back.
-    _, want_colours, want_counts, prompts = flowers(PROMPTS_FROM, args.prompts, size)
+    prompt_flowers, want_colours, want_counts, prompts = flowers(PROMPTS_FROM, args.prompts, size)
     rows, grids = [], []
     for scale in [float(s) for s in args.guidance.split(",")]:
         generated = model.generate(
@@ -248,8 +248,7 @@ def measure(args, model, results):
     if args.save_dir:
         os.makedirs(args.save_dir, exist_ok=True)
         save_grid(np.concatenate(grids), os.path.join(args.save_dir, "prompts.png"), columns=10)
-        real, _, _, _ = flowers(PROMPTS_FROM, 8, size)
-        prompt_figure(model, prompts[:8], real / 255.0, args.seed,
+        prompt_figure(model, prompts[:8], prompt_flowers[:8] / 255.0, args.seed,
                       os.path.join(args.save_dir, "prompts_by_guidance.png"))  # fmt: skip
         with open(os.path.join(args.save_dir, "prompts.txt"), "w") as handle:
             handle.write("\n".join(prompts[:10]) + "\n")
@@ -287,10 +286,9 @@ def prompt_figure(model, prompts, real, seed, path, scales=(0.0, 1.0, 3.0)):
                 axis.set_ylabel(title, fontsize=9)
             if r == 0:
                 axis.set_title("\n".join(textwrap.wrap(prompts[c], 22)), fontsize=7)
-    steps = int(model.train_steps.numpy()) if hasattr(model, "train_steps") else None
-    trained = f" after {steps:,} training steps" if steps else ""
     figure.suptitle(f"prompts of held-out flowers; a {model.image_size}x{model.image_size} text "
-                    f"model{trained}", fontsize=10)  # fmt: skip
+                    f"model after {int(model.train_steps.numpy()):,} training steps",
+                    fontsize=10)  # fmt: skip
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

@@ -92,11 +92,11 @@ def petal_colour_seen(index, size=64):
     It differs from the outer ring's drawn hue: the lighter tips cover most
     of a petal's area and are drawn up to 0.08 of hue away, and a second ring
     further on. Captions name this colour, so that the word is what the
-    picture shows."""
+    picture shows. (Petals always reach past the disc, which is at most 0.3 of
+    the flower's radius: at least 191 of the 4,096 pixels of 64x64 drawings of
+    flowers 0-4999 are petals.)"""
     _, drawn = flower_parameters(index)
     image, petals = _draw(drawn, size)
-    if not petals.any():  # a flower hidden by its disc: the outer ring's base colour
-        return drawn["layers"][0]["base"]
     return image[petals].mean(axis=0)
 
 
