@@ -3,13 +3,15 @@
     python bench/prompts.py                          # 32x32 pixels, 30 CPU minutes
     python bench/prompts.py --latent --image-size 64 --budget 60
     python bench/prompts.py --save-dir runs/prompts  # keeps the models and two PNGs
+    python bench/prompts.py --train-images 2048      # the README's first tables
     python bench/prompts.py --text-encoder-training joint   # the encoder trained on, too
     python bench/prompts.py --text-encoder-training joint --text-epochs 0   # from scratch
 
 The whole text-to-image pipeline at toy size, as `train.py --captions` runs it,
 timed in CPU minutes of this process (user + system time):
 1. a `TextEncoder` trained contrastively (CLIP) on the flowers' captions for
-   `--text-epochs` (0: left untrained), and its caption-to-image retrieval
+   `--text-epochs` (0: left untrained) on `--train-images` flowers (the
+   diffusion model trains on the same), and its caption-to-image retrieval
    accuracy among 100 held-out pairs;
 2. a text-conditional `DiffusionModel` (cross-attention at
    `--attention-levels`, 10% caption dropout) trained for `--budget` CPU
@@ -85,7 +87,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--budget", type=float, default=30.0, help="CPU minutes of diffusion")
-    parser.add_argument("--train-images", type=int, default=2048)
+    parser.add_argument("--train-images", type=int, default=16384,
+                        help="flowers both the text encoder and the U-Net train on")  # fmt: skip
     parser.add_argument("--text-epochs", type=int, default=10)
     parser.add_argument("--text-encoder-training", default="frozen", choices=["frozen", "joint"])
     parser.add_argument("--classifier-images", type=int, default=16384)
@@ -233,12 +236,14 @@ def measure(args, model, results):
             spacing="log_snr", prompts=prompts, guidance_scale=scale,
         )  # fmt: skip
         colour_read, count_read = read_back(classifier, generated)
+        near = np.abs(count_read - want_counts) <= 1  # count indices are ordered, 4..12
         rows.append(dict(guidance=scale, colour=float(np.mean(colour_read == want_colours)),
-                         count=float(np.mean(count_read == want_counts))))  # fmt: skip
+                         count=float(np.mean(count_read == want_counts)),
+                         count_within_one=float(np.mean(near))))  # fmt: skip
         grids.append(generated[:10])
         print(f"guidance {scale:g}: requested colour read back from {rows[-1]['colour']:.1%} "
-              f"of {len(prompts)} images, petal count from {rows[-1]['count']:.1%}",
-              flush=True)  # fmt: skip
+              f"of {len(prompts)} images, petal count from {rows[-1]['count']:.1%} "
+              f"(within one petal {rows[-1]['count_within_one']:.1%})", flush=True)  # fmt: skip
     results["prompt_following"] = rows
     chance = dict(colour=float(np.max(np.bincount(want_colours)) / len(want_colours)),
                   count=float(np.max(np.bincount(want_counts)) / len(want_counts)))  # fmt: skip
