@@ -1,7 +1,7 @@
 """Prompt following of a text-conditional model trained here on builtin:flowers.
 
     python bench/prompts.py                          # 32x32 pixels, 30 CPU minutes
-    python bench/prompts.py --latent --image-size 64 --budget 60
+    python bench/prompts.py --latent --image-size 64 --budget 60 --train-images 2048
     python bench/prompts.py --save-dir runs/prompts  # keeps the models and two PNGs
     python bench/prompts.py --train-images 2048      # the README's first tables
     python bench/prompts.py --text-encoder-training joint   # the encoder trained on, too
@@ -11,8 +11,9 @@ The whole text-to-image pipeline at toy size, as `train.py --captions` runs it,
 timed in CPU minutes of this process (user + system time):
 1. a `TextEncoder` trained contrastively (CLIP) on the flowers' captions for
    `--text-epochs` (0: left untrained) on `--train-images` flowers (the
-   diffusion model trains on the same), and its caption-to-image retrieval
-   accuracy among 100 held-out pairs;
+   diffusion model, and with `--latent` the autoencoder, train on the same;
+   their epochs grow with it), and its caption-to-image retrieval accuracy
+   among 100 held-out pairs;
 2. a text-conditional `DiffusionModel` (cross-attention at
    `--attention-levels`, 10% caption dropout) trained for `--budget` CPU
    minutes, the text encoder frozen or, with `--text-encoder-training
