@@ -6,6 +6,10 @@
     python bench/prompts.py --train-images 2048      # the README's first tables
     python bench/prompts.py --text-encoder-training joint   # the encoder trained on, too
     python bench/prompts.py --text-encoder-training joint --text-epochs 0   # from scratch
+    python bench/prompts.py --budget 60 --save-dir A --classifier cls32.keras
+    python bench/prompts.py --resume A/model.keras --budget 180 --save-every 30 \
+        --save-dir B --classifier cls32.keras   # 180 CPU minutes more, kept every 30
+    python bench/prompts.py --model B/model_30min.keras --classifier cls32.keras
 
 The whole text-to-image pipeline at toy size, as `train.py --captions` runs it,
 timed in CPU minutes of this process (user + system time):
@@ -25,7 +29,14 @@ timed in CPU minutes of this process (user + system time):
    every `--guidance` scale, and the share of images whose requested petal
    colour and petal count the classifier reads back. With `--save-dir`,
    `prompts_by_guidance.png` shows the first eight prompts over their real
-   flowers and the model's images at guidance 0, 1 and 3.
+   flowers and the model's images at guidance 0, 1, 3 and 5.
+
+`--resume` trains a saved model on (its optimizer state and step count come
+with it, and the learning rate is constant, so 60 minutes and then 180 more
+train as one 240-minute run would, except that the flowers' order starts
+again).
+`--classifier FILE` keeps step 3's classifier, so measuring another model
+skips its 11 CPU minutes.
 
 The issue's target: colour >= 90% and count >= 70% at a guidance scale we
 choose. Run by hand, never by CI.
@@ -104,17 +115,35 @@ def main():
     parser.add_argument("--save-dir", default=None)
     parser.add_argument("--model", default=None,
                         help="measure this text model.keras instead of training one")  # fmt: skip
+    parser.add_argument("--resume", default=None,
+                        help="train this text model.keras (saved by --save-dir, with its "
+                             "optimizer) for --budget more CPU minutes")  # fmt: skip
+    parser.add_argument(
+        "--cooldown",
+        action="store_true",
+        help="lower the learning rate linearly to 0 over --budget (by CPU time)",
+    )
+    parser.add_argument("--save-every", type=float, default=0.0,
+                        help="with --save-dir, also keep model_<M>min.keras every this many "
+                             "CPU minutes of diffusion")  # fmt: skip
+    parser.add_argument("--classifier", default=None,
+                        help="the attribute classifier's .keras file: loaded if it exists, "
+                             "else trained and saved there")  # fmt: skip
     args = parser.parse_args()
     package_first()
 
     flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
     print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}", flush=True)
     results = dict(budget_cpu_minutes=args.budget)
+    if args.model and args.resume:
+        parser.error("--model measures a model, --resume trains one on; pass one of them")
     if args.model:
         from diffusion_keras.saving import load_model
 
         model = load_model(args.model, compile=False)
         results["model"] = args.model
+    elif args.resume:
+        model = resume_model(args, results)
     else:
         model = train_model(args, results)
     measure(args, model, results)
@@ -132,7 +161,7 @@ def train_model(args, results):
     import keras
 
     from diffusion_keras.clip import train_text_encoder
-    from diffusion_keras.data import ImageData, image_dataset, train_dataset
+    from diffusion_keras.data import ImageData, image_dataset
     from diffusion_keras.training import TrainConfig, build_model
 
     size = args.image_size
@@ -172,27 +201,8 @@ def train_model(args, results):
         results["autoencoder_cpu_minutes"] = (cpu_seconds() - begin) / 60.0
     model = build_model(config, text_encoder=encoder, autoencoder=autoencoder)
     model.adapt(image_dataset(data, 64))
-    data = ImageData(images, encoder.tokenize(captions), source="builtin:flowers")
-    dataset = train_dataset(data, config.batch_size, 1, seed=args.seed, labels=True)
-    budget, start = args.budget * 60.0, cpu_seconds()
-
-    class Budget(keras.callbacks.Callback):
-        steps = 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            Budget.steps = batch + 1
-            if cpu_seconds() - start >= budget:
-                self.model.stop_training = True
-
-    wall = time.perf_counter()
-    model.fit(dataset, steps_per_epoch=10**7, epochs=1, verbose=0, callbacks=[Budget()])
-    minutes = (cpu_seconds() - start) / 60.0
-    results["diffusion"] = dict(steps=Budget.steps, cpu_minutes=minutes,
-                                wall_minutes=(time.perf_counter() - wall) / 60.0)  # fmt: skip
-    print(f"diffusion: {Budget.steps} steps of 64 in {minutes:.1f} CPU min", flush=True)
+    train_diffusion(args, model, images, captions, config.batch_size, results)
     if args.save_dir:
-        os.makedirs(args.save_dir, exist_ok=True)
-        model.save(os.path.join(args.save_dir, "model.keras"))
         encoder.save(os.path.join(args.save_dir, "text_encoder.keras"))
     if args.text_encoder_training == "joint":
         # Retrieval again, with the pretrainer's image tower and the text
@@ -202,6 +212,83 @@ def train_model(args, results):
         results["text_encoder"]["retrieval_after_joint_training"] = after
         print(f"retrieval after joint training (CLIP's image tower): {after:.0%}", flush=True)
     return model
+
+
+def resume_model(args, results):
+    """`--resume`: the saved model, compiled (its optimizer state and step
+    count restored; the learning rate is constant), trained on for
+    `--budget` more CPU minutes on the same flowers."""
+    from diffusion_keras.saving import load_model
+
+    model = load_model(args.resume, compile=True)
+    before = int(model.train_steps.numpy())
+    results.update(resumed_from=args.resume, steps_before=before, image_size=model.image_size)
+    print(f"resuming {args.resume} after {before} steps", flush=True)
+    images, _, _, captions = flowers(TRAIN_FROM, args.train_images, model.image_size)
+    train_diffusion(args, model, images, captions, 64, results)
+    return model
+
+
+def train_diffusion(args, model, images, captions, batch_size, results):
+    """Trains `model` on the captioned flowers for `--budget` CPU minutes;
+    with `--save-dir` saves model.keras (and every `--save-every` CPU
+    minutes model_<M>min.keras)."""
+    import keras
+
+    from diffusion_keras.data import ImageData, train_dataset
+
+    data = ImageData(images, model.text_encoder.tokenize(captions), source="builtin:flowers")
+    dataset = train_dataset(data, batch_size, 1, seed=args.seed, labels=True)
+    budget, start = args.budget * 60.0, cpu_seconds()
+    every = args.save_every * 60.0 if args.save_dir else 0.0
+    rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    if args.save_dir:
+        os.makedirs(args.save_dir, exist_ok=True)
+
+    class Budget(keras.callbacks.Callback):
+        steps = 0
+        saved = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            Budget.steps = batch + 1
+            spent = cpu_seconds() - start
+            if every and spent >= (Budget.saved + 1) * every and spent < budget:
+                Budget.saved += 1
+                name = f"model_{Budget.saved * args.save_every:g}min.keras"
+                self.model.save(os.path.join(args.save_dir, name))
+                print(f"saved {name} after {Budget.steps} steps", flush=True)
+            if args.cooldown:
+                self.model.optimizer.learning_rate.assign(rate * max(1.0 - spent / budget, 0.0))
+            if spent >= budget:
+                self.model.stop_training = True
+
+    wall = time.perf_counter()
+    model.fit(dataset, steps_per_epoch=10**7, epochs=1, verbose=0, callbacks=[Budget()])
+    minutes = (cpu_seconds() - start) / 60.0
+    results["diffusion"] = dict(steps=Budget.steps, cpu_minutes=minutes,
+                                wall_minutes=(time.perf_counter() - wall) / 60.0)  # fmt: skip
+    print(f"diffusion: {Budget.steps} steps of {batch_size} in {minutes:.1f} CPU min", flush=True)
+    if args.save_dir:
+        model.save(os.path.join(args.save_dir, "model.keras"))
+
+
+def trained_classifier(args, size):
+    """Step 3's classifier: loaded from `--classifier` when that file
+    exists, else trained (and saved there)."""
+    import keras
+
+    if args.classifier and os.path.exists(args.classifier):
+        print(f"attribute classifier from {args.classifier}", flush=True)
+        return keras.saving.load_model(args.classifier)
+    classifier = attribute_classifier(size, args.seed)
+    train_images, train_colours, train_counts, _ = flowers(
+        CLASSIFIER_FROM, args.classifier_images, size
+    )
+    classifier.fit(train_images / 255.0, {"colour": train_colours, "count": train_counts},
+                   batch_size=64, epochs=args.classifier_epochs, verbose=0)  # fmt: skip
+    if args.classifier:
+        classifier.save(args.classifier)
+    return classifier
 
 
 def measure(args, model, results):
@@ -214,12 +301,7 @@ def measure(args, model, results):
     size = model.image_size
     # 3. The attribute classifier, on flowers neither model saw.
     begin = cpu_seconds()
-    classifier = attribute_classifier(size, args.seed)
-    train_images, train_colours, train_counts, _ = flowers(
-        CLASSIFIER_FROM, args.classifier_images, size
-    )
-    classifier.fit(train_images / 255.0, {"colour": train_colours, "count": train_counts},
-                   batch_size=64, epochs=args.classifier_epochs, verbose=0)  # fmt: skip
+    classifier = trained_classifier(args, size)
     test_images, test_colours, test_counts, _ = flowers(CLASSIFIER_TEST_FROM, 500, size)
     colour_read, count_read = read_back(classifier, test_images / 255.0)
     real = dict(colour=float(np.mean(colour_read == test_colours)),
@@ -260,7 +342,7 @@ def measure(args, model, results):
             handle.write("\n".join(prompts[:10]) + "\n")
 
 
-def prompt_figure(model, prompts, real, seed, path, scales=(0.0, 1.0, 3.0)):
+def prompt_figure(model, prompts, real, seed, path, scales=(0.0, 1.0, 3.0, 5.0)):
     """A PNG: each prompt over its column, the real flower it describes in the
     first row, then the model's image at each guidance scale (DPM-Solver++(2M),
     10 log-SNR steps, the same seed), one row per scale."""
