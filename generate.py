@@ -17,6 +17,10 @@ from diffusion_keras.cli import (
     strength,
 )
 
+# The default guidance for --prompt: prompt following on the flowers' captions
+# peaked at 4-5 and fell at 7 and 10 (bench/prompts.py; README).
+PROMPT_GUIDANCE = 5.0
+
 
 def parser():
     from diffusion_keras.samplers import SAMPLING_RECIPES
@@ -81,9 +85,10 @@ def parser():
     add("--negative-prompt",
         help="--prompt with --guidance-scale: steer away from this, not the empty prompt",
     )  # fmt: skip
-    add("--guidance-scale", type=non_negative_float, default=1.0,
-        help="classifier-free guidance weight: 1 conditional (default), 0 unconditional, "
-        "more pushes harder to the class or prompt")  # fmt: skip
+    add("--guidance-scale", type=non_negative_float, default=None,
+        help="classifier-free guidance weight: 1 conditional, 0 unconditional, more pushes "
+        f"harder to the class or prompt (default {PROMPT_GUIDANCE:g} with --prompt, "
+        "as measured by bench/prompts.py; else 1)")  # fmt: skip
     add("--classifier", help="a classifier saved by train.py --train-classifier "
         "(default with --classifier-scale: classifier.keras beside the model)")  # fmt: skip
     add("--classifier-scale", type=non_negative_float, default=None,
@@ -135,11 +140,19 @@ def prompting(args, model):
         )
     if args.prompt is None:
         raise UsageError("--negative-prompt needs a --prompt")
-    if args.negative_prompt is not None and args.guidance_scale == 1.0:
+    if args.negative_prompt is not None and guidance_scale(args) == 1.0:
         raise UsageError(
             "--negative-prompt acts through guidance; give --guidance-scale other than 1"
         )
     return dict(prompts=args.prompt, negative_prompts=args.negative_prompt)
+
+
+def guidance_scale(args):
+    """`--guidance-scale`, or its default: `PROMPT_GUIDANCE` for a prompt,
+    else 1 (the conditional model)."""
+    if args.guidance_scale is not None:
+        return args.guidance_scale
+    return PROMPT_GUIDANCE if args.prompt is not None else 1.0
 
 
 def classifier_guidance(args, model):
@@ -252,7 +265,7 @@ def main(argv=None):
     generate = dict(
         **settings, batch_size=args.batch_size, progress=progress, seed=args.seed,
         class_labels=args.class_label, **prompting(args, model),
-        guidance_scale=args.guidance_scale, **classifier_guidance(args, model),
+        guidance_scale=guidance_scale(args), **classifier_guidance(args, model),
     )  # fmt: skip
     outputs, names = None, None
     if args.init_image is not None:

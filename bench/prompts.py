@@ -264,6 +264,7 @@ def train_diffusion(args, model, images, captions, batch_size, results):
 
     wall = time.perf_counter()
     model.fit(dataset, steps_per_epoch=10**7, epochs=1, verbose=0, callbacks=[Budget()])
+    model.optimizer.learning_rate.assign(rate)  # what a later --resume starts from
     minutes = (cpu_seconds() - start) / 60.0
     results["diffusion"] = dict(steps=Budget.steps, cpu_minutes=minutes,
                                 wall_minutes=(time.perf_counter() - wall) / 60.0)  # fmt: skip

@@ -1,6 +1,7 @@
 """Text-to-image: the text encoder, its contrastive training, and a model conditioned on prompts."""
 
 import os
+import sys
 
 import keras
 import numpy as np
@@ -300,5 +301,34 @@ def test_generate_py_says_in_one_line_what_a_prompt_needs(tmp_path):
     text_model().save(text)
     assert "not text-conditional" in in_process_error([plain, "--prompt", "a red flower"])
     assert "needs a --prompt" in in_process_error([text, "--negative-prompt", "blue"])
-    line = in_process_error([text, "--prompt", "red", "--negative-prompt", "blue"])
+    line = in_process_error(
+        [text, "--prompt", "red", "--negative-prompt", "blue", "--guidance-scale", "1"]
+    )
     assert "--guidance-scale" in line
+
+
+def test_generate_py_guides_a_prompt_at_the_measured_scale_unless_told(tmp_path):
+    import matplotlib.image
+
+    from conftest import ROOT
+
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    import generate
+
+    text = str(tmp_path / "text.keras")
+    model = text_model()
+    images, captions = colour_images(16)
+    model.fit(images, model.text_encoder.tokenize(captions), batch_size=8, epochs=1, verbose=0)
+    model.save(text)
+
+    def image(*flags):
+        out = str(tmp_path / f"{len(flags)}{'_'.join(flags)}.png")
+        generate.main([text, "--prompt", "a red flower", "--num-images", "2", "--steps", "2",
+                       "--seed", "3", "--no-progress", "--output", out, *flags])  # fmt: skip
+        return matplotlib.image.imread(out)
+
+    assert generate.PROMPT_GUIDANCE == 5.0
+    default = image()
+    np.testing.assert_array_equal(default, image("--guidance-scale", "5"))
+    assert np.abs(default - image("--guidance-scale", "1")).max() > 0.0
