@@ -130,13 +130,13 @@ def main():
                         help="the attribute classifier's .keras file: loaded if it exists, "
                              "else trained and saved there")  # fmt: skip
     args = parser.parse_args()
+    if args.model and args.resume:
+        parser.error("--model measures a model, --resume trains one on; pass one of them")
     package_first()
 
     flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
     print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}", flush=True)
     results = dict(budget_cpu_minutes=args.budget)
-    if args.model and args.resume:
-        parser.error("--model measures a model, --resume trains one on; pass one of them")
     if args.model:
         from diffusion_keras.saving import load_model
 
@@ -219,13 +219,14 @@ def resume_model(args, results):
     count restored; the learning rate is constant), trained on for
     `--budget` more CPU minutes on the same flowers."""
     from diffusion_keras.saving import load_model
+    from diffusion_keras.training import TrainConfig
 
     model = load_model(args.resume, compile=True)
     before = int(model.train_steps.numpy())
     results.update(resumed_from=args.resume, steps_before=before, image_size=model.image_size)
     print(f"resuming {args.resume} after {before} steps", flush=True)
     images, _, _, captions = flowers(TRAIN_FROM, args.train_images, model.image_size)
-    train_diffusion(args, model, images, captions, 64, results)
+    train_diffusion(args, model, images, captions, TrainConfig.batch_size, results)
     return model
 
 

@@ -1,7 +1,6 @@
 """Text-to-image: the text encoder, its contrastive training, and a model conditioned on prompts."""
 
 import os
-import sys
 
 import keras
 import numpy as np
@@ -310,10 +309,6 @@ def test_generate_py_says_in_one_line_what_a_prompt_needs(tmp_path):
 def test_generate_py_guides_a_prompt_at_the_measured_scale_unless_told(tmp_path):
     import matplotlib.image
 
-    from conftest import ROOT
-
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
     import generate
 
     text = str(tmp_path / "text.keras")
