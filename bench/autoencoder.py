@@ -18,11 +18,9 @@ by CI.
 import argparse
 import os
 import resource
-import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 
 
 def main():
@@ -45,8 +43,13 @@ def main():
     import numpy as np
 
     import diffusion_keras as dk
-    from diffusion_keras.callbacks import save_model_atomically
-    from diffusion_keras.data import image_dataset, random_crops, split_held_out, train_dataset
+    from diffusion_keras.data.datasets import (
+        image_dataset,
+        random_crops,
+        split_held_out,
+        train_dataset,
+    )
+    from diffusion_keras.training.callbacks import save_model_atomically
 
     flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
     print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}")
@@ -55,7 +58,7 @@ def main():
     real = held_out.images.astype(np.float32) / 255.0
     autoencoder = dk.Autoencoder(factor=args.factor, seed=args.seed)
     if args.init:
-        from diffusion_keras.saving import load_autoencoder
+        from diffusion_keras.models.saving import load_autoencoder
 
         autoencoder.set_weights(load_autoencoder(args.init).get_weights())
     steps = len(train) // args.batch_size

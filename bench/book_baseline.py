@@ -10,8 +10,8 @@ Keras 3; the network is the same.
 import keras
 import tensorflow as tf
 
-from diffusion_keras.schedules import offset_cosine_schedule
-from diffusion_keras.unet import build_unet
+from diffusion_keras.diffusion.schedules import offset_cosine_schedule
+from diffusion_keras.nn.unet import build_unet
 
 
 class BookDiffusionModel(keras.Model):

@@ -12,14 +12,11 @@ off on CPUs without AVX-512 class features), as for a reader of the book.
 
 import argparse
 import os
-import sys
 import tempfile
 
 import tensorflow as tf  # first: TensorFlow's own defaults, as in the book's notebook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
 
 import keras  # noqa: E402
 from book_baseline import BookDiffusionModel  # noqa: E402

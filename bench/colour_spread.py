@@ -16,11 +16,8 @@ Run by hand, never by CI.
 
 import argparse
 import os
-import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
 
 SAMPLERS = [
     ("ddim, 20 steps", dict(diffusion_steps=20)),
@@ -50,7 +47,7 @@ def main():
     from quality import bench_features, kid_between, load, package_first
 
     package_first()
-    from diffusion_keras.saving import load_model
+    from diffusion_keras.models.saving import load_model
 
     _, held_out = load(args.dataset, 32, args.held_out, args.seed)
     real = held_out.images.astype(np.float32) / 255.0

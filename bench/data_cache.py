@@ -27,9 +27,8 @@ ROOT = os.path.dirname(HERE)
 
 CHILD = """
 import sys, time, resource
-sys.path.insert(0, {root!r})
 import numpy as np
-from diffusion_keras.data import image_dataset, load_images, train_dataset
+from diffusion_keras.data.datasets import image_dataset, load_images, train_dataset
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 start = time.perf_counter()
 data = load_images({folder!r}, {size})
@@ -47,10 +46,9 @@ print(len(data), type(data.images).__name__, loaded, passed, time.perf_counter()
 
 
 def write_folder(folder, count, size, distinct):
-    sys.path.insert(0, ROOT)
     from PIL import Image
 
-    from diffusion_keras.flowers import render_flower
+    from diffusion_keras.data.flowers import render_flower
 
     os.makedirs(folder, exist_ok=True)
     for index in range(count):

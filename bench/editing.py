@@ -62,7 +62,7 @@ def repaint_paste(model, images, mask, steps, seed, eta):
     import numpy as np
     from keras import ops
 
-    from diffusion_keras.editing import edit_times, model_zero_time
+    from diffusion_keras.editing.edits import edit_times, model_zero_time
 
     count = len(images)
     times = edit_times(model.diffusion_schedule, model_zero_time(model), 1.0, steps)
@@ -75,7 +75,7 @@ def repaint_paste(model, images, mask, steps, seed, eta):
     current = masks * noise + (1 - masks) * (signal_rates[0] * known + noise_rates[0] * noise)
     current = current.astype(np.float32)
     pred = current
-    step_noises = model._step_noises(seed, range(count), steps) if eta else None
+    step_noises = model.generator._step_noises(seed, range(count), steps) if eta else None
     rng = np.random.default_rng([seed, 99])
     for step in range(steps):
         current, pred = model.sampling_step(
@@ -101,15 +101,14 @@ def main():
     os.makedirs(args.work_dir, exist_ok=True)
     path = trained_model(args)
 
-    sys.path.insert(0, ROOT)
     import diffusion_keras  # noqa: F401, I001  first: the package's CPU-kernel choice
     import numpy as np  # noqa: I001
 
-    from diffusion_keras.data import load_images, split_held_out
-    from diffusion_keras.editing import psnr, relative_noise_of, seam_ratio
-    from diffusion_keras.images import save_grid
-    from diffusion_keras.metrics import kid_from_features, random_features
-    from diffusion_keras.saving import load_model
+    from diffusion_keras.data.datasets import load_images, split_held_out
+    from diffusion_keras.editing.edits import psnr, relative_noise_of, seam_ratio
+    from diffusion_keras.utils.images import save_grid
+    from diffusion_keras.metrics.kid import kid_from_features, random_features
+    from diffusion_keras.models.saving import load_model
 
     flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
     print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}; model {path}")

@@ -16,11 +16,9 @@ TensorFlow's profiler. Run by hand, never by CI.
 import argparse
 import os
 import statistics
-import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 
 
 def forward_flops(model, shape):

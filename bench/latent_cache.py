@@ -4,7 +4,7 @@
     python bench/latent_cache.py --images 1024 --size 128
 
 `train.py --latent` encodes its images once into `RUN_DIR/latents.npy`
-(`diffusion_keras.latent.encoded_once`); a later start of the run hashes the
+(`diffusion_keras.training.latent.encoded_once`); a later start of the run hashes the
 images and the autoencoder's weights, finds the same fingerprint and maps the
 file instead of encoding again. This times both starts on random images with
 the default (untrained: cost does not depend on the weights) `Autoencoder`,
@@ -15,12 +15,10 @@ in CPU and wall seconds, and prints what they come to for 100,000 images
 import argparse
 import os
 import resource
-import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 
 
 def cpu_seconds():
@@ -44,8 +42,8 @@ def main():
     import numpy as np
 
     import diffusion_keras as dk
-    from diffusion_keras.data import ImageData
-    from diffusion_keras.latent import encoded_once
+    from diffusion_keras.data.datasets import ImageData
+    from diffusion_keras.training.latent import encoded_once
 
     flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
     print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}")

@@ -32,18 +32,16 @@ SPACES = ("pixel", "latent")
 
 def worker(args):
     """Trains one space for the budget; prints one JSON line."""
-    sys.path.insert(0, ROOT)
-    sys.path.insert(0, HERE)
     import diffusion_keras  # noqa: F401, I001  (its CPU-kernel choice, before TensorFlow)
     import numpy as np
     from quality import cpu_seconds, kid_between, race_callback
 
-    from diffusion_keras.data import load_images, split_held_out, train_dataset
-    from diffusion_keras.metrics import feature_extractor
-    from diffusion_keras.precise_bn import PreciseBatchNorm
-    from diffusion_keras.samplers import SAMPLING_RECIPES
-    from diffusion_keras.saving import load_autoencoder
-    from diffusion_keras.training import TrainConfig, build_model
+    from diffusion_keras.data.datasets import load_images, split_held_out, train_dataset
+    from diffusion_keras.metrics.kid import feature_extractor
+    from diffusion_keras.training.precise_bn import PreciseBatchNorm
+    from diffusion_keras.sampling.rules import SAMPLING_RECIPES
+    from diffusion_keras.models.saving import load_autoencoder
+    from diffusion_keras.training.run import TrainConfig, build_model
 
     data, held_out = split_held_out(
         load_images("builtin:flowers", args.image_size), args.held_out, args.seed

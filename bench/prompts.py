@@ -46,12 +46,9 @@ import argparse
 import json
 import os
 import resource
-import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
 
 # Flower index ranges, so that no two parts share a flower.
 TRAIN_FROM, RETRIEVAL_FROM, CLASSIFIER_FROM, CLASSIFIER_TEST_FROM, PROMPTS_FROM = (
@@ -70,8 +67,8 @@ def flowers(start, count, size):
     import numpy as np
     from trained_features import flower_labels
 
-    from diffusion_keras.captions import flower_caption
-    from diffusion_keras.flowers import render_flower
+    from diffusion_keras.data.captions import flower_caption
+    from diffusion_keras.data.flowers import render_flower
 
     indices = range(start, start + count)
     images = np.empty((count, size, size, 3), np.uint8)
@@ -138,7 +135,7 @@ def main():
     print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}", flush=True)
     results = dict(budget_cpu_minutes=args.budget)
     if args.model:
-        from diffusion_keras.saving import load_model
+        from diffusion_keras.models.saving import load_model
 
         model = load_model(args.model, compile=False)
         results["model"] = args.model
@@ -152,7 +149,7 @@ def main():
 
 def package_first():
     """Imports the package before TensorFlow, so that its CPU-kernel choice
-    (`diffusion_keras.runtime`) holds, as in train.py."""
+    (`diffusion_keras.utils.runtime`) holds, as in train.py."""
     import diffusion_keras  # noqa: F401
 
 
@@ -160,9 +157,9 @@ def train_model(args, results):
     """Steps 1 and 2: the text encoder, then the diffusion model on its tokens."""
     import keras
 
-    from diffusion_keras.clip import train_text_encoder
-    from diffusion_keras.data import ImageData, image_dataset
-    from diffusion_keras.training import TrainConfig, build_model
+    from diffusion_keras.data.datasets import ImageData, image_dataset
+    from diffusion_keras.training.clip import train_text_encoder
+    from diffusion_keras.training.run import TrainConfig, build_model
 
     size = args.image_size
     print(f"{size}x{size}, {'latent (f=4)' if args.latent else 'pixel'} diffusion", flush=True)
@@ -193,7 +190,7 @@ def train_model(args, results):
     )  # fmt: skip
     autoencoder = None
     if args.latent:
-        from diffusion_keras.latent import autoencoder_for
+        from diffusion_keras.training.latent import autoencoder_for
 
         begin = cpu_seconds()
         autoencoder = autoencoder_for(config, data, args.save_dir or "/tmp", verbose=0,
@@ -218,8 +215,8 @@ def resume_model(args, results):
     """`--resume`: the saved model, compiled (its optimizer state and step
     count restored; the learning rate is constant), trained on for
     `--budget` more CPU minutes on the same flowers."""
-    from diffusion_keras.saving import load_model
-    from diffusion_keras.training import TrainConfig
+    from diffusion_keras.models.saving import load_model
+    from diffusion_keras.training.run import TrainConfig
 
     model = load_model(args.resume, compile=True)
     before = int(model.train_steps.numpy())
@@ -236,7 +233,7 @@ def train_diffusion(args, model, images, captions, batch_size, results):
     minutes model_<M>min.keras)."""
     import keras
 
-    from diffusion_keras.data import ImageData, train_dataset
+    from diffusion_keras.data.datasets import ImageData, train_dataset
 
     data = ImageData(images, model.text_encoder.tokenize(captions), source="builtin:flowers")
     dataset = train_dataset(data, batch_size, 1, seed=args.seed, labels=True)
@@ -297,8 +294,8 @@ def measure(args, model, results):
     """Steps 3 and 4: the attribute classifier, then the prompts read back."""
     import numpy as np
 
-    from diffusion_keras.captions import COLOUR_NAMES, PETAL_COUNTS
-    from diffusion_keras.images import save_grid
+    from diffusion_keras.data.captions import COLOUR_NAMES, PETAL_COUNTS
+    from diffusion_keras.utils.images import save_grid
 
     size = model.image_size
     # 3. The attribute classifier, on flowers neither model saw.

@@ -120,9 +120,7 @@ SAMPLERS = [
 
 def package_first():
     """Makes the package importable and imports it before TensorFlow, so that
-    its CPU-kernel choice (`diffusion_keras.runtime`) holds, as in train.py."""
-    sys.path.insert(0, ROOT)
-    sys.path.insert(0, HERE)
+    its CPU-kernel choice (`diffusion_keras.utils.runtime`) holds, as in train.py."""
     import diffusion_keras  # noqa: F401
 
 
@@ -134,7 +132,7 @@ def cpu_seconds():
 def load(dataset, size, held_out, seed):
     from glyphs import glyph_images
 
-    from diffusion_keras.data import ImageData, load_images, split_held_out
+    from diffusion_keras.data.datasets import ImageData, load_images, split_held_out
 
     if dataset == "flowers":
         data = load_images("builtin:flowers", size)
@@ -150,13 +148,13 @@ def bench_features(name, dataset, size):
         from trained_features import trained_features
 
         return trained_features(dataset, size)
-    from diffusion_keras.metrics import feature_extractor
+    from diffusion_keras.metrics.kid import feature_extractor
 
     return feature_extractor(name, size)
 
 
 def kid_between(extractor, real, other, subset=128):
-    from diffusion_keras.metrics import KernelInceptionDistance
+    from diffusion_keras.metrics.kid import KernelInceptionDistance
 
     metric = KernelInceptionDistance(extractor)
     for start in range(0, len(real) - subset + 1, subset):
@@ -167,7 +165,7 @@ def kid_between(extractor, real, other, subset=128):
 def recipe_config(recipe, args):
     """The `TrainConfig` of `recipe` in this race."""
     package_first()
-    from diffusion_keras.training import TrainConfig
+    from diffusion_keras.training.run import TrainConfig
 
     settings = dict(RECIPES[recipe])
     return TrainConfig.for_recipe(
@@ -181,11 +179,11 @@ def recipe_run(config, args, total_steps):
     extractor, settle)`, the model built for `total_steps` and adapted to the
     training images, `real` the held-out images in [0, 1], and `settle(mark)`
     what `train()` does at an epoch's end before sampling: the EMA network's
-    precise batch norm when the recipe has it (`diffusion_keras.precise_bn`)."""
+    precise batch norm when the recipe has it (`diffusion_keras.training.precise_bn`)."""
     import numpy as np
 
-    from diffusion_keras.data import train_dataset
-    from diffusion_keras.training import build_model
+    from diffusion_keras.data.datasets import train_dataset
+    from diffusion_keras.training.run import build_model
 
     train_data, held_out = load(args.dataset, args.image_size, args.held_out, args.seed)
     real = held_out.images.astype(np.float32) / 255.0
@@ -195,7 +193,7 @@ def recipe_run(config, args, total_steps):
     dataset = train_dataset(train_data, config.batch_size, 1, seed=args.seed, flip=config.flip)
     callback = None
     if config.precise_bn_batches:
-        from diffusion_keras.precise_bn import PreciseBatchNorm
+        from diffusion_keras.training.precise_bn import PreciseBatchNorm
 
         callback = PreciseBatchNorm(
             train_data, config.precise_bn_batches, config.batch_size, config.seed

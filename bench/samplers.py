@@ -11,18 +11,16 @@ untrained (speed does not depend on them). Run by hand, never by CI.
 
 import argparse
 import os
-import sys
 import time
 
 os.environ.setdefault("DIFFUSION_KERAS_QUIET", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import diffusion_keras  # noqa: E402, F401, I001  first: its CPU-kernel choice holds
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from diffusion_keras import DiffusionModel  # noqa: E402
-from diffusion_keras.classifier import NoiseClassifier  # noqa: E402
+from diffusion_keras.models.classifier import NoiseClassifier  # noqa: E402
 
 
 def images_per_second(model, count, repeats, **sampling):

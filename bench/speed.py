@@ -89,7 +89,7 @@ def conv_gflop(image_size):
     """Forward convolution GFLOP per image (2 x multiply-adds) of the book's U-Net."""
     import keras
 
-    from diffusion_keras.unet import build_unet
+    from diffusion_keras.nn.unet import build_unet
 
     total = 0
     for layer in build_unet(image_size, remat=False).layers:
@@ -121,8 +121,6 @@ def time_fit(model, dataset, steps, warmup, batch_size):
 def worker(args):
     """One measurement in this process; prints one JSON line."""
 
-    sys.path.insert(0, ROOT)
-    sys.path.insert(0, HERE)
     if args.who == "book":
         import tensorflow as tf  # first: TensorFlow's own oneDNN default
     else:
@@ -130,9 +128,9 @@ def worker(args):
     import keras
     import tensorflow as tf
 
-    from diffusion_keras.data import ImageData, train_dataset, without_autotune
-    from diffusion_keras.flowers import flower_images
-    from diffusion_keras.runtime import onednn_enabled
+    from diffusion_keras.data.datasets import ImageData, train_dataset, without_autotune
+    from diffusion_keras.data.flowers import flower_images
+    from diffusion_keras.utils.runtime import onednn_enabled
 
     size, batch = args.image_size, args.batch_size
     result = {"onednn": onednn_enabled()}
@@ -207,8 +205,7 @@ def measure(args, who, task, precision="float32", onednn=None, sample_images=10)
 
 
 def native_precision():
-    sys.path.insert(0, ROOT)
-    from diffusion_keras.precision import CPU_BF16_FLAGS, _cpu_flags
+    from diffusion_keras.utils.precision import CPU_BF16_FLAGS, _cpu_flags
 
     return "mixed_bfloat16" if _cpu_flags() & set(CPU_BF16_FLAGS) else "float32"
 

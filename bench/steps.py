@@ -30,7 +30,6 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 from quality import (  # noqa: E402
     FEATURE_CHOICES,

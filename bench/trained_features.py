@@ -1,6 +1,6 @@
 """KID features that know the bench's data: a classifier trained on real images.
 
-Random features (`diffusion_keras.metrics.random_features`) see colour and
+Random features (`diffusion_keras.metrics.kid.random_features`) see colour and
 texture. On the glyphs they are blunt: uniform noise scores 0.080 there
 against 0.368 on flowers, so they barely tell a glyph from a smudge of the
 right colours. These features are the pooled last layer (128 numbers) of a
@@ -63,7 +63,7 @@ def labelled_images(dataset, size, count):
             dict(character=glyph_characters(count, seed=1)),
             dict(character=len(CHARACTERS)),
         )
-    from diffusion_keras.flowers import render_flower
+    from diffusion_keras.data.flowers import render_flower
 
     indices = range(FLOWERS_FROM, FLOWERS_FROM + count)
     images = np.stack([render_flower(index, size) for index in indices])
@@ -72,7 +72,7 @@ def labelled_images(dataset, size, count):
 
 def flower_heads():
     """The flower classifier's heads: petal colour and petal count, to their class counts."""
-    from diffusion_keras.captions import COLOUR_NAMES, PETAL_COUNTS
+    from diffusion_keras.data.captions import COLOUR_NAMES, PETAL_COUNTS
 
     return dict(colour=len(COLOUR_NAMES), count=len(PETAL_COUNTS))
 
@@ -82,7 +82,7 @@ def flower_labels(indices):
     `indices` (their drawn petal colour and petal count)."""
     import numpy as np
 
-    from diffusion_keras.captions import COLOUR_NAMES, PETAL_COUNTS, flower_attributes
+    from diffusion_keras.data.captions import COLOUR_NAMES, PETAL_COUNTS, flower_attributes
 
     words = [flower_attributes(index) for index in indices]
     return dict(
@@ -97,8 +97,8 @@ def trained_features(dataset, size, seed=0):
     import keras
     import numpy as np
 
-    from diffusion_keras.metrics import FeatureExtractor
-    from diffusion_keras.precision import cache_dir
+    from diffusion_keras.metrics.kid import FeatureExtractor
+    from diffusion_keras.utils.precision import cache_dir
 
     folder = os.path.join(cache_dir(), "bench_features")
     # Flowers' colour labels are the colour their petals show (named by the
@@ -135,10 +135,7 @@ def main():
     parser.add_argument("--held-out", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    import sys
 
-    sys.path.insert(0, os.path.dirname(HERE))
-    sys.path.insert(0, HERE)
     from quality import bench_features, kid_between, load, package_first
 
     package_first()  # the package's CPU setup, before TensorFlow

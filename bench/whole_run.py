@@ -28,10 +28,9 @@ ROOT = os.path.dirname(HERE)
 
 
 def write_folder(folder, count, size):
-    sys.path.insert(0, ROOT)
     from PIL import Image
 
-    from diffusion_keras.flowers import flower_images
+    from diffusion_keras.data.flowers import flower_images
 
     os.makedirs(folder, exist_ok=True)
     for index, image in enumerate(flower_images(count, size)):
@@ -119,7 +118,6 @@ def main():
         ours, book = walls.values()
         print(f"book / ours, median wall time: {book / ours:.2f}x")
     if args.epochs >= 2:
-        sys.path.insert(0, ROOT)
         print("\nepoch-end work inside train (sample grid, checkpoint, logs):")
         for epoch, stepping, between in epoch_end_share(folder, args):
             print(f"  epoch {epoch}: steps {stepping:.1f} s, between epochs {between:.2f} s "

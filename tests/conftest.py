@@ -11,7 +11,7 @@ os.environ.setdefault(
 )
 
 # Before any test file imports TensorFlow, so that the tests run with the CPU
-# kernels the package chooses (diffusion_keras.runtime), as the CLIs they
+# kernels the package chooses (diffusion_keras.utils.runtime), as the CLIs they
 # start in subprocesses do.
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -134,7 +134,7 @@ def write_png_folder(folder, count=40, size=20, nested=True):
 
 def run_script(script, *args, timeout=600, cwd=None):
     """Runs one of the CLIs in a fresh Python process."""
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, script), *map(str, args)],
         capture_output=True,
@@ -160,11 +160,8 @@ def in_process_error(args):
     import contextlib
     import io
 
-    from diffusion_keras.cli import run
-
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
-    import generate
+    from diffusion_keras.cli import generate
+    from diffusion_keras.cli.common import run
 
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from diffusion_keras import DiffusionModel
-from diffusion_keras.attention import SpatialAttention
-from diffusion_keras.unet import build_unet
+from diffusion_keras.nn.attention import SpatialAttention
+from diffusion_keras.nn.unet import build_unet
 
 TINY = dict(image_size=16, widths=(8, 16), block_depth=1, embedding_dims=8, seed=1)
 rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import blob_images
-from diffusion_keras.autoencoder import Autoencoder
+from diffusion_keras.models.autoencoder import Autoencoder
 
 TINY_AE = dict(factor=4, widths=(8, 16, 16), seed=1)
 

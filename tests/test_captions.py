@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import write_png_folder
-from diffusion_keras import flowers
-from diffusion_keras.captions import (
+from diffusion_keras.data import flowers
+from diffusion_keras.data.captions import (
     COLOUR_NAMES,
     NUMBER_WORDS,
     PHRASINGS,
@@ -20,9 +20,9 @@ from diffusion_keras.captions import (
     folder_captions,
     petal_colour,
 )
-from diffusion_keras.data import load_folder, load_images, split_held_out
-from diffusion_keras.errors import DataError
-from diffusion_keras.flowers import flower_parameters, render_flower
+from diffusion_keras.data.datasets import load_folder, load_images, split_held_out
+from diffusion_keras.data.flowers import flower_parameters, render_flower
+from diffusion_keras.utils.errors import DataError
 
 
 def test_a_flowers_caption_says_what_it_was_drawn_with():

@@ -164,7 +164,7 @@ def test_generate_rejects_bad_files_in_one_line(tmp_path):
 
 
 def test_flags_reach_the_run_config():
-    import train
+    from diffusion_keras.cli import train
 
     def config(*flags):
         return train.config_from_args(train.parser().parse_args([*flags, "--output", "run"]))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion_keras.data import (
+from diffusion_keras.data.datasets import (
     DataError,
     ImageData,
     epoch_batches,
@@ -16,7 +16,7 @@ from diffusion_keras.data import (
     random_crops,
     train_dataset,
 )
-from diffusion_keras.flowers import flower_images
+from diffusion_keras.data.flowers import flower_images
 
 
 def test_nested_folders_and_mixed_formats(tmp_path):
@@ -182,9 +182,9 @@ def test_tfds_source_reads_every_split_offline(tmp_path):
 
 
 def test_tfds_oxford_flowers_fails_fast_without_network(tmp_path, monkeypatch):
-    import diffusion_keras.data as data_module
+    from diffusion_keras.utils import network
 
-    monkeypatch.setattr(data_module, "_hosts_reachable", lambda urls, timeout=3.0: False)
+    monkeypatch.setattr(network, "hosts_reachable", lambda urls, timeout=3.0: False)
     start = time.monotonic()
     with pytest.raises(DataError, match="oxford_flowers102.*cannot be reached"):
         load_images("tfds:oxford_flowers102", image_size=16, data_dir=str(tmp_path))
@@ -197,7 +197,7 @@ def test_unknown_tfds_name_is_refused(tmp_path):
 
 
 def test_builtin_flowers_have_colour_classes():
-    from diffusion_keras.flowers import CLASS_NAMES
+    from diffusion_keras.data.flowers import CLASS_NAMES
 
     data = load_images("builtin:flowers:400", image_size=16, with_labels=True)
     assert data.class_names == CLASS_NAMES == ["red", "green", "blue", "purple"]

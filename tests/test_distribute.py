@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_script, write_png_folder
-from diffusion_keras.distribute import make_strategy
-from diffusion_keras.errors import UsageError
-from diffusion_keras.launch import launch_local_workers, tf_configs
-from diffusion_keras.saving import load_model
+from diffusion_keras.models.saving import load_model
+from diffusion_keras.training.distribute import make_strategy
+from diffusion_keras.training.launch import launch_local_workers, tf_configs
+from diffusion_keras.utils.errors import UsageError
 
 ONE_STEP_ON_TWO_DEVICES = """
 import sys
-sys.path.insert(0, sys.argv[1])
-from diffusion_keras.distribute import make_strategy
+from diffusion_keras.training.distribute import make_strategy
 strategy = make_strategy("mirrored", cpu_replicas=2)
 import numpy as np, tensorflow as tf
 from conftest import blob_images, tiny_model
@@ -45,7 +44,7 @@ print("moved", max(float(np.abs(x - y).max()) for x, y in zip(one.network.get_we
 
 
 def test_one_step_on_two_devices_equals_one_device():
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
         [sys.executable, "-c", ONE_STEP_ON_TWO_DEVICES, os.path.join(ROOT, "tests")],
         capture_output=True, text=True, env=env, timeout=300,
@@ -84,7 +83,7 @@ def runs(tmp_path_factory):
     data = str(root / "data")
     write_png_folder(data, count=32)
     flags = ["--data", data, *TINY_FLAGS]
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
     single = root / "single"
     result = run_script("train.py", "--output", single, "--strategy", "default", "--epochs", 2,
@@ -231,7 +230,7 @@ def test_sigterm_under_the_mirrored_strategy(tmp_path):
     write_png_folder(data, count=32)
     flags = ["--data", data, *TINY_FLAGS, "--cpu-replicas", 2, "--epochs", 3]
     output = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     command = [sys.executable, os.path.join(ROOT, "train.py"), "--output", str(output),
                *map(str, flags)]  # fmt: skip
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from conftest import in_process_error, run_script, smooth_images, tiny_model, two_colour_images
-from diffusion_keras.editing import (
+from diffusion_keras.diffusion.schedules import SCHEDULES, get_schedule, zero_noise_time
+from diffusion_keras.editing.edits import (
     as_masks,
     edit_times,
     harmonic_fill,
@@ -13,8 +14,7 @@ from diffusion_keras.editing import (
     seam_ratio,
     strength_of_noise,
 )
-from diffusion_keras.samplers import sampling_times
-from diffusion_keras.schedules import SCHEDULES, get_schedule, zero_noise_time
+from diffusion_keras.sampling.rules import sampling_times
 
 CENTRE = np.zeros((16, 16), np.float32)
 CENTRE[4:12, 4:12] = 1.0

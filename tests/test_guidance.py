@@ -15,8 +15,8 @@ from conftest import (
     write_png_folder,
     write_two_colour_folder,
 )
-from diffusion_keras.classifier import NoiseClassifier
-from diffusion_keras.saving import load_classifier, load_model
+from diffusion_keras.models.classifier import NoiseClassifier
+from diffusion_keras.models.saving import load_classifier, load_model
 
 STEPS = 150
 

@@ -22,10 +22,10 @@ from conftest import (
     write_png_folder,
 )
 from diffusion_keras import DiffusionModel
-from diffusion_keras.data import load_images
-from diffusion_keras.errors import ModelFileError, TrainingError
-from diffusion_keras.saving import load_model
-from diffusion_keras.training import TrainConfig, train
+from diffusion_keras.data.datasets import load_images
+from diffusion_keras.models.saving import load_model
+from diffusion_keras.training.run import TrainConfig, train
+from diffusion_keras.utils.errors import ModelFileError, TrainingError
 
 TINY_FLAGS = [
     "--image-size", 16, "--widths", "8,16", "--block-depth", 1, "--embedding-dims", 8,
@@ -251,7 +251,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_ctrl_c_saves_the_current_weights(tmp_path, png_folder):
     run_dir = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     flags = ["--data", png_folder, "--epochs", 50, "--output", run_dir, *TINY_FLAGS]
     # A background job of a non-interactive shell (CI started with `&`) ignores
     # SIGINT, and a child inherits that: give train.py the default, as a terminal would.
@@ -275,7 +275,7 @@ def test_ctrl_c_saves_the_current_weights(tmp_path, png_folder):
 def test_free_memory_is_released_on_glibc_and_skipped_elsewhere(monkeypatch):
     import platform
 
-    from diffusion_keras import callbacks
+    from diffusion_keras.training import callbacks
 
     if platform.libc_ver()[0] == "glibc":
         assert callbacks.release_free_memory() is True

@@ -6,9 +6,9 @@ import warnings
 import numpy as np
 import pytest
 
-import diffusion_keras.data as data_module
+import diffusion_keras.data.datasets as data_module
 from conftest import write_png_folder
-from diffusion_keras.data import ImageData, image_dataset, load_folder, load_images
+from diffusion_keras.data.datasets import ImageData, image_dataset, load_folder, load_images
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def test_reading_a_mapped_file_does_not_keep_it_resident(tmp_path):
 def test_a_first_decoding_does_not_keep_what_it_wrote_resident(tmp_path, monkeypatch):
     """The cache file's written pages go back to the page cache chunk by chunk:
     a 100k-image folder at 256x256 would otherwise stay resident (19.7 GB)."""
-    from diffusion_keras import image_cache
+    from diffusion_keras.data import image_cache
 
     monkeypatch.setattr(image_cache, "CHUNK", 16)
     image = np.full((512, 512, 3), 7, np.uint8)  # 0.8 MB; 128 of them are 100 MB
@@ -142,7 +142,12 @@ def test_an_epoch_hands_pages_back_as_it_goes(monkeypatch):
 
 
 def test_holding_images_out_of_a_mapped_folder_keeps_the_rest_mapped(tmp_path, cache):
-    from diffusion_keras.data import IndexedImages, image_dataset, split_held_out, train_dataset
+    from diffusion_keras.data.datasets import (
+        IndexedImages,
+        image_dataset,
+        split_held_out,
+        train_dataset,
+    )
 
     folder = str(tmp_path / "images")
     write_png_folder(folder, count=24, nested=False)

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import blob_images
 from diffusion_keras import DiffusionModel
-from diffusion_keras.autoencoder import Autoencoder
+from diffusion_keras.models.autoencoder import Autoencoder
 
 SIZE = 16
 TINY_LATENT = dict(image_size=SIZE, widths=(8, 16), block_depth=1, embedding_dims=8, seed=1)
@@ -101,8 +101,8 @@ def test_what_latent_models_do_not_do_is_said(autoencoder):
 
 
 def test_cached_latents_are_encoded_again_when_the_autoencoder_changes(autoencoder, tmp_path):
-    from diffusion_keras.data import ImageData
-    from diffusion_keras.latent import encoded_once
+    from diffusion_keras.data.datasets import ImageData
+    from diffusion_keras.training.latent import encoded_once
 
     data = ImageData((blob_images(16, SIZE) * 255).astype(np.uint8), source="blobs")
     model = latent_model(autoencoder)
@@ -116,10 +116,10 @@ def test_cached_latents_are_encoded_again_when_the_autoencoder_changes(autoencod
 
 
 def test_a_latent_run_trains_its_autoencoder_on_crops_of_larger_images(tmp_path, capsys):
-    from diffusion_keras.data import ImageData
-    from diffusion_keras.errors import TrainingError
-    from diffusion_keras.latent import autoencoder_for
-    from diffusion_keras.training import TrainConfig
+    from diffusion_keras.data.datasets import ImageData
+    from diffusion_keras.training.latent import autoencoder_for
+    from diffusion_keras.training.run import TrainConfig
+    from diffusion_keras.utils.errors import TrainingError
 
     data = ImageData((blob_images(16, SIZE) * 255).astype(np.uint8), source="blobs")
     config = TrainConfig(image_size=SIZE, batch_size=8, dataset_repetitions=1, latent=True,
@@ -138,7 +138,7 @@ def test_a_latent_run_trains_its_autoencoder_on_crops_of_larger_images(tmp_path,
 
 
 def test_the_autoencoder_crops_only_images_larger_than_its_crop():
-    from diffusion_keras.latent import training_crop
+    from diffusion_keras.training.latent import training_crop
 
     assert training_crop(64, 128, 4) == 64
     assert training_crop(0, 128, 4) == 0  # 0: whole images
@@ -148,9 +148,9 @@ def test_the_autoencoder_crops_only_images_larger_than_its_crop():
 
 
 def test_a_latent_run_trains_its_autoencoder_once_and_resumes(tmp_path):
-    from diffusion_keras.data import ImageData
-    from diffusion_keras.saving import load_autoencoder, load_model
-    from diffusion_keras.training import TrainConfig, train
+    from diffusion_keras.data.datasets import ImageData
+    from diffusion_keras.models.saving import load_autoencoder, load_model
+    from diffusion_keras.training.run import TrainConfig, train
 
     data = ImageData((blob_images(32, SIZE) * 255).astype(np.uint8), source="blobs")
     settings = dict(

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from diffusion_keras.layers import SinusoidalEmbedding
+from diffusion_keras.nn.layers import SinusoidalEmbedding
 
 
 def test_embedding_values_match_the_formula():
@@ -40,7 +40,7 @@ def test_embedding_refuses_odd_sizes(dims):
 def test_fused_batch_norm_computes_what_keras_batch_norm_does(center_and_scale):
     import tensorflow as tf
 
-    from diffusion_keras.layers import FusedBatchNormalization
+    from diffusion_keras.nn.layers import FusedBatchNormalization
 
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(2.0, 3.0, (4, 6, 6, 5)).astype(np.float32))
@@ -73,7 +73,7 @@ def test_fused_batch_norm_computes_what_keras_batch_norm_does(center_and_scale):
 def test_fused_batch_norm_keeps_bfloat16_and_falls_back_where_it_cannot_fuse():
     import tensorflow as tf
 
-    from diffusion_keras.layers import FusedBatchNormalization
+    from diffusion_keras.nn.layers import FusedBatchNormalization
 
     x = np.random.default_rng(1).normal(size=(2, 4, 4, 3)).astype(np.float32)
     layer = FusedBatchNormalization(dtype="mixed_bfloat16")
@@ -91,7 +91,7 @@ def test_fused_batch_norm_keeps_bfloat16_and_falls_back_where_it_cannot_fuse():
 def test_recompute_gives_the_same_values_and_gradients():
     import tensorflow as tf
 
-    from diffusion_keras.layers import recompute
+    from diffusion_keras.nn.layers import recompute
 
     weight = tf.Variable(np.random.default_rng(2).normal(size=(3, 3)).astype(np.float32))
     x = tf.constant(np.random.default_rng(3).normal(size=(4, 3)).astype(np.float32))
@@ -114,7 +114,7 @@ def test_recompute_gives_the_same_values_and_gradients():
 
 
 def test_residual_block_config_round_trip():
-    from diffusion_keras.layers import ResidualBlock
+    from diffusion_keras.nn.layers import ResidualBlock
 
     block = ResidualBlock(8, remat=True, upsample=True, name="block")
     restored = ResidualBlock.from_config(block.get_config())

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import blob_images
-from diffusion_keras import metrics
-from diffusion_keras.metrics import (
+from diffusion_keras.metrics import kid as metrics
+from diffusion_keras.metrics.kid import (
     FeatureExtractor,
     FrechetInceptionDistance,
     InceptionScore,
@@ -150,9 +150,9 @@ def test_inception_score_matches_numpy_and_needs_probabilities(extractor):
 
 def test_inception_fails_fast_offline_and_auto_falls_back(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no cached weights
-    import diffusion_keras.data
+    from diffusion_keras.utils import network
 
-    monkeypatch.setattr(diffusion_keras.data, "_hosts_reachable", lambda urls, timeout=3.0: False)
+    monkeypatch.setattr(network, "hosts_reachable", lambda urls, timeout=3.0: False)
     start = time.monotonic()
     with pytest.raises(metrics.FeatureError, match="cannot be downloaded"):
         metrics.feature_extractor("inception")

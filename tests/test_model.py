@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, TINY, blob_images, fit_on_blobs, tiny_model
+from conftest import TINY, blob_images, fit_on_blobs, tiny_model
 from diffusion_keras import DiffusionModel
-from diffusion_keras.saving import load_model
+from diffusion_keras.models.saving import load_model
 
 
 def weights_equal(a, b):
@@ -167,7 +167,7 @@ def test_keras_round_trip_in_a_fresh_process(tmp_path):
     model.save(path)
     expected = model.generate(4, 5, seed=9)
     out = str(tmp_path / "generated.npy")
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
         [sys.executable, "-c", LOAD_AND_GENERATE, path, out],
         capture_output=True,

@@ -18,7 +18,6 @@ NOTEBOOKS = sorted(
 def test_notebook_runs_in_smoke_mode(name, tmp_path, monkeypatch):
     monkeypatch.setenv("SMOKE", "1")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
-    monkeypatch.setenv("PYTHONPATH", ROOT)
     notebook = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
     # Run in a copy of the notebooks folder so outputs (runs/) stay out of the tree.
     workdir = tmp_path / "notebooks"

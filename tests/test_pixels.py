@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from conftest import TINY, blob_images, write_png_folder
 from diffusion_keras import DiffusionModel
-from diffusion_keras.pixels import pixels_in_unit_range
+from diffusion_keras.utils.pixels import pixels_in_unit_range
 
 UINT8 = np.round(blob_images(32, 16, seed=0) * 255).astype(np.uint8)
 UNIT = UINT8.astype("float32") / np.float32(255)  # what every other form should become

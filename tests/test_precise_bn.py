@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import blob_images, tiny_model
-from diffusion_keras.data import ImageData
-from diffusion_keras.precise_bn import (
+from diffusion_keras.data.datasets import ImageData
+from diffusion_keras.training.precise_bn import (
     NetworkCopy,
     PreciseBatchNorm,
     average_statistics,
@@ -84,7 +84,7 @@ def test_the_callback_recomputes_at_whole_epoch_ends_only():
 def test_a_run_saved_before_precise_bn_resumes_without_it(tmp_path):
     import json
 
-    from diffusion_keras.training import TrainConfig
+    from diffusion_keras.training.run import TrainConfig
 
     path = str(tmp_path / "config.json")
     TrainConfig().save(path)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import blob_images, conv_layers, run_script, tiny_model
-from diffusion_keras.precision import PRECISIONS, auto_precision, resolve_precision
-from diffusion_keras.saving import load_model
+from diffusion_keras.models.saving import load_model
+from diffusion_keras.utils.precision import PRECISIONS, auto_precision, resolve_precision
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -44,7 +44,7 @@ def test_a_model_samples_in_another_precision(tmp_path):
 
 
 def test_auto_precision_follows_the_rule(monkeypatch):
-    import diffusion_keras.precision as precision
+    import diffusion_keras.utils.precision as precision
 
     monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     monkeypatch.setattr(precision, "cpu_bfloat16_speedup", lambda: 1.8)
@@ -76,21 +76,21 @@ def test_generate_cli_takes_a_precision(tmp_path):
 
 @pytest.mark.parametrize("setting, expected", [("auto", False), ("off", False), ("on", True)])
 def test_jit_compile_setting(setting, expected):
-    from diffusion_keras.training import TrainConfig, build_model
+    from diffusion_keras.training.run import TrainConfig, build_model
 
     config = TrainConfig(image_size=16, widths=(8, 16), block_depth=1, jit_compile=setting)
     assert build_model(config).jit_compile is expected
 
 
 def test_unknown_jit_compile_setting_is_refused():
-    from diffusion_keras.training import resolve_jit_compile
+    from diffusion_keras.training.run import resolve_jit_compile
 
     with pytest.raises(ValueError, match="jit_compile must be auto, on or off"):
         resolve_jit_compile("maybe")
 
 
 def test_the_bfloat16_speedup_is_measured_once_per_machine(monkeypatch, tmp_path):
-    import diffusion_keras.precision as precision
+    import diffusion_keras.utils.precision as precision
 
     calls = []
     monkeypatch.setenv("DIFFUSION_KERAS_CACHE", str(tmp_path / "cache"))
@@ -110,7 +110,7 @@ def test_the_bfloat16_speedup_is_measured_once_per_machine(monkeypatch, tmp_path
 
 
 def test_the_bfloat16_probe_times_real_convolutions():
-    from diffusion_keras.precision import measure_bfloat16_speedup
+    from diffusion_keras.utils.precision import measure_bfloat16_speedup
 
     speedup = measure_bfloat16_speedup(repeats=2)
     # With oneDNN off, TensorFlow emulates bfloat16 convolutions: 0.043x measured here.

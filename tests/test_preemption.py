@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_script, write_png_folder
-from diffusion_keras.checkpoints import (
+from diffusion_keras.training.checkpoints import (
     Checkpointer,
     checkpoint_path,
     list_checkpoints,
     parse_checkpoint_every,
 )
-from diffusion_keras.errors import Preempted
-from diffusion_keras.preemption import EXIT_PREEMPTED, stop_signal
-from diffusion_keras.training import TrainConfig, fit_phases, train
+from diffusion_keras.training.preemption import EXIT_PREEMPTED, stop_signal
+from diffusion_keras.training.run import TrainConfig, fit_phases, train
+from diffusion_keras.utils.errors import Preempted
 
 TINY = dict(
     image_size=16,
@@ -214,7 +214,7 @@ def test_checkpoint_names_carry_the_position(tmp_path):
 
 
 def start_training(output, *flags, resume=False):
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     extra = ["--resume"] if resume else []
     return subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "train.py"), "--output", str(output), *extra,

@@ -9,9 +9,9 @@ import pytest
 
 from conftest import TINY, fit_on_blobs, one_line_error, run_script, tiny_model, write_png_folder
 from diffusion_keras import DiffusionModel
-from diffusion_keras.schedules import offset_cosine_schedule
-from diffusion_keras.training import RECIPES, TrainConfig, learning_rate
-from diffusion_keras.weighting import loss_weights, time_sampler
+from diffusion_keras.diffusion.schedules import offset_cosine_schedule
+from diffusion_keras.diffusion.weighting import loss_weights, time_sampler
+from diffusion_keras.training.run import RECIPES, TrainConfig, learning_rate
 
 
 def test_book_recipe_is_the_books_notebook():
@@ -31,7 +31,7 @@ def test_book_recipe_is_the_books_notebook():
 
 
 def test_the_optimizer_takes_the_configs_second_moment_decay():
-    from diffusion_keras.training import build_model
+    from diffusion_keras.training.run import build_model
 
     small = dict(image_size=16, widths=(8, 16), block_depth=1, precision="float32")
     assert float(build_model(TrainConfig(**small)).optimizer.beta_2) == 0.999
@@ -175,8 +175,8 @@ def test_train_py_recipe_book_writes_the_books_settings(tmp_path):
 
 def test_a_cosine_run_resumed_with_more_epochs_stretches_its_schedule(tmp_path):
     from conftest import blob_images
-    from diffusion_keras.data import ImageData
-    from diffusion_keras.training import train
+    from diffusion_keras.data.datasets import ImageData
+    from diffusion_keras.training.run import train
 
     data = ImageData((blob_images(16, 16) * 255).astype(np.uint8), source="blobs")
     config = TrainConfig(

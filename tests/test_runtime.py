@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
-from diffusion_keras.runtime import ONEDNN_VARIABLE, onednn_choice
+from diffusion_keras.utils.runtime import ONEDNN_VARIABLE, onednn_choice
 
 
 @pytest.mark.parametrize(
@@ -27,12 +26,12 @@ def test_onednn_choice(environ, imported, machine, expected):
 
 def onednn_in_fresh_process(setting, import_tensorflow_first=False):
     env = {k: v for k, v in os.environ.items() if k != ONEDNN_VARIABLE}
-    env.update(PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    env.update(TF_CPP_MIN_LOG_LEVEL="3")
     if setting is not None:
         env[ONEDNN_VARIABLE] = setting
     code = (
         ("import tensorflow\n" if import_tensorflow_first else "")
-        + "import diffusion_keras\nfrom diffusion_keras.runtime import onednn_enabled\n"
+        + "import diffusion_keras\nfrom diffusion_keras.utils.runtime import onednn_enabled\n"
         + "print(onednn_enabled())"
     )
     result = subprocess.run(

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from conftest import fit_on_blobs, tiny_model
-from diffusion_keras.samplers import (
+from diffusion_keras.diffusion.schedules import get_schedule
+from diffusion_keras.sampling.rules import (
     MIN_LOG_SNR,
     ddim_update,
     log_snrs,
@@ -10,7 +11,6 @@ from diffusion_keras.samplers import (
     validate_sampler,
     validate_spacing,
 )
-from diffusion_keras.schedules import get_schedule
 
 SETTINGS = [("ddim", 0.0), ("ddim", 0.5), ("ddim", 1.0), ("dpmpp_2m", 0.0)]
 # Each sampler once more on log-SNR spacing.
@@ -40,7 +40,7 @@ def test_compiled_equals_eager_and_chunks_do_not_matter(model, sampler, eta, spa
     noise = model.make_noise(5, 1)
     settings = dict(diffusion_steps=6, seed=2, sampler=sampler, eta=eta, spacing=spacing)
     compiled = model.generate(initial_noise=noise, **settings)
-    step_noises = model._step_noises(2, range(5), 6) if eta else None
+    step_noises = model.generator._step_noises(2, range(5), 6) if eta else None
     eager = model.reverse_diffusion(noise, 6, sampler, eta, step_noises, spacing=spacing)
     np.testing.assert_allclose(compiled, np.asarray(model.denormalize(eager)), atol=1e-5)
     stepped = model.generate(initial_noise=noise, progress=True, **settings)
@@ -142,7 +142,7 @@ def test_generate_cli_takes_a_sampler(model, tmp_path):
 
 
 def test_generate_samples_with_the_measured_default_and_the_book_one_flag_away():
-    from diffusion_keras.samplers import SAMPLING_RECIPES, sampling_settings
+    from diffusion_keras.sampling.rules import SAMPLING_RECIPES, sampling_settings
 
     assert sampling_settings("book") == dict(sampler="ddim", diffusion_steps=20, spacing="uniform")
     assert sampling_settings() == SAMPLING_RECIPES["default"]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from diffusion_keras.schedules import SCHEDULES, get_schedule, linear_schedule
+from diffusion_keras.diffusion.schedules import SCHEDULES, get_schedule, linear_schedule
 
 TIMES = np.linspace(0.0, 1.0, 1001, dtype=np.float32)
 

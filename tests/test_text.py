@@ -8,11 +8,11 @@ import pytest
 
 from conftest import in_process_error, one_line_error, run_script, tiny_model
 from diffusion_keras import DiffusionModel
-from diffusion_keras.captions import flower_caption
-from diffusion_keras.clip import ContrastivePretrainer, train_text_encoder
-from diffusion_keras.saving import load_model, load_text_encoder
-from diffusion_keras.text import TextEncoder, build_vocabulary, words_of
-from diffusion_keras.unet import build_unet
+from diffusion_keras.data.captions import flower_caption
+from diffusion_keras.models.saving import load_model, load_text_encoder
+from diffusion_keras.models.text import TextEncoder, build_vocabulary, words_of
+from diffusion_keras.nn.unet import build_unet
+from diffusion_keras.training.clip import ContrastivePretrainer, train_text_encoder
 
 CAPTIONS = ["a red flower", "a blue flower", "a green flower", "a purple flower"]
 TINY_TEXT = dict(image_size=16, widths=(8, 16), block_depth=1, embedding_dims=8,
@@ -200,7 +200,7 @@ def test_guidance_with_the_empty_prompt_is_the_unconditional_pass():
 
 
 def test_cross_attention_maps_say_where_each_token_is_looked_for():
-    from diffusion_keras.attention import cross_attention_maps
+    from diffusion_keras.nn.attention import cross_attention_maps
 
     model = text_model()
     images, captions = colour_images(16)
@@ -226,8 +226,8 @@ def test_caption_dropout_trains_the_empty_prompt():
 
     model = text_model(label_dropout=0.5)
     tokens = model.text_encoder.tokenize(CAPTIONS * 16)
-    seed = model._step_seed(tf.constant(3, "int64"), 0)
-    labels = model._training_labels((None, tokens), seed, len(tokens)).numpy()
+    seed = model.steps._step_seed(tf.constant(3, "int64"), 0)
+    labels = model.steps._training_labels((None, tokens), seed, len(tokens)).numpy()
     dropped = (labels == 0).all(axis=1)
     assert 0.25 < dropped.mean() < 0.75
     np.testing.assert_array_equal(labels[~dropped], tokens[~dropped])
@@ -309,7 +309,7 @@ def test_generate_py_says_in_one_line_what_a_prompt_needs(tmp_path):
 def test_generate_py_guides_a_prompt_at_the_measured_scale_unless_told(tmp_path):
     import matplotlib.image
 
-    import generate
+    from diffusion_keras.cli import generate
 
     text = str(tmp_path / "text.keras")
     model = text_model()

@@ -1,6 +1,6 @@
 import numpy as np
 
-from diffusion_keras import toy1d
+from diffusion_keras.models import toy1d
 
 
 def test_mixture_data_has_the_stated_modes():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from conftest import conv_layers
-from diffusion_keras.unet import build_unet
+from diffusion_keras.nn.unet import build_unet
 
 
 def test_book_unet_has_the_books_weight_count_and_shapes():
