@@ -22,6 +22,7 @@ from diffusion_keras.cli.common import (
 )
 from diffusion_keras.config.choices import PRECISIONS, SAMPLERS, SPACINGS
 from diffusion_keras.config.sampling import SAMPLING_RECIPES, sampling_settings
+from diffusion_keras.editing.files import image_paths_of, load_edit_images, load_masks
 from diffusion_keras.utils.images import save_grid, save_images, spherical_interpolation
 from diffusion_keras.utils.quiet import import_tensorflow
 
@@ -228,7 +229,6 @@ def check_edit_flags(args):
 
 def edit_images(args, model, settings):
     """The --init-image path: returns `(images for the grid, columns, outputs, names)`."""
-    from diffusion_keras.editing.files import image_paths_of, load_edit_images, load_masks
 
     paths = image_paths_of(args.init_image)
     images, sizes = load_edit_images(paths, model.image_size, args.center_crop)

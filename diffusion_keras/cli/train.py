@@ -14,7 +14,10 @@ from diffusion_keras.cli.common import OneLineParser, UsageError, run
 from diffusion_keras.config import fields
 from diffusion_keras.config.choices import RECIPE_NAMES
 from diffusion_keras.config.run import GROUPS, RESUMABLE, TrainConfig, run_paths
+from diffusion_keras.data.datasets import load_images
+from diffusion_keras.training.distribute import make_strategy, worker_index
 from diffusion_keras.training.preemption import EXIT_PREEMPTED, stop_signal
+from diffusion_keras.utils.errors import Preempted
 from diffusion_keras.utils.precision import resolve_precision
 from diffusion_keras.utils.quiet import import_tensorflow
 
@@ -118,10 +121,7 @@ def main(argv=None):
     config = config_from_args(args)
     # From here on TensorFlow loads (quietly: its C++ start-up lines go to /dev/null).
     import_tensorflow()
-    from diffusion_keras.data.datasets import load_images
-    from diffusion_keras.training.distribute import make_strategy, worker_index
     from diffusion_keras.training.run import train
-    from diffusion_keras.utils.errors import Preempted
 
     check_settings(config)
     strategy = make_strategy(config.strategy, config.cpu_replicas)

@@ -19,8 +19,11 @@ from diffusion_keras.config import types
 NO_FLAG = "no flag"
 
 
+MISSING = dataclasses.MISSING
+
+
 def setting(default, help, *, type=None, choices=None, flag=None, resumable=False,
-            legacy_model=dataclasses.MISSING, legacy_run=dataclasses.MISSING, metavar=None):  # fmt: skip
+            legacy_model=MISSING, legacy_run=MISSING, metavar=None):  # fmt: skip
     """A dataclass field for one setting.
 
     Args:

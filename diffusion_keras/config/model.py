@@ -49,7 +49,8 @@ class NetworkConfig:
                               "arithmetic) or keras (Keras's BatchNormalization)",
                               choices=choices.BATCH_NORMS, legacy_model="keras")  # fmt: skip
     remat: bool = setting(True, "recompute batch norm and swish in the backward pass: less "
-                          "memory, the same weights and arithmetic", legacy_model=False)  # fmt: skip
+                          "memory, the same weights and arithmetic",
+                          legacy_model=False)  # fmt: skip
 
 
 @dataclasses.dataclass

@@ -87,7 +87,8 @@ class TextConfig:
     text_encoder: str = setting("", "--captions with this text encoder (a text_encoder.keras "
                                 "from an earlier run)")  # fmt: skip
     text_encoder_epochs: int = setting(10, "--captions: epochs of contrastive (CLIP) "
-                                       "text-encoder training", type=types.positive_int)  # fmt: skip
+                                       "text-encoder training",
+                                       type=types.positive_int)  # fmt: skip
     text_encoder_training: str = setting("frozen", "--captions: keep the CLIP-trained text "
                                          "encoder frozen (Stable Diffusion's way) or train it "
                                          "on with the U-Net (joint, GLIDE's way)",
@@ -143,7 +144,8 @@ class OutputConfig:
                                     resumable=True)  # fmt: skip
     checkpoint_every: str = setting(DEFAULT_CHECKPOINT_EVERY, "also checkpoint inside epochs: "
                                     "every N steps, every Nm minutes (10m), or 0 for epoch ends "
-                                    "only", type=types.checkpoint_every, resumable=True)  # fmt: skip
+                                    "only", type=types.checkpoint_every,
+                                    resumable=True)  # fmt: skip
 
 
 # The groups of a run, in the order `--help` shows them.
@@ -152,8 +154,10 @@ GROUPS = (DataConfig, NetworkConfig, DiffusionConfig, OptimizerConfig, LatentCon
 
 
 @dataclasses.dataclass
-class TrainConfig(OutputConfig, DistributeConfig, QualityConfig, ClassesConfig, TextConfig,
-                  LatentConfig, OptimizerConfig, DiffusionConfig, NetworkConfig, DataConfig):  # fmt: skip
+class TrainConfig(
+    OutputConfig, DistributeConfig, QualityConfig, ClassesConfig, TextConfig, LatentConfig,
+    OptimizerConfig, DiffusionConfig, NetworkConfig, DataConfig,
+):  # fmt: skip
     """Everything that defines a training run; saved as `RUN_DIR/config.json`.
 
     One field per setting of `GROUPS` (see each for its help). The defaults

@@ -14,7 +14,9 @@ import warnings
 
 import numpy as np
 
-from diffusion_keras.data.image_cache import release_pages
+from diffusion_keras.data.captions import flower_caption, folder_captions, is_caption_file
+from diffusion_keras.data.flowers import CLASS_NAMES, DEFAULT_COUNT, flower_images, flower_labels
+from diffusion_keras.data.image_cache import decoded_folder, release_pages
 from diffusion_keras.utils import network
 from diffusion_keras.utils.errors import DataError
 
@@ -144,7 +146,6 @@ def load_folder(folder, image_size, center_crop=False, with_labels=False, worker
             f"no image files (jpg, png, bmp, gif) found in {folder!r}"
             + (f"; it has {len(others)} other files" if others else "")
         )
-    from diffusion_keras.data.captions import folder_captions, is_caption_file
 
     stems = {os.path.splitext(path)[0] for path in paths}
     _warn_skipped([p for p in others if not is_caption_file(p, stems)], "files that are not images")
@@ -158,7 +159,6 @@ def load_folder(folder, image_size, center_crop=False, with_labels=False, worker
     workers = workers or os.cpu_count() or 1
     found = None
     if cache:
-        from diffusion_keras.data.image_cache import decoded_folder
 
         found = decoded_folder(folder, paths, image_size, center_crop, decode, workers)
     if found is not None:
@@ -273,12 +273,6 @@ def load_images(source, image_size=64, center_crop=False, with_labels=False, dat
             `metadata.jsonl` or sidecar `.txt` files; `builtin:flowers`: made
             from each flower's drawing parameters).
     """
-    from diffusion_keras.data.flowers import (
-        CLASS_NAMES,
-        DEFAULT_COUNT,
-        flower_images,
-        flower_labels,
-    )
 
     if source.startswith(BUILTIN_PREFIX):
         name, _, count = source[len(BUILTIN_PREFIX) :].partition(":")
@@ -292,7 +286,6 @@ def load_images(source, image_size=64, center_crop=False, with_labels=False, dat
             raise DataError(f"builtin:flowers:N needs N >= 1, got {count}")
         captions = None
         if with_captions:
-            from diffusion_keras.data.captions import flower_caption
 
             captions = [flower_caption(index) for index in range(count)]
         if not with_labels:

@@ -46,7 +46,7 @@ from keras import ops
 from diffusion_keras.diffusion.schedules import log_snrs, zero_noise_time
 from diffusion_keras.sampling import guidance
 from diffusion_keras.sampling.inpainting import HARMONIZE, KeepKnown, harmonic_fill  # noqa: F401
-from diffusion_keras.sampling.rules import sampling_times
+from diffusion_keras.sampling.rules import sampling_times, validate_sampler, validate_spacing
 
 
 def validate_strength(strength):
@@ -132,7 +132,6 @@ def edit(
     prompts=None, negative_prompts=None, harmonize=HARMONIZE,
 ):  # fmt: skip
     """Edits `images` with `model`; see `DiffusionModel.edit`."""
-    from diffusion_keras.sampling.rules import validate_sampler, validate_spacing
 
     model.generator._check_adapted()
     validate_sampler(sampler, eta)

@@ -4,10 +4,11 @@ import os
 
 import numpy as np
 
+from diffusion_keras.data.datasets import decode_image_file, list_image_files
+
 
 def image_paths_of(path):
     """The image files `path` names: itself, or every image below a folder."""
-    from diffusion_keras.data.datasets import list_image_files
 
     if os.path.isdir(path):
         paths, _ = list_image_files(path)
@@ -26,7 +27,6 @@ def load_edit_images(paths, image_size, center_crop=False):
     Returns `(images in [0, 1], original (width, height) of each)`."""
     from PIL import Image
 
-    from diffusion_keras.data.datasets import decode_image_file
 
     images, sizes = [], []
     for path in paths:

@@ -30,6 +30,7 @@ from diffusion_keras.diffusion.weighting import (
     validate_time_sampling,
     validate_weighting,
 )
+
 # A model file holds its autoencoder and text encoder: their classes must be registered.
 from diffusion_keras.models import autoencoder as _autoencoder  # noqa: F401
 from diffusion_keras.models import text as _text  # noqa: F401

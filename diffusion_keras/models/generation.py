@@ -10,6 +10,7 @@ loop (`reverse_diffusion`, `ddim_step`) and the seeded noise streams are here to
 
 import numpy as np
 
+from diffusion_keras.editing.edits import HARMONIZE, edit
 from diffusion_keras.sampling import guidance
 from diffusion_keras.sampling import steps as sampling
 from diffusion_keras.sampling.loop import Sampler
@@ -154,8 +155,8 @@ class Generator:
                 f"num_images is {num_images} but initial_noise has {len(initial_noise)} images"
             )
         steering = guidance.steering(
-            self.model, len(initial_noise), class_labels, guidance_scale, classifier, classifier_scale,
-            prompts, negative_prompts,
+            self.model, len(initial_noise), class_labels, guidance_scale, classifier,
+            classifier_scale, prompts, negative_prompts,
         )  # fmt: skip
         diffusion_steps, batch_size = _positive_steps_and_batch(diffusion_steps, batch_size)
         pred_images = self.sampler.run(
@@ -201,7 +202,6 @@ class Generator:
         Returns:
             A numpy array of images in [0, 1]; where `mask` is 0, exactly the input.
         """
-        from diffusion_keras.editing.edits import HARMONIZE, edit
 
         if self.model.autoencoder is not None:
             raise ValueError("editing works on pixel-space models; this one is a latent model")

@@ -9,6 +9,7 @@ import keras
 from diffusion_keras.models.autoencoder import Autoencoder
 from diffusion_keras.models.classifier import NoiseClassifier
 from diffusion_keras.models.diffusion_model import DiffusionModel
+from diffusion_keras.models.text import TextEncoder
 from diffusion_keras.utils.errors import ModelFileError
 from diffusion_keras.utils.precision import resolve_precision
 
@@ -45,7 +46,6 @@ def load_autoencoder(path, compile=False):
 def load_text_encoder(path):
     """Loads a `TextEncoder` (`RUN_DIR/text_encoder.keras`), with the same
     checks and one-line `ModelFileError`s as `load_model`."""
-    from diffusion_keras.models.text import TextEncoder
 
     return _load(path, TextEncoder, False)
 

@@ -17,9 +17,14 @@ import os
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers, ops
 
+from diffusion_keras.data.datasets import ImageData, steps_per_epoch, train_dataset
+from diffusion_keras.models.saving import load_text_encoder
 from diffusion_keras.models.text import TextEncoder, build_vocabulary
+from diffusion_keras.training.callbacks import save_model_atomically
+from diffusion_keras.utils.errors import DataError
 
 TEXT_ENCODER_FILE = "text_encoder.keras"
 CLIP_LEARNING_RATE = 1e-3
@@ -106,7 +111,6 @@ class ContrastivePretrainer(keras.Model):
         return loss, accuracy
 
     def train_step(self, data):
-        import tensorflow as tf
 
         images, tokens = data
         with tf.GradientTape() as tape:
@@ -154,8 +158,6 @@ def train_text_encoder(
     """A new `TextEncoder` over the words of `captions`, trained
     contrastively against the uint8 `images` (one caption each). Returns the
     `(text_encoder, pretrainer)`; the pretrainer measures retrieval."""
-    from diffusion_keras.data.datasets import ImageData, steps_per_epoch, train_dataset
-    from diffusion_keras.utils.errors import DataError
 
     if len(images) != len(captions):
         raise DataError(f"{len(images)} images but {len(captions)} captions")
@@ -184,8 +186,6 @@ def text_encoder_for(config, data, run_dir, verbose="auto", chief=True):
     """`config.text_encoder` loaded when given, else `RUN_DIR/text_encoder.keras`
     when an earlier start of this run saved it, else one trained on `data`'s
     captions for `config.text_encoder_epochs` epochs and saved there."""
-    from diffusion_keras.models.saving import load_text_encoder
-    from diffusion_keras.training.callbacks import save_model_atomically
 
     path = config.text_encoder or os.path.join(run_dir, TEXT_ENCODER_FILE)
     if config.text_encoder or os.path.exists(path):

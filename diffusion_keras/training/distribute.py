@@ -17,7 +17,7 @@ import json
 import os
 
 from diffusion_keras.config.choices import STRATEGIES
-from diffusion_keras.utils.errors import UsageError
+from diffusion_keras.utils.errors import TrainingError, UsageError
 
 
 def configure_cpu_replicas(count):
@@ -138,7 +138,6 @@ def fit_multiworker(
     import keras
     import tensorflow as tf
 
-    from diffusion_keras.utils.errors import TrainingError
 
     dataset = distributed_batches(strategy, make_dataset, global_batch_size)
     iterator = iter(dataset)

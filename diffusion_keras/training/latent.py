@@ -21,7 +21,9 @@ from diffusion_keras.data.datasets import (
     steps_per_epoch,
     train_dataset,
 )
+from diffusion_keras.data.image_cache import release_pages
 from diffusion_keras.models.autoencoder import Autoencoder
+from diffusion_keras.models.saving import load_autoencoder
 from diffusion_keras.training.callbacks import save_model_atomically
 from diffusion_keras.utils.errors import TrainingError
 
@@ -50,7 +52,6 @@ def autoencoder_for(config, data, run_dir, verbose="auto", chief=True):
     cosine-decayed to 0, on random `config.autoencoder_crop` squares of the
     images when those are larger (0: whole images), its latent scale measured
     on `data` (whole images), saved there (by the chief; atomically)."""
-    from diffusion_keras.models.saving import load_autoencoder
 
     path = config.autoencoder or os.path.join(run_dir, AUTOENCODER_FILE)
     if config.autoencoder or os.path.exists(path):
@@ -99,7 +100,6 @@ def autoencoder_for(config, data, run_dir, verbose="auto", chief=True):
 def _fingerprint(model, data):
     """What the cached latents depend on: the images (hashed a batch at a
     time) and the autoencoder's weights."""
-    from diffusion_keras.data.image_cache import release_pages
 
     images = hashlib.blake2b(digest_size=16)
     for start in range(0, len(data.images), 256):
@@ -124,7 +124,6 @@ def encoded_once(model, data, run_dir, batch_size=64):
     atomically. The latents are the posterior means, so training on them is
     training on the images (`DiffusionModel.to_space`).
     """
-    from diffusion_keras.data.image_cache import release_pages
 
     path = os.path.join(run_dir, LATENTS_FILE)
     meta = path + ".json"

@@ -14,6 +14,7 @@ import shutil
 import warnings
 
 import keras
+import tensorflow as tf
 
 from diffusion_keras.config import fields
 from diffusion_keras.config.choices import LR_SCHEDULES, TEXT_ENCODER_TRAINING
@@ -27,6 +28,8 @@ from diffusion_keras.data.datasets import (
     steps_per_epoch,
     train_dataset,
 )
+from diffusion_keras.metrics.kid import KIDMonitor, feature_extractor
+from diffusion_keras.models.classifier import NoiseClassifier
 from diffusion_keras.models.diffusion_model import DiffusionModel
 from diffusion_keras.models.saving import load_model
 from diffusion_keras.nn.unet import build_unet
@@ -42,7 +45,10 @@ from diffusion_keras.training.checkpoints import (
     list_checkpoints,
     parse_checkpoint_every,
 )
+from diffusion_keras.training.clip import text_encoder_for
 from diffusion_keras.training.distribute import fit_multiworker, is_multiworker, worker_index
+from diffusion_keras.training.latent import autoencoder_for, encoded_once
+from diffusion_keras.training.precise_bn import PreciseBatchNorm
 from diffusion_keras.training.preemption import stop_signal
 from diffusion_keras.utils.errors import ModelFileError, Preempted, TrainingError
 from diffusion_keras.utils.precision import resolve_precision
@@ -193,7 +199,6 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
         KeyboardInterrupt: after saving the current weights to
             `RUN_DIR/interrupted.keras`.
     """
-    import tensorflow as tf
 
     strategy = strategy or tf.distribute.get_strategy()
     worker = worker_index(strategy)
@@ -223,7 +228,6 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
     if config.captions:
         # The run's frozen text encoder, loaded (a resumed run finds the one
         # it trained in RUN_DIR) or trained (CLIP) now; captions train as its tokens.
-        from diffusion_keras.training.clip import text_encoder_for
 
         text_encoder = text_encoder_for(config, data, run_dir, verbose, chief)
         data = dataclasses.replace(data, labels=text_encoder.tokenize(data.captions))
@@ -267,8 +271,6 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
             initial_epoch, first_step = 0, 0
             autoencoder = None
             if config.latent:
-                from diffusion_keras.training.latent import autoencoder_for
-
                 autoencoder = autoencoder_for(config, data, run_dir, verbose, chief)
             model = build_model(
                 config,
@@ -279,7 +281,6 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
             )
         if config.latent and not config.flip:
             # Encoded once (flips would need the flipped images' latents too).
-            from diffusion_keras.training.latent import encoded_once
 
             data = encoded_once(model, data, run_dir, config.batch_size)
         if not resume:
@@ -397,8 +398,6 @@ def run_callbacks(config, paths, chief, held_out, nan_guard, checkpointer, capti
             keras.callbacks.TensorBoard(log_dir=paths["logs"], write_graph=False),
         ]
         if held_out is not None:
-            from diffusion_keras.metrics.kid import KIDMonitor, feature_extractor
-
             kid = KIDMonitor(
                 held_out.images,
                 feature_extractor(config.kid_features, config.image_size),
@@ -409,8 +408,6 @@ def run_callbacks(config, paths, chief, held_out, nan_guard, checkpointer, capti
             # Before the CSV and TensorBoard loggers, so that they record `kid`.
             callbacks.insert(0, kid)
     if config.precise_bn_batches and data is not None:
-        from diffusion_keras.training.precise_bn import PreciseBatchNorm
-
         # First: the checkpoint, the sample grid and KID see the recomputed statistics.
         callbacks.insert(0, PreciseBatchNorm(
             data, config.precise_bn_batches, config.batch_size, config.seed,
@@ -448,7 +445,6 @@ def train_classifier(model, data, config, verbose="auto"):
     """Trains a `NoiseClassifier` for `model` on labelled `data`, for
     `config.classifier_epochs` epochs: the U-Net's down widths, AdamW with the
     run's learning rate, the run's batch size, repetitions and flips."""
-    from diffusion_keras.models.classifier import NoiseClassifier
 
     require_labels(data)
     classifier = NoiseClassifier.for_model(
