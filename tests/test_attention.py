@@ -87,6 +87,7 @@ def test_bad_attention_settings_say_what_is_wrong(settings, message):
         build_unet(**TINY, **settings)
 
 
+@pytest.mark.slow
 def test_a_model_with_attention_saves_and_generates_the_same_images(tmp_path):
     model = DiffusionModel(
         **TINY, num_classes=2, attention_levels=(0, 1), attention_heads=2, cross_attention=True

@@ -63,6 +63,7 @@ def test_an_image_size_not_divisible_by_the_factor_is_refused():
         Autoencoder(**TINY_AE).latent_shape(30)
 
 
+@pytest.mark.slow
 def test_training_learns_to_reconstruct(autoencoder_and_data):
     autoencoder, data = autoencoder_and_data
     untrained = reconstruction(Autoencoder(**TINY_AE), data)
@@ -111,6 +112,7 @@ def test_uint8_and_0_255_pixels_read_as_unit_range(autoencoder_and_data):
     np.testing.assert_allclose(autoencoder.encode(pixels.astype(np.float32)), unit, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_patch_discriminator_trains_only_after_its_start():
     autoencoder = Autoencoder(**TINY_AE, discriminator_weight=0.1, discriminator_start=2)
     autoencoder.compile(keras.optimizers.Adam(1e-3))

@@ -29,6 +29,7 @@ TINY_FLAGS = [
 ]
 
 
+@pytest.mark.slow
 def test_train_resume_and_generate_end_to_end(png_folder, tmp_path):
     run_dir = tmp_path / "run"
     result = run_script(
@@ -125,6 +126,7 @@ def test_train_resume_and_generate_end_to_end(png_folder, tmp_path):
     assert Image.open(steps).size == (4 * 18 + 2, 3 * 18 + 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -152,6 +154,7 @@ def test_train_rejects_bad_arguments_in_one_line(args, message):
     assert message in line
 
 
+@pytest.mark.slow
 def test_generate_rejects_bad_files_in_one_line(tmp_path):
     missing = one_line_error(run_script("generate.py", tmp_path / "none.keras"))
     assert "does not exist" in missing

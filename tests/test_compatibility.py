@@ -49,6 +49,7 @@ def test_registered_keras_names_are_unchanged():
         assert f"diffusion_keras>{name}" in names, name
 
 
+@pytest.mark.slow
 def test_a_run_folder_of_an_earlier_version_resumes(tmp_path):
     from fixtures.make_fixtures import blobs
 

@@ -17,8 +17,10 @@ from diffusion_keras.training.distribute import make_strategy
 from diffusion_keras.training.launch import launch_local_workers, tf_configs
 from diffusion_keras.utils.errors import UsageError
 
+# Each of these starts training processes: the slow tier (`-m slow`).
+pytestmark = pytest.mark.slow
+
 ONE_STEP_ON_TWO_DEVICES = """
-import sys
 from diffusion_keras.training.distribute import make_strategy
 strategy = make_strategy("mirrored", cpu_replicas=2)
 import numpy as np, tensorflow as tf
@@ -46,8 +48,8 @@ print("moved", max(float(np.abs(x - y).max()) for x, y in zip(one.network.get_we
 def test_one_step_on_two_devices_equals_one_device():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
-        [sys.executable, "-c", ONE_STEP_ON_TWO_DEVICES, os.path.join(ROOT, "tests")],
-        capture_output=True, text=True, env=env, timeout=300,
+        [sys.executable, "-c", ONE_STEP_ON_TWO_DEVICES],  # `-c` imports from its folder
+        capture_output=True, text=True, env=env, timeout=300, cwd=os.path.join(ROOT, "tests"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     figures = dict(line.split() for line in result.stdout.strip().splitlines())

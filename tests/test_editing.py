@@ -44,6 +44,7 @@ def images():
 # -- strength --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_strength_near_zero_returns_the_input_and_more_strength_changes_more(model, images):
     changes = []
     for strength in (1e-3, 0.3, 0.7):
@@ -167,6 +168,7 @@ def test_harmonic_fill_keeps_the_kept_values_and_carries_them_across_a_hole():
     assert few[4, 6] > 1.5 and 0.0 < few[6, 6] < few[5, 6] < few[4, 6]
 
 
+@pytest.mark.slow
 def test_inpainting_works_with_classifier_free_guidance():
     import tensorflow as tf
 
@@ -255,6 +257,7 @@ def _png(path, array, mode=None):
     (image.convert(mode) if mode else image).save(path)
 
 
+@pytest.mark.slow
 def test_generate_edits_folders_with_masks_and_names_each_output(model, tmp_path):
     model_path = tmp_path / "model.keras"
     model.save(model_path)

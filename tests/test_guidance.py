@@ -60,6 +60,7 @@ def guided(data):
     return model, classifier
 
 
+@pytest.mark.slow
 def test_classifier_free_guidance_generates_the_requested_colour(conditional):
     separation = {}
     for scale in (0.0, 1.0, 3.0):
@@ -78,6 +79,7 @@ def test_classifier_free_guidance_generates_the_requested_colour(conditional):
     )
 
 
+@pytest.mark.slow
 def test_classifier_guidance_generates_the_requested_colour(guided):
     model, classifier = guided
     separation = {}
@@ -138,6 +140,7 @@ def test_conditional_model_and_classifier_reload(conditional, guided, tmp_path):
     assert (reloaded.classify(images).argmax(axis=1) == np.arange(6) % 2).all()
 
 
+@pytest.mark.slow
 def test_label_dropout_trains_the_null_class(data):
     """Without label dropout the null-class embedding only feels AdamW's weight
     decay; with it, the null class is trained like the others."""
@@ -171,6 +174,7 @@ def test_bad_guidance_requests_are_refused(conditional, guided, data):
         tiny_model(num_classes=2).fit(data[0], batch_size=16, epochs=1, verbose=0)
 
 
+@pytest.mark.slow
 def test_train_and_generate_clis_condition_and_guide(tmp_path):
     folder = write_two_colour_folder(str(tmp_path / "colours"), 32)
     run = tmp_path / "run"

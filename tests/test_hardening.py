@@ -70,6 +70,7 @@ def test_awkward_images_are_converted_and_broken_ones_skipped(tmp_path):
     assert 20 < deep.mean() < 235
 
 
+@pytest.mark.slow
 def test_training_runs_on_awkward_images(tmp_path):
     write_awkward_images(tmp_path / "imgs")
     write_png_folder(str(tmp_path / "imgs" / "more"), count=10)
@@ -88,6 +89,7 @@ def test_training_runs_on_awkward_images(tmp_path):
     assert (tmp_path / "run" / "model.keras").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make, message",
     [
@@ -107,6 +109,7 @@ def test_unusable_data_fails_before_any_model_is_built(tmp_path, make, message):
     assert not (run_dir / "checkpoints").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "script, args, message",
     [
@@ -130,6 +133,7 @@ def test_bad_numbers_are_refused_in_one_line(script, args, message):
     assert message in one_line_error(run_script(script, *args))
 
 
+@pytest.mark.slow
 def test_unwritable_output_is_reported_up_front(tmp_path, png_folder):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -160,6 +164,7 @@ def _tiny_config(**overrides):
 # -- loading ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generate_refuses_other_packages_models(tmp_path):
     plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     path = tmp_path / "plain.keras"
@@ -167,6 +172,7 @@ def test_generate_refuses_other_packages_models(tmp_path):
     assert "not a diffusion_keras DiffusionModel" in one_line_error(run_script("generate.py", path))
 
 
+@pytest.mark.slow
 def test_truncated_model_file_is_refused(tmp_path):
     model = tiny_model()
     path = tmp_path / "model.keras"
@@ -237,6 +243,7 @@ class PoisonWeights(keras.callbacks.Callback):
             weight.assign(np.full(weight.shape, np.nan, np.float32))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     config = TrainConfig(data="builtin:flowers:32", output=str(run_dir), **_tiny_config(epochs=3))
@@ -249,6 +256,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(np.isfinite(w).all() for w in good.network.get_weights())
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_current_weights(tmp_path, png_folder):
     run_dir = tmp_path / "run"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

@@ -41,6 +41,7 @@ def test_the_normalizer_learns_latent_statistics(autoencoder):
     np.testing.assert_allclose(model.normalizer.adapt_mean, latents.mean(axis=(0, 1, 2)), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_training_on_images_equals_training_on_latents_encoded_once(autoencoder):
     images = blob_images(16, SIZE)
     on_images, on_latents = latent_model(autoencoder), latent_model(autoencoder)
@@ -51,6 +52,7 @@ def test_training_on_images_equals_training_on_latents_encoded_once(autoencoder)
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_autoencoder_is_frozen_and_the_users_copy_untouched(autoencoder):
     before = [w.copy() for w in autoencoder.get_weights()]
     model = latent_model(autoencoder)
@@ -62,6 +64,7 @@ def test_the_autoencoder_is_frozen_and_the_users_copy_untouched(autoencoder):
     assert autoencoder.trainable
 
 
+@pytest.mark.slow
 def test_one_file_holds_the_model_and_its_decoder(autoencoder, tmp_path):
     model = latent_model(autoencoder, num_classes=2)
     model.fit(blob_images(16, SIZE), np.arange(16) % 2, batch_size=8, epochs=1, verbose=0)
@@ -115,6 +118,7 @@ def test_cached_latents_are_encoded_again_when_the_autoencoder_changes(autoencod
     np.testing.assert_allclose(changed.images, other.encode_images(data.images / 255.0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_latent_run_trains_its_autoencoder_on_crops_of_larger_images(tmp_path, capsys):
     from diffusion_keras.data.datasets import ImageData
     from diffusion_keras.training.latent import autoencoder_for
@@ -147,6 +151,7 @@ def test_the_autoencoder_crops_only_images_larger_than_its_crop():
     assert training_crop(-4, 128, 4) is None
 
 
+@pytest.mark.slow
 def test_a_latent_run_trains_its_autoencoder_once_and_resumes(tmp_path):
     from diffusion_keras.data.datasets import ImageData
     from diffusion_keras.models.saving import load_autoencoder, load_model

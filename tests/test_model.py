@@ -70,6 +70,7 @@ def test_train_step_moves_ema_by_the_decay():
     assert int(model.train_steps.numpy()) == 1
 
 
+@pytest.mark.slow
 def test_training_learns_and_ema_samples_look_like_the_data():
     model = tiny_model()
     data, history = fit_on_blobs(model, steps_per_epoch=50, epochs=4)
@@ -82,6 +83,7 @@ def test_training_learns_and_ema_samples_look_like_the_data():
     assert abs(smoothness - total_variation(data)) < abs(smoothness - total_variation(noise))
 
 
+@pytest.mark.slow
 def test_partial_batches_train_and_evaluate():
     model = tiny_model()
     images = blob_images(10)
@@ -91,6 +93,7 @@ def test_partial_batches_train_and_evaluate():
     assert set(result) == {"n_loss", "i_loss"} and np.isfinite(result["n_loss"])
 
 
+@pytest.mark.slow
 def test_same_seed_same_training():
     def run():
         model = tiny_model(seed=7)
@@ -107,6 +110,7 @@ def trained_tiny_model():
     return model
 
 
+@pytest.mark.slow
 def test_generate_is_seeded_and_in_range():
     model = trained_tiny_model()
     a = model.generate(5, 4, seed=3)
@@ -116,6 +120,7 @@ def test_generate_is_seeded_and_in_range():
     assert not np.array_equal(a, model.generate(5, 4, seed=4))
 
 
+@pytest.mark.slow
 def test_compiled_sampler_equals_the_eager_loop():
     model = trained_tiny_model()
     noise = model.make_noise(4, 0)
@@ -127,6 +132,7 @@ def test_compiled_sampler_equals_the_eager_loop():
     np.testing.assert_allclose(stepped, eager, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_chunked_generation_equals_one_batch():
     model = trained_tiny_model()
     whole = model.generate(7, 3, seed=11, batch_size=7)
@@ -161,6 +167,7 @@ print(int(model.train_steps.numpy()), int(model.optimizer.iterations.numpy()))
 """
 
 
+@pytest.mark.slow
 def test_keras_round_trip_in_a_fresh_process(tmp_path):
     model = trained_tiny_model()
     path = str(tmp_path / "model.keras")
@@ -180,6 +187,7 @@ def test_keras_round_trip_in_a_fresh_process(tmp_path):
     assert result.stdout.split() == ["4", "4"]  # step counter and optimizer state
 
 
+@pytest.mark.slow
 def test_reloaded_model_keeps_ema_and_normalizer(tmp_path):
     model = trained_tiny_model()
     path = str(tmp_path / "model.keras")
@@ -208,6 +216,7 @@ def test_prediction_targets_split_back_into_noise_and_image(prediction):
     np.testing.assert_allclose(pred_images, images, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "prediction, loss", [("noise", "mse"), ("image", "mae"), ("velocity", "mae")]
 )
@@ -233,6 +242,7 @@ def test_unknown_prediction_is_refused():
         DiffusionModel(**TINY, prediction="score")
 
 
+@pytest.mark.slow
 def test_files_from_before_the_fused_batch_norm_still_load(tmp_path):
     """A model saved before `batch_norm` and `remat` existed holds Keras's
     BatchNormalization in the book's separate layers and neither key; it
@@ -263,6 +273,7 @@ def test_files_from_before_the_fused_batch_norm_still_load(tmp_path):
     assert DiffusionModel(**TINY).batch_norm == "fused"
 
 
+@pytest.mark.slow
 def test_remat_model_trains_and_samples_as_the_books_layers_do(tmp_path):
     """The default `remat=True` (residual blocks that recompute their batch
     norm and swish) trains to the same weights as the book's separate layers

@@ -9,6 +9,9 @@ from nbclient import NotebookClient
 
 from conftest import ROOT
 
+# Each of these starts training processes: the slow tier (`-m slow`).
+pytestmark = pytest.mark.slow
+
 NOTEBOOKS = sorted(
     name for name in os.listdir(os.path.join(ROOT, "notebooks")) if name.endswith(".ipynb")
 )

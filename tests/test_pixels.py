@@ -53,6 +53,7 @@ def unit_runs():
     return {"dataset": train(batched(UNIT))[1:], "numpy": train(UNIT)[1:]}
 
 
+@pytest.mark.slow
 def test_image_dataset_from_directory_trains_as_the_data_divided_by_255(tmp_path):
     # The first thing a Keras user writes: float32 pixels in 0..255.
     write_png_folder(tmp_path / "images", 32, size=16)
@@ -70,6 +71,7 @@ def test_image_dataset_from_directory_trains_as_the_data_divided_by_255(tmp_path
     np.testing.assert_allclose(mean, UNIT.mean(axis=(0, 1, 2)), atol=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, data, exact",
     [
@@ -95,6 +97,7 @@ def test_every_pixel_range_trains_the_same_model(unit_runs, name, data, exact):
         assert losses[key] == pytest.approx(value, rel=1e-5), (name, key)
 
 
+@pytest.mark.slow
 def test_conditional_image_label_batches_and_validation_data_take_uint8():
     labels = np.arange(32, dtype="int32") % 2
     conditional = dict(num_classes=2, class_names=["a", "b"])

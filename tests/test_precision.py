@@ -9,6 +9,7 @@ from diffusion_keras.models.saving import load_model
 from diffusion_keras.utils.precision import PRECISIONS, auto_precision, resolve_precision
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_every_precision_trains_and_round_trips(precision, tmp_path):
     model = tiny_model(precision=precision)
@@ -29,6 +30,7 @@ def test_every_precision_trains_and_round_trips(precision, tmp_path):
     loaded.fit(blob_images(8), batch_size=8, epochs=1, verbose=0)
 
 
+@pytest.mark.slow
 def test_a_model_samples_in_another_precision(tmp_path):
     model = tiny_model(precision="mixed_bfloat16")
     model.fit(blob_images(16), batch_size=8, epochs=1, verbose=0)
@@ -60,6 +62,7 @@ def test_auto_precision_follows_the_rule(monkeypatch):
         resolve_precision("half")
 
 
+@pytest.mark.slow
 def test_generate_cli_takes_a_precision(tmp_path):
     model = tiny_model()
     model.fit(blob_images(8), batch_size=8, epochs=1, verbose=0)

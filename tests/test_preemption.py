@@ -24,6 +24,9 @@ from diffusion_keras.training.preemption import EXIT_PREEMPTED, stop_signal
 from diffusion_keras.training.run import TrainConfig, fit_phases, train
 from diffusion_keras.utils.errors import Preempted
 
+# Each of these starts training processes: the slow tier (`-m slow`).
+pytestmark = pytest.mark.slow
+
 TINY = dict(
     image_size=16,
     widths=(8, 16),

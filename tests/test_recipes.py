@@ -107,6 +107,7 @@ def test_log_normal_times_have_normal_log_snrs_cut_to_the_schedules_range():
     assert 0.4 < np.mean(noisier > 0.7) < 0.55
 
 
+@pytest.mark.slow
 def test_a_log_normal_model_trains_saves_and_reloads(tmp_path):
     model = tiny_model(time_sampling="log_normal", log_snr_mean=0.5, log_snr_std=2.0)
     _, history = fit_on_blobs(model, steps_per_epoch=4)
@@ -154,6 +155,7 @@ def test_unweighted_loss_is_the_books_op_for_op():
     assert float(loss) == float(keras.ops.mean(keras.ops.abs(targets - outputs)))
 
 
+@pytest.mark.slow
 def test_train_py_recipe_book_writes_the_books_settings(tmp_path):
     folder = tmp_path / "images"
     write_png_folder(folder, 16, nested=False)
@@ -173,6 +175,7 @@ def test_train_py_recipe_book_writes_the_books_settings(tmp_path):
     assert "--recipe applies to new runs" in line
 
 
+@pytest.mark.slow
 def test_a_cosine_run_resumed_with_more_epochs_stretches_its_schedule(tmp_path):
     from conftest import blob_images
     from diffusion_keras.data.datasets import ImageData

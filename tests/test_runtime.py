@@ -8,6 +8,9 @@ import pytest
 
 from diffusion_keras.utils.runtime import ONEDNN_VARIABLE, onednn_choice
 
+# Each of these starts training processes: the slow tier (`-m slow`).
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize(
     "environ, imported, machine, expected",

@@ -26,6 +26,7 @@ def model():
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler, eta", SETTINGS)
 def test_every_sampler_is_finite_in_range_and_seeded(model, sampler, eta):
     a = model.generate(6, 8, seed=3, sampler=sampler, eta=eta)
@@ -121,6 +122,7 @@ def test_bad_sampler_settings_are_refused(sampler, eta, message):
         validate_sampler(sampler, eta)
 
 
+@pytest.mark.slow
 def test_generate_cli_takes_a_sampler(model, tmp_path):
     from conftest import run_script
 

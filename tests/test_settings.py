@@ -28,8 +28,11 @@ OTHER = {
     "precision": "float32", "schedule": "cosine",
 }  # fmt: skip
 # What a setting needs beside it to be used.
-NEEDS = {"cross_attention": ["--conditional", "--attention-levels", "1"],
-         "label_dropout": ["--conditional"], "attention_heads": ["--attention-levels", "1"]}  # fmt: skip
+NEEDS = {
+    "cross_attention": ["--conditional", "--attention-levels", "1"],
+    "label_dropout": ["--conditional"],
+    "attention_heads": ["--attention-levels", "1"],
+}
 
 
 def other_value(field):

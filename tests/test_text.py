@@ -92,6 +92,7 @@ def test_bad_encoder_settings_are_one_line_errors():
 # -- contrastive training ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_contrastive_training_learns_to_match_captions_and_images():
     images, captions = colour_images(128)
     uint8 = np.round(images * 255).astype(np.uint8)
@@ -121,6 +122,7 @@ def test_the_u_net_takes_a_context_only_with_attention_and_without_classes():
         DiffusionModel(**{**TINY_TEXT, "attention_levels": ()}, text_encoder=tiny_encoder())
 
 
+@pytest.mark.slow
 def test_the_text_encoder_is_frozen_and_saved_with_the_model(tmp_path):
     model = text_model()
     assert len(model.trainable_weights) == len(model.network.trainable_weights)
@@ -141,6 +143,7 @@ def test_the_text_encoder_is_frozen_and_saved_with_the_model(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_a_jointly_trained_text_encoder_learns_samples_with_its_ema_and_reloads(tmp_path):
     encoder = tiny_encoder()
     users = [w.copy() for w in encoder.get_weights()]
@@ -177,6 +180,7 @@ def test_a_jointly_trained_text_encoder_learns_samples_with_its_ema_and_reloads(
         DiffusionModel(image_size=16, widths=(8, 16), block_depth=1, train_text_encoder=True)
 
 
+@pytest.mark.slow
 def test_guidance_with_the_empty_prompt_is_the_unconditional_pass():
     model = text_model()
     images, captions = colour_images(16)
@@ -199,6 +203,7 @@ def test_guidance_with_the_empty_prompt_is_the_unconditional_pass():
     assert np.abs(negative - red).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_cross_attention_maps_say_where_each_token_is_looked_for():
     from diffusion_keras.nn.attention import cross_attention_maps
 
@@ -247,6 +252,7 @@ def test_prompts_need_a_text_model_and_a_text_model_takes_no_classes():
 # -- the command lines ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_and_generate_from_captions(tmp_path):
     run = str(tmp_path / "run")
     tiny = ["--data", "builtin:flowers:64", "--image-size", "16", "--widths", "8,16",
@@ -277,6 +283,7 @@ def test_train_and_generate_from_captions(tmp_path):
     assert joint.train_text_encoder and joint.ema_text_encoder is not None
 
 
+@pytest.mark.slow
 def test_caption_flags_fail_in_one_line(tmp_path):
     line = one_line_error(run_script("train.py", "--captions", "--output", str(tmp_path / "r")))
     assert "--attention-levels" in line
@@ -294,6 +301,7 @@ def test_caption_flags_fail_in_one_line(tmp_path):
     assert "does not exist" in line
 
 
+@pytest.mark.slow
 def test_generate_py_says_in_one_line_what_a_prompt_needs(tmp_path):
     plain, text = str(tmp_path / "plain.keras"), str(tmp_path / "text.keras")
     tiny_model().save(plain)
@@ -306,6 +314,7 @@ def test_generate_py_says_in_one_line_what_a_prompt_needs(tmp_path):
     assert "--guidance-scale" in line
 
 
+@pytest.mark.slow
 def test_generate_py_guides_a_prompt_at_the_measured_scale_unless_told(tmp_path):
     import matplotlib.image
 

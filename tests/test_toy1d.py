@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from diffusion_keras.models import toy1d
 
@@ -23,6 +24,7 @@ def test_forward_process_ends_near_standard_normal():
     assert abs(end.std() - expected_std) < 0.05
 
 
+@pytest.mark.slow
 def test_the_1d_model_learns_both_modes_in_1000_steps():
     """The check figure of notebook 03: the fractions of generated samples in
     each mode are within 0.08 of 1/3 and 2/3, and the modes sit near -4 and 4."""

@@ -59,6 +59,7 @@ def _training_step(network, images, variances):
     return step
 
 
+@pytest.mark.slow
 def test_remat_unet_is_the_same_network_trained_the_same_way():
     """`remat=True` groups each residual block into one layer that recomputes
     its batch norm and swish in the backward pass: the same weights (same
