@@ -1,0 +1,22 @@
+"""The fixed sets that string settings choose from, each written once.
+
+The modules that act on a setting validate it against its set here, and the
+flags of `train.py` and `generate.py` offer the same set.
+"""
+
+SCHEDULES = ("linear", "cosine", "offset_cosine")
+PREDICTIONS = ("noise", "image", "velocity")
+LOSSES = ("mae", "mse")
+LOSS_WEIGHTINGS = ("none", "min_snr")
+TIME_SAMPLINGS = ("uniform", "log_normal")
+BATCH_NORMS = ("fused", "keras")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+LR_SCHEDULES = ("constant", "cosine")
+JIT_COMPILE = ("auto", "on", "off")
+TEXT_ENCODER_TRAINING = ("frozen", "joint")
+KID_FEATURES = ("auto", "inception", "random")
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+SAMPLERS = ("ddim", "dpmpp_2m")
+SPACINGS = ("uniform", "log_snr")
+LATENT_FACTORS = (4, 8)
+RECIPE_NAMES = ("default", "book")

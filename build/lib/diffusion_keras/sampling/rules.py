@@ -1,0 +1,133 @@
+"""Sampler update rules: from the network's predictions at one diffusion time
+to the images at the next, earlier time.
+
+Symbols, in this package's names and the papers':
+
+| here | DDIM / DPM-Solver | meaning |
+|---|---|---|
+| `signal_rates` | sqrt(alpha-bar_t), alpha_t | how much of the image is left at time t |
+| `noise_rates` | sqrt(1 - alpha-bar_t), sigma_t | how much noise there is |
+| `pred_images` | x_0 estimate, x_theta | the clean image the network sees |
+| `pred_noises` | epsilon_theta | the noise the network sees |
+| `lambdas` | lambda_t = log(alpha_t / sigma_t) | log signal-to-noise ratio (halved) |
+
+Every sampler evaluates the network once per step, at times that run from 1
+(noise) towards 0, and, as the book does, returns the clean-image estimate of
+the last step. Where the steps fall is the `spacing` (`sampling_times`): the
+book's `uniform` steps of 1 / diffusion_steps, or `log_snr`, equal steps in
+lambda between the same first and last times (Lu et al. 2022, section 3.3),
+which puts more of them where the image is mostly noise.
+"""
+
+import numpy as np
+from keras import ops
+
+from diffusion_keras.config.choices import SAMPLERS, SPACINGS
+from diffusion_keras.config.sampling import SAMPLING_RECIPES, sampling_settings  # noqa: F401
+from diffusion_keras.diffusion.schedules import log_snrs
+
+# The noisiest log-SNR a `log_snr` grid starts at. The cosine schedule's
+# signal vanishes at t = 1 (lambda = -inf); -5 is where DDPM's linear schedule
+# ends (signal rate 0.0067). The book's offset cosine starts at -3.9.
+MIN_LOG_SNR = -5.0
+
+
+def validate_spacing(spacing):
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of: {', '.join(SPACINGS)}")
+
+
+def sampling_times(schedule, diffusion_steps, spacing="uniform", start=1.0, end=0.0):
+    """The diffusion times a sampler visits, float32 `(diffusion_steps + 1,)`:
+    the network is evaluated at the first `diffusion_steps`; the last is the
+    time the final update aims at (its result is not returned).
+
+    `uniform` is the book's 1 - step / diffusion_steps. `log_snr` keeps the
+    first and last evaluation times of `uniform` (t = 1 and t = 1 /
+    diffusion_steps; the first moved to lambda = MIN_LOG_SNR if the schedule
+    starts noisier) and spaces the evaluations between them equally in
+    lambda. The schedule is inverted numerically on a fine grid of times, so
+    any schedule with a decreasing lambda works.
+
+    `start` and `end` (1 and 0 for generation) run the same spacing over
+    another span of times; editing starts later (`diffusion_keras.editing.edits`),
+    and may end below t = 0 where the schedule goes on to zero noise.
+    """
+    validate_spacing(spacing)
+    steps = int(diffusion_steps)
+    start, end = float(start), float(end)
+    span = np.arange(steps + 1, dtype=np.float64) * ((start - end) / steps)
+    uniform = (start - span).astype(np.float32)
+    if start == 1.0 and end == 0.0:
+        uniform = (1.0 - np.arange(steps + 1, dtype=np.float64) / steps).astype(np.float32)
+    if spacing == "uniform" or steps == 1:
+        return uniform
+    grid = np.linspace(min(end, 0.0), 1.0, 100_001)
+    noise_rates, signal_rates = schedule(grid.astype(np.float32))
+    lambdas = ops.convert_to_numpy(log_snrs(noise_rates, signal_rates)).astype(np.float64)
+    first_lambda = float(np.interp(start, grid, lambdas))
+    first = max(first_lambda, MIN_LOG_SNR)
+    last = float(np.interp(end + (start - end) / steps, grid, lambdas))
+    wanted = np.linspace(first, last, steps)
+    # np.interp needs increasing x: lambda falls with time, so reverse both.
+    times = np.interp(wanted, lambdas[::-1], grid[::-1])
+    times[0] = start if first_lambda >= MIN_LOG_SNR else times[0]
+    return np.append(times, end).astype(np.float32)
+
+
+def validate_sampler(sampler, eta=0.0):
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    if not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    if sampler != "ddim" and float(eta) != 0.0:
+        raise ValueError(f"eta applies to the ddim sampler only, not {sampler!r}")
+
+
+def ddim_update(
+    pred_noises, pred_images, noise_rates, signal_rates, next_noise_rates, next_signal_rates,
+    eta=0.0, step_noises=None,
+):  # fmt: skip
+    """DDIM (Song et al. 2020, eq. 12 and 16).
+
+    Without `step_noises` it is deterministic (eta = 0): x_next = next_signal
+    * x_0 + next_noise * eps. With them, a fraction of the noise is drawn afresh,
+    sigma = eta sqrt((1 - a_next) / (1 - a)) sqrt(1 - a / a_next) with a =
+    signal_rates**2; eta = 1 is DDPM's ancestral sampling.
+
+    References:
+    - [Song et al., 2020](https://arxiv.org/abs/2010.02502)
+    """
+    if step_noises is None:
+        return next_signal_rates * pred_images + next_noise_rates * pred_noises
+    alpha_bars, next_alpha_bars = signal_rates**2, next_signal_rates**2
+    sigmas = (
+        eta
+        * ops.sqrt((1.0 - next_alpha_bars) / (1.0 - alpha_bars))
+        * ops.sqrt(ops.maximum(1.0 - alpha_bars / next_alpha_bars, 0.0))
+    )
+    directions = ops.sqrt(ops.maximum(next_noise_rates**2 - sigmas**2, 0.0)) * pred_noises
+    return next_signal_rates * pred_images + directions + sigmas * step_noises
+
+
+def dpmpp_2m_update(
+    current_images, pred_images, previous_pred_images, lambdas, next_lambdas, previous_lambdas,
+    noise_rates, next_noise_rates, next_signal_rates, first_step,
+):  # fmt: skip
+    """DPM-Solver++(2M), the second-order multistep solver of the probability
+    flow ODE in its data-prediction form (Lu et al. 2022, algorithm 2).
+
+    With h = next_lambda - lambda and r = (lambda - previous_lambda) / h:
+    D = (1 + 1 / (2r)) x_0 - 1 / (2r) x_0,previous (D = x_0 at the first step),
+    x_next = (next_sigma / sigma) x_t - next_alpha (exp(-h) - 1) D.
+
+    References:
+    - [Lu et al., 2022](https://arxiv.org/abs/2211.01095)
+    """
+    h = next_lambdas - lambdas
+    r = (lambdas - previous_lambdas) / h
+    corrected = (1.0 + 0.5 / r) * pred_images - (0.5 / r) * previous_pred_images
+    estimate = ops.where(first_step, pred_images, corrected)
+    return (next_noise_rates / noise_rates) * current_images - next_signal_rates * (
+        ops.exp(-h) - 1.0
+    ) * estimate

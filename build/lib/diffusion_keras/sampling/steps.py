@@ -1,0 +1,145 @@
+"""Sampling steps and seeded noise streams, for any denoiser.
+
+A *denoiser* is anything with
+- `guided_denoise(noisy_images, noise_rates, signal_rates, guide)` returning
+  `(pred_noises, pred_images)` in its own normalised space,
+- `diffusion_schedule(diffusion_times)` returning `(noise_rates, signal_rates)`,
+- `sample_shape`, the shape of one sample `(height, width, channels)`.
+
+This module holds the sampling step that every sampler shares
+(`sampling_step`), the eager loop the book writes (`reverse_diffusion`) and
+the seeded noise streams. The update rules are in `diffusion_keras.sampling.rules`,
+the compiled loop in `diffusion_keras.sampling.loop`.
+"""
+
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from diffusion_keras.diffusion.schedules import log_snrs
+from diffusion_keras.sampling.rules import ddim_update, dpmpp_2m_update, sampling_times
+
+
+def sampling_step(
+    denoiser, current_images, pred_images, step, diffusion_steps, sampler="ddim", eta=0.0,
+    step_noises=None, guide=None, times=None,
+):  # fmt: skip
+    """One step of `sampler` from step `step` of `diffusion_steps`.
+
+    `pred_images` is the previous step's clean-image estimate (used by the
+    multistep `dpmpp_2m`). `guide` steers the prediction (see
+    `DiffusionModel.guided_denoise`). `times` `(diffusion_steps + 1,)` are the
+    diffusion times to visit (`samplers.sampling_times`); None is the book's
+    uniform steps. Returns `(next_images, pred_images)`.
+    """
+    batch_size = ops.shape(current_images)[0]
+    ones = ops.ones((batch_size, 1, 1, 1))
+    if times is None:
+        step_size = 1.0 / ops.cast(diffusion_steps, "float32")
+        diffusion_times = ones - ops.cast(step, "float32") * step_size
+        next_times = diffusion_times - step_size
+        previous_times = diffusion_times + step_size
+    else:
+        step = ops.cast(step, "int32")
+        time = ops.take(times, step)
+        next_time = ops.take(times, step + 1)
+        # Before the first step, a time as far back as the next is ahead
+        # (only the multistep solver looks, and not at its first step).
+        previous_time = ops.where(
+            step > 0, ops.take(times, ops.maximum(step - 1, 0)), 2.0 * time - next_time
+        )
+        diffusion_times = ones * time
+        next_times, previous_times = ones * next_time, ones * previous_time
+    schedule = denoiser.diffusion_schedule
+    noise_rates, signal_rates = schedule(diffusion_times)
+    previous_pred_images = pred_images
+    pred_noises, pred_images = denoiser.guided_denoise(
+        current_images, noise_rates, signal_rates, guide
+    )
+    next_noise_rates, next_signal_rates = schedule(next_times)
+    if sampler == "ddim":
+        next_images = ddim_update(
+            pred_noises, pred_images, noise_rates, signal_rates, next_noise_rates,
+            next_signal_rates, eta, step_noises,
+        )  # fmt: skip
+    else:
+        previous_noise_rates, previous_signal_rates = schedule(previous_times)
+        next_images = dpmpp_2m_update(
+            current_images, pred_images, previous_pred_images,
+            log_snrs(noise_rates, signal_rates),
+            log_snrs(next_noise_rates, next_signal_rates),
+            log_snrs(previous_noise_rates, previous_signal_rates),
+            noise_rates, next_noise_rates, next_signal_rates,
+            first_step=ops.cast(step, "float32") == 0.0,
+        )  # fmt: skip
+    return next_images, pred_images
+
+
+def visit_times(denoiser, diffusion_steps, spacing):
+    """The times to visit as a tensor, or None for the book's uniform steps
+    (computed in the step itself, exactly as the book does)."""
+    if spacing == "uniform":
+        return None
+    return tf.constant(sampling_times(denoiser.diffusion_schedule, diffusion_steps, spacing))
+
+
+def reverse_diffusion(
+    denoiser, initial_noise, diffusion_steps, sampler="ddim", eta=0.0, step_noises=None,
+    guide=None, spacing="uniform",
+):  # fmt: skip
+    """Runs `sampler` from `initial_noise` (normalised space) in
+    `diffusion_steps` steps and returns the last predicted images, as the
+    book does. Eager, a Python loop; `Sampler` runs a compiled equivalent."""
+    current_images = ops.convert_to_tensor(initial_noise, "float32")
+    pred_images = current_images
+    times = visit_times(denoiser, diffusion_steps, spacing)
+    for step in range(diffusion_steps):
+        current_images, pred_images = sampling_step(
+            denoiser, current_images, pred_images, step, diffusion_steps, sampler, eta,
+            None if step_noises is None else step_noises[step], guide, times,
+        )  # fmt: skip
+    return pred_images
+
+
+# -- seeded noise ------------------------------------------------------------
+
+
+def make_noise(sample_shape, num_images, seed=None):
+    """Standard normal noise `(num_images, *sample_shape)` from `seed`, drawn
+    with numpy, so the same seed gives the same noise on every machine and for
+    every batch size."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((num_images, *sample_shape), dtype=np.float32)
+
+
+def step_noises(sample_shape, seed, indices, diffusion_steps):
+    """Fresh noise for stochastic sampling, `(steps, n, *sample_shape)`, drawn
+    per image from (seed, image index), so that it does not depend on the
+    batch size."""
+    shape = (diffusion_steps, *sample_shape)
+    base = np.random.SeedSequence(seed).entropy
+    per_image = [
+        np.random.default_rng([base, 1, index]).standard_normal(shape, dtype=np.float32)
+        for index in indices
+    ]
+    return tf.constant(np.stack(per_image, axis=1))
+
+
+def image_keys(seed, indices):
+    """One int32 key per image from (seed, image index), for noise drawn
+    inside the compiled loop (`keyed_noise`), so that it too does not depend
+    on the batch size."""
+    base = np.random.SeedSequence(seed).entropy
+    keys = [np.random.default_rng([base, 2, index]).integers(2**31 - 1) for index in indices]
+    return tf.constant(np.array(keys, dtype=np.int32))
+
+
+def keyed_noise(keys, counter, sample_shape):
+    """Standard normal noise `(n, *sample_shape)`: image i's is a function of
+    `keys[i]` and `counter` alone (stateless Philox)."""
+    counter = tf.cast(counter, "int32")
+
+    def one(key):
+        return tf.random.stateless_normal(sample_shape, tf.stack([key, counter]))
+
+    return tf.map_fn(one, keys, fn_output_signature=tf.float32)
