@@ -115,10 +115,13 @@ def test_the_model_and_the_run_share_the_network_and_diffusion_fields():
             assert field.name in {f.name for f in SETTINGS}
 
 
-def test_the_flag_reference_in_the_docs_is_the_configs():
+def test_the_flag_references_in_the_docs_are_the_configs_and_the_parsers():
     import os
 
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "reference",
-                        "flags.md")  # fmt: skip
-    text = open(path).read()
-    assert fields.reference(GROUPS) in text, "regenerate: python -m diffusion_keras.config"
+    from diffusion_keras.cli import reference
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for path, text in reference.pages().items():
+        with open(os.path.join(root, path)) as handle:
+            expected = handle.read()
+        assert expected == text, f"regenerate {path}: python -m diffusion_keras.cli.reference"
