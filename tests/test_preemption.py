@@ -58,6 +58,39 @@ def epoch_losses(run_dir):
         return {int(row["epoch"]): float(row["n_loss"]) for row in csv.DictReader(handle)}
 
 
+def csv_rows(path):
+    with open(path) as handle:
+        return list(csv.reader(handle))
+
+
+def scalar_points(run_dir):
+    """`[(tag, step)]` of every scalar in a run's TensorBoard event files."""
+    import glob
+
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    points = []
+    for path in glob.glob(os.path.join(run_dir, "logs", "**", "events.out.tfevents.*"),
+                          recursive=True):  # fmt: skip
+        folder = os.path.basename(os.path.dirname(path))
+        for record in tf.data.TFRecordDataset(path):
+            event = event_pb2.Event.FromString(record.numpy())
+            points += [(folder, value.tag, event.step) for value in event.summary.value]
+    return sorted(points)
+
+
+def same_logs(straight, run_dir, killed=False):
+    """A stopped and resumed run logs what an uninterrupted one does: each epoch
+    once in `history.csv`, each step once in `steps.csv`, each scalar once (a
+    killed process may not have flushed its last TensorBoard points)."""
+    assert csv_rows(run_dir / "history.csv") == csv_rows(straight / "history.csv")
+    assert csv_rows(run_dir / "steps.csv") == csv_rows(straight / "steps.csv")
+    points, expected = scalar_points(run_dir), scalar_points(straight)
+    assert len(points) == len(set(points))
+    assert set(points) <= set(expected) if killed else points == expected
+
+
 def largest_difference(expected, got):
     assert sorted(got) == sorted(expected)
     return max(abs(expected[k] - got[k]) for k in expected)
@@ -275,6 +308,7 @@ def test_sigterm_at_five_random_moments_exits_143_and_resumes_exactly(process_ru
     difference = largest_difference(step_losses(straight), step_losses(run_dir))
     print(f"per-step loss difference after {len(stopped_at)} SIGTERMs: {difference:.1e}")
     assert difference == 0.0
+    same_logs(straight, run_dir)
 
 
 def test_sigkill_loses_at_most_checkpoint_every_steps(process_runs):
@@ -296,3 +330,4 @@ def test_sigkill_loses_at_most_checkpoint_every_steps(process_runs):
     result = run_script("train.py", "--output", run_dir, "--resume")
     assert result.returncode == 0, result.stderr
     assert largest_difference(step_losses(straight), step_losses(run_dir)) == 0.0
+    same_logs(straight, run_dir, killed=True)

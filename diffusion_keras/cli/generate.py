@@ -5,6 +5,7 @@ TensorFlow is imported, so `--help`, `--version` and argument errors answer at o
 """
 
 import os
+import sys
 
 import numpy as np
 
@@ -34,7 +35,7 @@ PROMPT_GUIDANCE = 5.0
 def parser():
     default = SAMPLING_RECIPES["default"]
     p = OneLineParser(
-        prog="generate.py", description="Generate images with a trained diffusion model."
+        description="Generate images with a trained diffusion model."
     )
     add = p.add_argument
     add("model", help="a model file saved by train.py (RUN_DIR/model.keras)")
@@ -265,7 +266,8 @@ def main(argv=None):
 
     settings = sampling_arguments(args)
     model = load_model(args.model, compile=False, precision=args.precision)
-    progress = not args.no_progress
+    # A progress bar only at a terminal: in a file its frames are noise.
+    progress = not args.no_progress and sys.stdout.isatty()
     generate = dict(
         **settings, batch_size=args.batch_size, progress=progress, seed=args.seed,
         class_labels=args.class_label, **prompting(args, model),

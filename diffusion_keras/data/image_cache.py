@@ -49,7 +49,7 @@ def _read(folder, directory):
     images = np.load(os.path.join(directory, "images.npy"), mmap_mode="r")[: meta["count"]]
     kept = [os.path.join(folder, relative) for relative in meta["kept"]]
     skipped = [os.path.join(folder, relative) for relative in meta["skipped"]]
-    return images, kept, skipped
+    return images, kept, skipped, meta.get("reasons", {})
 
 
 def release_pages(images):
@@ -100,7 +100,7 @@ def decoded_folder(folder, paths, image_size, center_crop, decode, workers):
     directory = entry_folder(key)
     if os.path.exists(os.path.join(directory, "meta.json")):
         try:
-            return _read(folder, directory)
+            return _with_reasons(folder, _read(folder, directory), decode)
         except (OSError, ValueError, KeyError):
             shutil.rmtree(directory, ignore_errors=True)  # damaged: decode again
     temporary = f"{directory}.{os.getpid()}.tmp"
@@ -109,8 +109,10 @@ def decoded_folder(folder, paths, image_size, center_crop, decode, workers):
         kept, skipped = _decode_into(
             os.path.join(temporary, "images.npy"), folder, paths, image_size, decode, workers
         )
+        reasons = {os.path.relpath(p, folder): r for p, r in getattr(decode, "reasons", {}).items()}
         meta = dict(count=len(kept), kept=kept, skipped=skipped, image_size=image_size,
-                    center_crop=bool(center_crop), folder=os.path.realpath(folder))  # fmt: skip
+                    center_crop=bool(center_crop), folder=os.path.realpath(folder),
+                    reasons=reasons)  # fmt: skip
         with open(os.path.join(temporary, "meta.json"), "w") as handle:
             json.dump(meta, handle)
         try:
@@ -121,4 +123,12 @@ def decoded_folder(folder, paths, image_size, center_crop, decode, workers):
         shutil.rmtree(temporary, ignore_errors=True)
         warnings.warn(f"image cache not written ({error}); decoding in memory", stacklevel=3)
         return None
-    return _read(folder, directory)
+    return _with_reasons(folder, _read(folder, directory), decode)
+
+
+def _with_reasons(folder, found, decode):
+    """`(images, kept, skipped)`, the skipped files' reasons handed to `decode.reasons`."""
+    images, kept, skipped, reasons = found
+    if hasattr(decode, "reasons"):
+        decode.reasons.update({os.path.join(folder, p): r for p, r in reasons.items()})
+    return images, kept, skipped

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import math
 import os
+import time
 
 import keras
 
@@ -51,10 +52,17 @@ def save_model_atomically(model, path):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     temporary = os.path.join(directory, f".tmp_{os.path.basename(path)}")
-    model.save(temporary)
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        model.save(temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        # A full disk, a quota, a read-only folder: the half-written file goes,
+        # and whatever was at `path` before stays.
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
     return path
 
 
@@ -130,3 +138,62 @@ class StepLog(keras.callbacks.Callback):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def duration(seconds):
+    """`1h02m`, `3m05s` or `42s`."""
+    seconds = max(int(round(seconds)), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+class LineLog(keras.callbacks.Callback):
+    """Progress as plain lines, for logs that go to a file: one per epoch,
+    and one every `every` steps inside an epoch longer than twice that. Each
+    line has the epoch and step, the epoch's losses so far, images per second
+    and the time left; no progress-bar frames, no terminal codes.
+
+    `train` uses it instead of Keras's progress bar when standard output is
+    not a terminal (a file, a pipe, a batch job's log).
+    """
+
+    def __init__(self, epochs, steps_per_epoch, batch_size, every=100, stream=None,
+                 clock=time.monotonic):  # fmt: skip
+        super().__init__()
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.batch_size, self.every = batch_size, every
+        self.stream, self.clock = stream, clock
+
+    def on_train_begin(self, logs=None):
+        self._start, self._steps, self._first = self.clock(), 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+        if self._first is None:  # the first step traces the step function
+            self._first = (self.clock(), self._steps)
+        long_epoch = self.steps_per_epoch > 2 * self.every
+        if long_epoch and (batch + 1) % self.every == 0:
+            self._line(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._line(logs)
+
+    def _line(self, logs):
+        done = int(self.model.train_steps.numpy())
+        step = done - self.epoch * self.steps_per_epoch
+        now = self.clock()
+        since, counted = self._first or (self._start, 0)
+        rate = (self._steps - counted) / (now - since) if now > since else 0.0
+        losses = ", ".join(f"{k} {float(v):.4f}" for k, v in sorted((logs or {}).items())
+                           if k.endswith("loss") or k == "kid")  # fmt: skip
+        left = self.epochs * self.steps_per_epoch - done
+        eta = f"ETA {duration(left / rate)}" if rate > 0 else "ETA -"
+        print(f"epoch {self.epoch + 1}/{self.epochs} step {step}/{self.steps_per_epoch}: "
+              f"{losses}, {rate * self.batch_size:.1f} images/s, {eta}", file=self.stream,
+              flush=True)  # fmt: skip

@@ -7,10 +7,12 @@ A run directory holds `config.json`, `checkpoints/` (`diffusion_keras.training.c
 TensorBoard `logs/` and the final `model.keras`.
 """
 
+import contextlib
 import dataclasses
 import functools
 import os
 import shutil
+import sys
 import warnings
 
 import keras
@@ -34,6 +36,7 @@ from diffusion_keras.models.diffusion_model import DiffusionModel
 from diffusion_keras.models.saving import load_model
 from diffusion_keras.nn.unet import build_unet
 from diffusion_keras.training.callbacks import (
+    LineLog,
     NanGuard,
     ReleaseFreeMemory,
     SampleGrid,
@@ -50,6 +53,7 @@ from diffusion_keras.training.distribute import fit_multiworker, is_multiworker,
 from diffusion_keras.training.latent import autoencoder_for, encoded_once
 from diffusion_keras.training.precise_bn import PreciseBatchNorm
 from diffusion_keras.training.preemption import stop_signal
+from diffusion_keras.training.run_files import RunLock, claim_run_directory, trim_logs
 from diffusion_keras.utils.errors import ModelFileError, Preempted, TrainingError
 from diffusion_keras.utils.precision import resolve_precision
 
@@ -193,6 +197,7 @@ class Run:
     first_step: int = 0
     nan_guard: object = None
     checkpointer: object = None
+    line_log: bool = False
 
     def dataset(self, first_epoch=0, first_step=0):
         """The training batches from `first_epoch`, `first_step` on."""
@@ -204,17 +209,22 @@ class Run:
         )  # fmt: skip
 
 
-def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), strategy=None):
+def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), strategy=None,
+          overwrite=False):  # fmt: skip
     """Trains a model as `config` says and writes the run directory.
 
     Args:
         config: `TrainConfig`.
         resume: bool. Continue from the newest checkpoint in `config.output`
             (weights, EMA, normalizer, optimizer state, step counters, epoch).
+            Without it, a `config.output` that already holds a run is refused
+            (`TrainingError`), unless `overwrite`.
         verbose: passed to `fit`.
         data: `ImageData` or None. Already loaded images; loaded from
             `config.data` when None.
         extra_callbacks: more Keras callbacks.
+        overwrite: bool. A new run into a `config.output` that holds one moves
+            the old run aside to `<output>.old-<time>` first (never deletes it).
         strategy: a `tf.distribute.Strategy` or None (the current one). Under
             `MultiWorkerMirroredStrategy` the chief writes the run directory
             and every other worker writes to `RUN_DIR/.worker_K/`.
@@ -223,13 +233,24 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
         The trained `DiffusionModel`.
 
     Raises:
-        TrainingError: the run directory is unusable, there is no checkpoint
-            to resume, or the loss became NaN or infinite (the last good
+        TrainingError: the run directory is unusable, holds a run (without
+            `resume` or `overwrite`), is being written by another process,
+            there is no checkpoint to resume, or the loss became NaN or infinite (the last good
             checkpoint and model are left untouched).
         KeyboardInterrupt: after saving the current weights to
             `RUN_DIR/interrupted.keras`.
     """
-    run = start_run(config, strategy or tf.distribute.get_strategy(), verbose)
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = worker_index(strategy) is None
+    if chief:
+        claim_run_directory(config.output, resume, overwrite)
+    # One writer per run directory: the chief holds its lock until the run ends.
+    with RunLock(config.output) if chief else contextlib.nullcontext():
+        return _train(config, resume, verbose, data, extra_callbacks, strategy)
+
+
+def _train(config, resume, verbose, data, extra_callbacks, strategy):
+    run = start_run(config, strategy, verbose)
     prepare_data(run, data)
     prepare_text_encoder(run)
     # Built now so that less than a batch of data fails before any model is built.
@@ -256,7 +277,12 @@ def start_run(config, strategy, verbose):
     # Room for the kept checkpoints, one being written, and the final model.
     check_output_dir(run_dir, (config.keep_checkpoints + 2) * checkpoint_bytes(config))
     parse_checkpoint_every(config.checkpoint_every)  # a bad value fails before any work
-    return Run(config, strategy, verbose, chief, run_dir, run_paths(run_dir))
+    line_log = verbose == "auto" and not sys.stdout.isatty()
+    if line_log:
+        verbose = 0  # plain lines (`LineLog`) instead of a progress bar's frames
+    run = Run(config, strategy, verbose, chief, run_dir, run_paths(run_dir))
+    run.line_log = line_log
+    return run
 
 
 def prepare_data(run, data=None):
@@ -337,6 +363,10 @@ def fit(run, stop, extra_callbacks=()):
     or SIGTERM; Ctrl-C keeps the current weights in `interrupted.keras`."""
     config, model, paths, steps = run.config, run.model, run.paths, run.steps
     multiworker = is_multiworker(run.strategy)
+    if run.initial_epoch or run.first_step:
+        # What a stopped run logged after its checkpoint goes: the resumed run
+        # logs it again, so each epoch and step is logged once.
+        trim_logs(run.run_dir, run.initial_epoch, int(model.train_steps.numpy()))
     run.nan_guard = NanGuard()
     run.checkpointer = checkpointer = Checkpointer(
         paths["checkpoints"], steps, keep=config.keep_checkpoints, every=config.checkpoint_every,
@@ -346,6 +376,8 @@ def fit(run, stop, extra_callbacks=()):
         config, paths, run.chief, run.held_out, run.nan_guard, checkpointer,
         run.data.captions if config.captions else None, run.data,
     )  # fmt: skip
+    if run.line_log and not multiworker:
+        callbacks.append(LineLog(config.epochs, steps, config.batch_size))
     callbacks += list(extra_callbacks)
     if stop.should_stop() and not multiworker:
         # Workers of a multi-worker run agree on stopping at their first step.

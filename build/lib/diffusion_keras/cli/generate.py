@@ -5,6 +5,7 @@ TensorFlow is imported, so `--help`, `--version` and argument errors answer at o
 """
 
 import os
+import sys
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from diffusion_keras.utils.images import save_grid, save_images, spherical_inter
 from diffusion_keras.utils.quiet import import_tensorflow
 
 # The default guidance for --prompt: prompt following on the flowers' captions
-# peaked at 4-5 and fell at 7 and 10 (bench/prompts.py; README).
+# peaked at 4-5 and fell at 7 and 10 (bench/prompts.py; docs/results/text-to-image.md).
 PROMPT_GUIDANCE = 5.0
 
 
@@ -106,11 +107,11 @@ def parser():
         "--precision",
         choices=("auto",) + PRECISIONS,
         default="auto",
-        help="numeric precision for sampling (default auto: see the README)",
+        help="numeric precision for sampling (default auto: docs/guides/precision.md)",
     )
     add("--no-progress", action="store_true", help="no progress bar")
     edit = p.add_argument_group(
-        'editing existing images (image-to-image, inpainting, denoising; README "Editing")'
+        'editing existing images (image-to-image, inpainting, denoising; docs/guides/editing.md)'
     )
     edit.add_argument("--init-image", metavar="PATH|FOLDER",
         help="edit this image (or every image below this folder) instead of sampling from "
@@ -265,7 +266,8 @@ def main(argv=None):
 
     settings = sampling_arguments(args)
     model = load_model(args.model, compile=False, precision=args.precision)
-    progress = not args.no_progress
+    # A progress bar only at a terminal: in a file its frames are noise.
+    progress = not args.no_progress and sys.stdout.isatty()
     generate = dict(
         **settings, batch_size=args.batch_size, progress=progress, seed=args.seed,
         class_labels=args.class_label, **prompting(args, model),

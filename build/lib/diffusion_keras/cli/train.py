@@ -6,6 +6,7 @@ arguments are parsed before TensorFlow is imported, so `--help`, `--version`
 and argument errors answer at once.
 """
 
+import json
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ from diffusion_keras.config.run import GROUPS, RESUMABLE, TrainConfig, run_paths
 from diffusion_keras.data.datasets import load_images
 from diffusion_keras.training.distribute import make_strategy, worker_index
 from diffusion_keras.training.preemption import EXIT_PREEMPTED, stop_signal
+from diffusion_keras.training.run_files import claim_run_directory
 from diffusion_keras.utils.errors import Preempted
 from diffusion_keras.utils.precision import resolve_precision
 from diffusion_keras.utils.quiet import import_tensorflow
@@ -36,6 +38,9 @@ def parser():
                        "learning rate); flags given still win")  # fmt: skip
     start.add_argument("--resume", action="store_true",
                        help="continue the run in --output from its last checkpoint")  # fmt: skip
+    start.add_argument("--overwrite", action="store_true",
+                       help="start a new run in an --output that holds one: the old run is "
+                       "moved aside to <output>.old-<time>, never deleted")  # fmt: skip
     start.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None,
                        help="Keras verbosity (default: a progress bar)")  # fmt: skip
     for group in GROUPS:
@@ -72,6 +77,16 @@ def config_from_args(args):
             )
         setattr(config, name, value)
     return config
+
+
+def is_chief():
+    """Whether this process writes the run directory: not a multi-worker
+    run's worker other than 0 (`TF_CONFIG`)."""
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    except ValueError:
+        return True
+    return int(task.get("index", 0)) == 0
 
 
 def check_settings(config):
@@ -119,6 +134,9 @@ def check_settings(config):
 def main(argv=None):
     args = parser().parse_args(argv)
     config = config_from_args(args)
+    if is_chief():
+        # Before anything loads: another writer, or a run that would be overwritten.
+        claim_run_directory(config.output, args.resume, args.overwrite)
     # From here on TensorFlow loads (quietly: its C++ start-up lines go to /dev/null).
     import_tensorflow()
     from diffusion_keras.training.run import train
@@ -139,7 +157,8 @@ def main(argv=None):
     verbose = "auto" if args.verbose is None else args.verbose
     paths = run_paths(config.output)
     try:
-        train(config, resume=args.resume, verbose=verbose, data=data, strategy=strategy)
+        train(config, resume=args.resume, verbose=verbose, data=data, strategy=strategy,
+              overwrite=args.overwrite)  # fmt: skip
     except KeyboardInterrupt:
         print(
             f"\ntrain.py: interrupted; the current weights are in {paths['interrupted']}, "

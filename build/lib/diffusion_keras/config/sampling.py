@@ -2,12 +2,12 @@
 
 # How `generate.py` samples unless told otherwise. "default" is the setting
 # that reached the book's DDIM-20 KID in the least time (`bench/quality.py
-# --samplers`, README "Samplers"); "book" is the book's loop.
+# --samplers`, docs/results/samplers.md); "book" is the book's loop.
 SAMPLING_RECIPES = {
     "default": dict(sampler="dpmpp_2m", diffusion_steps=5, spacing="log_snr"),
     "book": dict(sampler="ddim", diffusion_steps=20, spacing="uniform"),
     # Inpainting's: the fresh noise of eta = 1 left the smoothest seams at
-    # this cost (README "Editing").
+    # this cost (docs/results/editing.md).
     "inpaint": dict(sampler="ddim", diffusion_steps=20, spacing="uniform", eta=1.0),
 }
 

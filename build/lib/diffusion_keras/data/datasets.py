@@ -20,7 +20,23 @@ from diffusion_keras.data.image_cache import decoded_folder, release_pages
 from diffusion_keras.utils import network
 from diffusion_keras.utils.errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# The largest image decoded, in pixels (about 8,000 x 8,000): a file that
+# declares more (a decompression bomb, or a scan far beyond any training size)
+# is skipped before its pixels are read, so decoding stays within about 200 MB.
+MAX_PIXELS = 64 * 1024 * 1024
+
+
+class ImageFileError(ValueError):
+    """A file that cannot be used as an image, with the reason in one line."""
+
+
+def image_extensions():
+    """The file extensions Pillow reads (jpg, png, bmp, gif, webp, tiff, ...)."""
+    from PIL import Image
+
+    Image.init()
+    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return tuple(sorted(readable))
 BUILTIN_PREFIX = "builtin:"
 TFDS_PREFIX = "tfds:"
 
@@ -90,12 +106,40 @@ def resize_array(array, image_size, center_crop=False):
 
 
 def decode_image_file(path, image_size, center_crop=False):
-    """Decodes one image file to (size, size, 3) uint8; raises on bad files."""
-    from PIL import Image
+    """Decodes one image file to (size, size, 3) uint8.
 
-    with Image.open(path) as image:
-        image.load()
-        array = _to_rgb_array(image)
+    Raises `ImageFileError` with the reason in one line for a file Pillow cannot
+    read (not an image, an unknown format, truncated, corrupt) or one larger than
+    `MAX_PIXELS`.
+    """
+    import warnings as _warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise ImageFileError(
+                        f"{width}x{height} is more than {MAX_PIXELS:,} pixels"
+                    )
+                image.load()
+                array = _to_rgb_array(image)
+    except ImageFileError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageFileError("not an image Pillow reads") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageFileError(
+            f"its declared size is more than {MAX_PIXELS:,} pixels (a decompression bomb?)"
+        ) from None
+    except FileNotFoundError:
+        raise ImageFileError("no such file") from None
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a bad file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ImageFileError(f"cannot be decoded ({reason})") from None
     return resize_array(array, image_size, center_crop)
 
 
@@ -106,28 +150,31 @@ def list_image_files(folder):
     have an image extension.
     """
     image_paths, other_paths = [], []
+    extensions = image_extensions()
     for root, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith("."):
                 continue
             path = os.path.join(root, name)
-            if name.lower().endswith(IMAGE_EXTENSIONS):
+            if name.lower().endswith(extensions):
                 image_paths.append(path)
             else:
                 other_paths.append(path)
     return sorted(image_paths), sorted(other_paths)
 
 
-def _warn_skipped(skipped, what):
+def _warn_skipped(skipped, what, reasons=None):
     if skipped:
-        shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        reasons = reasons or {}
+        named = [f"{p} ({reasons[p]})" if p in reasons else p for p in skipped[:3]]
+        shown = ", ".join(named) + (", ..." if len(skipped) > 3 else "")
         warnings.warn(f"skipped {len(skipped)} {what}: {shown}", stacklevel=3)
 
 
 def load_folder(folder, image_size, center_crop=False, with_labels=False, workers=None,
                 cache=True, with_captions=False):  # fmt: skip
-    """Decodes every image below `folder` (jpg, png, bmp, gif, any depth).
+    """Decodes every image below `folder` (any format Pillow reads, any depth).
 
     Unreadable files are skipped with one warning naming how many. With
     `with_labels`, the first-level subfolder of each image is its class;
@@ -143,18 +190,23 @@ def load_folder(folder, image_size, center_crop=False, with_labels=False, worker
     paths, others = list_image_files(folder)
     if not paths:
         raise DataError(
-            f"no image files (jpg, png, bmp, gif) found in {folder!r}"
+            f"no image files (jpg, png, webp, bmp, gif, tiff, ...) found in {folder!r}"
             + (f"; it has {len(others)} other files" if others else "")
         )
 
     stems = {os.path.splitext(path)[0] for path in paths}
     _warn_skipped([p for p in others if not is_caption_file(p, stems)], "files that are not images")
 
+    reasons = {}
+
     def decode(path):
         try:
             return decode_image_file(path, image_size, center_crop)
-        except Exception:  # noqa: BLE001 - any decoder failure means a bad file
+        except ImageFileError as error:
+            reasons[path] = str(error)
             return None
+
+    decode.reasons = reasons
 
     workers = workers or os.cpu_count() or 1
     found = None
@@ -171,7 +223,7 @@ def load_folder(folder, image_size, center_crop=False, with_labels=False, worker
         images = np.stack([a for a in arrays if a is not None]) if kept else None
     if not kept:
         raise DataError(f"none of the {len(paths)} image files in {folder!r} could be read")
-    _warn_skipped(skipped, "unreadable image files")
+    _warn_skipped(skipped, "unreadable image files", reasons)
     labels = class_names = None
     if with_labels:
         classes = [os.path.relpath(p, folder).split(os.sep)[0] for p in kept]

@@ -24,7 +24,7 @@ Where the noise levels are drawn weighs them too (`time_sampler`):
   0.005 of the KID the book's recipe reaches after 1176 on the flowers (and
   below it on the glyphs with two samplers of three, in random features),
   where uniform times stayed 0.05-0.10 above it and EDM's mean further
-  (README "Training recipes"). With the book's offset cosine, uniform times
+  (docs/results/time-to-quality.md). With the book's offset cosine, uniform times
   spend 30% of the steps at noise rates above 0.92 (t > 0.7); EDM's mean
   spends 18% there and the default 48%.
 

@@ -15,7 +15,7 @@ path and run a sampler from there.
   with it. `harmonize` also carries the estimate's error in the kept region
   across the border into the hole (`harmonic_fill`), so that the two meet
   without a step: on the bench model it took the seams from 1.49 to 1.17
-  (README "Editing"). RePaint (Lugmayr et al. 2022) instead pastes the
+  (docs/results/editing.md). RePaint (Lugmayr et al. 2022) instead pastes the
   original with fresh noise after each step; measured on the same model and
   masks, its seams were rougher at every setting. `resample` R > 1 adds
   RePaint's resampling: each step is taken back with the forward process

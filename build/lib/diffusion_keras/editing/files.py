@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from diffusion_keras.data.datasets import decode_image_file, list_image_files
+from diffusion_keras.data.datasets import ImageFileError, decode_image_file, list_image_files
 
 
 def image_paths_of(path):
@@ -13,7 +13,7 @@ def image_paths_of(path):
     if os.path.isdir(path):
         paths, _ = list_image_files(path)
         if not paths:
-            raise ValueError(f"no images (jpg, png, bmp, gif) in {path}")
+            raise ValueError(f"no images (jpg, png, webp, bmp, gif, tiff, ...) in {path}")
         return paths
     if not os.path.exists(path):
         raise ValueError(f"no such file or folder: {path}")
@@ -27,13 +27,12 @@ def load_edit_images(paths, image_size, center_crop=False):
     Returns `(images in [0, 1], original (width, height) of each)`."""
     from PIL import Image
 
-
     images, sizes = [], []
     for path in paths:
         try:
+            images.append(decode_image_file(path, image_size, center_crop))
             with Image.open(path) as image:
                 sizes.append(image.size)
-            images.append(decode_image_file(path, image_size, center_crop))
         except (OSError, ValueError) as error:
             raise ValueError(f"cannot read image {path}: {error}") from None
     return np.stack(images).astype(np.float32) / 255.0, sizes
@@ -46,6 +45,7 @@ def load_mask_file(path, size, image_size, center_crop=False):
     from PIL import Image
 
     try:
+        decode_image_file(path, 8)  # the same checks as an image: size, format, damage
         with Image.open(path) as image:
             image.load()
             if image.size != tuple(size):
@@ -54,6 +54,8 @@ def load_mask_file(path, size, image_size, center_crop=False):
                     f"{size[0]}x{size[1]}; draw the mask on the image itself"
                 )
             grey = np.asarray(image.convert("L"))
+    except ImageFileError as error:
+        raise ValueError(f"cannot read mask {path}: {error}") from None
     except OSError as error:
         raise ValueError(f"cannot read mask {path}: {error}") from None
     levels = np.unique(grey)

@@ -129,7 +129,7 @@ class Generator:
             spacing: str. Where the steps fall: `"uniform"` in time (the
                 book's) or `"log_snr"`, equal steps in log signal-to-noise
                 ratio between the same first and last times, which gives
-                better images in few steps (see the README). Defaults to
+                better images in few steps (docs/results/samplers.md). Defaults to
                 `"uniform"`.
             prompts: a text-conditional model's prompt for every image, or
                 one per image; None (or "") is the empty prompt.

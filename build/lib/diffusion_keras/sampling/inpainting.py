@@ -10,7 +10,7 @@ from keras import ops
 
 from diffusion_keras.sampling.steps import keyed_noise, sampling_step
 
-# Sweeps of `harmonic_fill` per step when inpainting (README "Editing": 8, 16
+# Sweeps of `harmonic_fill` per step when inpainting (docs/results/editing.md: 8, 16
 # and 32 left seams alike on the bench model; 0 is DDNM alone).
 HARMONIZE = 16
 

@@ -17,10 +17,8 @@ uninterrupted run would (batches are a function of seed and epoch, noise of
 seed and step count).
 """
 
-import glob
 import json
 import os
-import re
 import time
 
 import keras
@@ -28,24 +26,13 @@ import keras
 from diffusion_keras.config.run import DEFAULT_CHECKPOINT_EVERY as DEFAULT_EVERY
 from diffusion_keras.config.types import parse_checkpoint_every
 from diffusion_keras.training.callbacks import save_model_atomically
-
-CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)(?:_step_(\d+))?\.keras$")
-
-
-def checkpoint_path(directory, epoch, step=0):
-    """The checkpoint after `epoch` whole epochs and `step` more steps."""
-    name = f"epoch_{epoch:03d}.keras" if step == 0 else f"epoch_{epoch:03d}_step_{step:05d}.keras"
-    return os.path.join(directory, name)
-
-
-def list_checkpoints(directory):
-    """`((epoch, step), path)` of every checkpoint in `directory`, oldest first."""
-    found = []
-    for path in glob.glob(os.path.join(directory, "epoch_*.keras")):
-        match = CHECKPOINT_PATTERN.search(os.path.basename(path))
-        if match:
-            found.append(((int(match.group(1)), int(match.group(2) or 0)), path))
-    return sorted(found)
+from diffusion_keras.training.checkpoint_names import (  # noqa: F401
+    CHECKPOINT_PATTERN,
+    checkpoint_path,
+    list_checkpoints,
+    running_means_path,
+)
+from diffusion_keras.utils.errors import TrainingError
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -131,9 +118,17 @@ class Checkpointer(keras.callbacks.Callback):
 
     def _save(self, epoch, step):
         path = checkpoint_path(self.directory, epoch, step)
-        if step and self.running_means:
-            self._save_running_means(path)
-        save_model_atomically(self.model, path)
+        try:
+            if step and self.running_means:
+                self._save_running_means(path)
+            save_model_atomically(self.model, path)
+        except OSError as error:
+            previous = self.last_path or latest_checkpoint_path(self.directory)
+            kept = f"; {previous} is intact" if previous else ""
+            raise TrainingError(
+                f"could not write the checkpoint {path}: {error.strerror or error}{kept} "
+                "(free some space, then --resume)"
+            ) from None
         self._last_save = self.clock()
         self.last_path = path
         self._prune((epoch, step))
@@ -168,5 +163,7 @@ class Checkpointer(keras.callbacks.Callback):
                 variable.assign(value)
 
 
-def running_means_path(checkpoint):
-    return checkpoint[: -len(".keras")] + ".json"
+def latest_checkpoint_path(directory):
+    """The newest checkpoint file in `directory`, or None."""
+    found = list_checkpoints(directory)
+    return found[-1][1] if found else None

@@ -66,7 +66,7 @@ def make_strategy(name="auto", cpu_replicas=None):
         if "TF_CONFIG" not in os.environ:
             raise UsageError(
                 "--strategy multiworker needs the cluster in the TF_CONFIG environment "
-                "variable (see the README)"
+                "variable (see docs/guides/distributed.md)"
             )
         try:
             json.loads(os.environ["TF_CONFIG"])

@@ -7,7 +7,7 @@ they describe the network of a hundred-odd steps ago, not the EMA weights
 they are used with. Early in a run the weights move fast and the mismatch
 shows: after 392 steps of 64 at 32x32 on `builtin:flowers`, recomputing the
 EMA network's statistics lowered KID from 0.218 to 0.138 (DDIM-20) and from
-0.126 to 0.068 (DPM-Solver++(2M)-5), with no other change (see the README).
+0.126 to 0.068 (DPM-Solver++(2M)-5), with no other change (docs/results/time-to-quality.md).
 
 `recompute_ema_statistics` runs the EMA network in training mode over a few
 batches of noisy training images, as training draws them, and sets each batch

@@ -7,10 +7,12 @@ A run directory holds `config.json`, `checkpoints/` (`diffusion_keras.training.c
 TensorBoard `logs/` and the final `model.keras`.
 """
 
+import contextlib
 import dataclasses
 import functools
 import os
 import shutil
+import sys
 import warnings
 
 import keras
@@ -34,6 +36,7 @@ from diffusion_keras.models.diffusion_model import DiffusionModel
 from diffusion_keras.models.saving import load_model
 from diffusion_keras.nn.unet import build_unet
 from diffusion_keras.training.callbacks import (
+    LineLog,
     NanGuard,
     ReleaseFreeMemory,
     SampleGrid,
@@ -50,6 +53,7 @@ from diffusion_keras.training.distribute import fit_multiworker, is_multiworker,
 from diffusion_keras.training.latent import autoencoder_for, encoded_once
 from diffusion_keras.training.precise_bn import PreciseBatchNorm
 from diffusion_keras.training.preemption import stop_signal
+from diffusion_keras.training.run_files import RunLock, claim_run_directory, trim_logs
 from diffusion_keras.utils.errors import ModelFileError, Preempted, TrainingError
 from diffusion_keras.utils.precision import resolve_precision
 
@@ -174,17 +178,53 @@ def check_output_dir(run_dir, needed_bytes):
         )
 
 
-def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), strategy=None):
+@dataclasses.dataclass
+class Run:
+    """What the stages of `train` hand on to each other."""
+
+    config: TrainConfig
+    strategy: object
+    verbose: object
+    chief: bool
+    run_dir: str
+    paths: dict
+    data: object = None
+    held_out: object = None
+    steps: int = 0
+    text_encoder: object = None
+    model: object = None
+    initial_epoch: int = 0
+    first_step: int = 0
+    nan_guard: object = None
+    checkpointer: object = None
+    line_log: bool = False
+
+    def dataset(self, first_epoch=0, first_step=0):
+        """The training batches from `first_epoch`, `first_step` on."""
+        config = self.config
+        return train_dataset(
+            self.data, config.batch_size, config.dataset_repetitions, seed=config.seed,
+            flip=config.flip, first_epoch=first_epoch, first_step=first_step,
+            epochs=config.epochs, labels=config.conditional or config.captions,
+        )  # fmt: skip
+
+
+def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), strategy=None,
+          overwrite=False):  # fmt: skip
     """Trains a model as `config` says and writes the run directory.
 
     Args:
         config: `TrainConfig`.
         resume: bool. Continue from the newest checkpoint in `config.output`
             (weights, EMA, normalizer, optimizer state, step counters, epoch).
+            Without it, a `config.output` that already holds a run is refused
+            (`TrainingError`), unless `overwrite`.
         verbose: passed to `fit`.
         data: `ImageData` or None. Already loaded images; loaded from
             `config.data` when None.
         extra_callbacks: more Keras callbacks.
+        overwrite: bool. A new run into a `config.output` that holds one moves
+            the old run aside to `<output>.old-<time>` first (never deletes it).
         strategy: a `tf.distribute.Strategy` or None (the current one). Under
             `MultiWorkerMirroredStrategy` the chief writes the run directory
             and every other worker writes to `RUN_DIR/.worker_K/`.
@@ -193,21 +233,62 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
         The trained `DiffusionModel`.
 
     Raises:
-        TrainingError: the run directory is unusable, there is no checkpoint
-            to resume, or the loss became NaN or infinite (the last good
+        TrainingError: the run directory is unusable, holds a run (without
+            `resume` or `overwrite`), is being written by another process,
+            there is no checkpoint to resume, or the loss became NaN or infinite (the last good
             checkpoint and model are left untouched).
         KeyboardInterrupt: after saving the current weights to
             `RUN_DIR/interrupted.keras`.
     """
-
     strategy = strategy or tf.distribute.get_strategy()
+    chief = worker_index(strategy) is None
+    if chief:
+        claim_run_directory(config.output, resume, overwrite)
+    # One writer per run directory: the chief holds its lock until the run ends.
+    with RunLock(config.output) if chief else contextlib.nullcontext():
+        return _train(config, resume, verbose, data, extra_callbacks, strategy)
+
+
+def _train(config, resume, verbose, data, extra_callbacks, strategy):
+    run = start_run(config, strategy, verbose)
+    prepare_data(run, data)
+    prepare_text_encoder(run)
+    # Built now so that less than a batch of data fails before any model is built.
+    run.dataset()
+    if stop_signal().should_stop() and not is_multiworker(run.strategy):
+        raise Preempted(NOTHING_TO_SAVE)
+    prepare_model(run, resume)
+    if run.chief:
+        config.save(run.paths["config"])
+    # SIGTERM stops at the next step boundary while training (main thread only);
+    # `train.py` has it for the whole process, a library call for its duration.
+    with stop_signal().handled() as stop:
+        fit(run, stop, extra_callbacks)
+        return finish(run, stop)
+
+
+def start_run(config, strategy, verbose):
+    """Stage 1: the run directory (the chief's, or a worker's own), the
+    precision, and room on its disk."""
     worker = worker_index(strategy)
     chief = worker is None
     run_dir = config.output if chief else os.path.join(config.output, f".worker_{worker}")
-    paths = run_paths(run_dir)
     config.precision = resolve_precision(config.precision)
     # Room for the kept checkpoints, one being written, and the final model.
     check_output_dir(run_dir, (config.keep_checkpoints + 2) * checkpoint_bytes(config))
+    parse_checkpoint_every(config.checkpoint_every)  # a bad value fails before any work
+    line_log = verbose == "auto" and not sys.stdout.isatty()
+    if line_log:
+        verbose = 0  # plain lines (`LineLog`) instead of a progress bar's frames
+    run = Run(config, strategy, verbose, chief, run_dir, run_paths(run_dir))
+    run.line_log = line_log
+    return run
+
+
+def prepare_data(run, data=None):
+    """Stage 2: the images (loaded unless given), their labels or captions,
+    the KID images held out, and the steps of an epoch."""
+    config = run.config
     with_labels = config.conditional or config.train_classifier
     if data is None:
         data = load_images(
@@ -218,154 +299,139 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
         require_labels(data)
     if config.captions and data.captions is None:
         raise TrainingError(f"--captions: {data.source or 'these images'} came without captions")
-    held_out = None
     if config.kid_every:
         # Held out before training, the same images for every resume of the run.
-        data, held_out = split_held_out(data, config.kid_images, config.seed)
-    steps = steps_per_epoch(data, config.batch_size, config.dataset_repetitions)
-    parse_checkpoint_every(config.checkpoint_every)  # a bad value fails before any work
-    text_encoder = None
-    if config.captions:
-        # The run's frozen text encoder, loaded (a resumed run finds the one
-        # it trained in RUN_DIR) or trained (CLIP) now; captions train as its tokens.
+        data, run.held_out = split_held_out(data, config.kid_images, config.seed)
+    run.data = data
+    run.steps = steps_per_epoch(data, config.batch_size, config.dataset_repetitions)
 
-        text_encoder = text_encoder_for(config, data, run_dir, verbose, chief)
-        data = dataclasses.replace(data, labels=text_encoder.tokenize(data.captions))
 
-    def make_dataset(first_epoch=0, first_step=0):
-        return train_dataset(
-            data,
-            config.batch_size,
-            config.dataset_repetitions,
-            seed=config.seed,
-            flip=config.flip,
-            first_epoch=first_epoch,
-            first_step=first_step,
-            epochs=config.epochs,
-            labels=config.conditional or config.captions,
-        )
+def prepare_text_encoder(run):
+    """Stage 3, for captions: the run's frozen text encoder, loaded (a resumed
+    run finds the one it trained in RUN_DIR) or trained (CLIP) now; the
+    captions then train as its tokens."""
+    if not run.config.captions:
+        return
+    run.text_encoder = text_encoder_for(run.config, run.data, run.run_dir, run.verbose, run.chief)
+    run.data = dataclasses.replace(run.data, labels=run.text_encoder.tokenize(run.data.captions))
 
-    # Built now so that less than a batch of data fails before any model is built.
-    make_dataset()
-    if stop_signal().should_stop() and not is_multiworker(strategy):
-        raise Preempted(NOTHING_TO_SAVE)
-    with strategy.scope():
+
+def prepare_model(run, resume):
+    """Stage 4: the model, from the newest checkpoint or built (with its
+    autoencoder for a latent run) and adapted to the data; a latent run's
+    images encoded once."""
+    config, steps = run.config, run.steps
+    with run.strategy.scope():
         if resume:
             found = load_latest_checkpoint(config.output)
             if found is None:
                 raise TrainingError(
                     f"--resume: no usable checkpoint in {run_paths(config.output)['checkpoints']}"
                 )
-            (initial_epoch, first_step), model = found
+            (run.initial_epoch, run.first_step), model = found
             if config.lr_schedule != "constant":
                 # The schedule spans the run as configured now, so a run
                 # resumed with more --epochs stretches it instead of
                 # training on at the learning rate it ended with (zero).
                 model.optimizer.learning_rate = learning_rate(config, steps * config.epochs)
-            if first_step >= steps:
+            if run.first_step >= steps:
                 raise TrainingError(
-                    f"--resume: the checkpoint is {first_step} steps into an epoch, but an "
+                    f"--resume: the checkpoint is {run.first_step} steps into an epoch, but an "
                     f"epoch of this data has {steps}; resume with the run's --data"
                 )
         else:
-            initial_epoch, first_step = 0, 0
             autoencoder = None
             if config.latent:
-                autoencoder = autoencoder_for(config, data, run_dir, verbose, chief)
+                autoencoder = autoencoder_for(config, run.data, run.run_dir, run.verbose, run.chief)
             model = build_model(
                 config,
-                class_names_of(data) if config.conditional else None,
+                class_names_of(run.data) if config.conditional else None,
                 total_steps=steps * config.epochs,
                 autoencoder=autoencoder,
-                text_encoder=text_encoder,
+                text_encoder=run.text_encoder,
             )
         if config.latent and not config.flip:
             # Encoded once (flips would need the flipped images' latents too).
-
-            data = encoded_once(model, data, run_dir, config.batch_size)
+            run.data = encoded_once(model, run.data, run.run_dir, config.batch_size)
         if not resume:
-            model.adapt(image_dataset(data, config.batch_size))
-    if chief:
-        config.save(paths["config"])
+            model.adapt(image_dataset(run.data, config.batch_size))
+    run.model = model
 
-    # SIGTERM stops at the next step boundary while training (main thread only);
-    # `train.py` has it for the whole process, a library call for its duration.
-    with stop_signal().handled() as stop:
-        nan_guard = NanGuard()
-        checkpointer = Checkpointer(
-            paths["checkpoints"],
-            steps,
-            keep=config.keep_checkpoints,
-            every=config.checkpoint_every,
-            nan_guard=nan_guard,
-            stop=stop,
-            running_means=not is_multiworker(strategy),
+
+def fit(run, stop, extra_callbacks=()):
+    """Stage 5: training, with checkpoints, until the last epoch, a NaN loss
+    or SIGTERM; Ctrl-C keeps the current weights in `interrupted.keras`."""
+    config, model, paths, steps = run.config, run.model, run.paths, run.steps
+    multiworker = is_multiworker(run.strategy)
+    if run.initial_epoch or run.first_step:
+        # What a stopped run logged after its checkpoint goes: the resumed run
+        # logs it again, so each epoch and step is logged once.
+        trim_logs(run.run_dir, run.initial_epoch, int(model.train_steps.numpy()))
+    run.nan_guard = NanGuard()
+    run.checkpointer = checkpointer = Checkpointer(
+        paths["checkpoints"], steps, keep=config.keep_checkpoints, every=config.checkpoint_every,
+        nan_guard=run.nan_guard, stop=stop, running_means=not multiworker,
+    )  # fmt: skip
+    callbacks = run_callbacks(
+        config, paths, run.chief, run.held_out, run.nan_guard, checkpointer,
+        run.data.captions if config.captions else None, run.data,
+    )  # fmt: skip
+    if run.line_log and not multiworker:
+        callbacks.append(LineLog(config.epochs, steps, config.batch_size))
+    callbacks += list(extra_callbacks)
+    if stop.should_stop() and not multiworker:
+        # Workers of a multi-worker run agree on stopping at their first step.
+        raise Preempted(NOTHING_TO_SAVE)
+    checkpointer.resume_at(run.initial_epoch, run.first_step)
+    try:
+        for epoch, epochs, skip in fit_phases(run.initial_epoch, run.first_step, config.epochs):
+            if multiworker:
+                fit_multiworker(
+                    model, run.strategy, functools.partial(run.dataset, epoch, skip),
+                    config.batch_size, epochs=epochs, initial_epoch=epoch,
+                    steps_per_epoch=steps, first_step=skip, callbacks=callbacks,
+                    verbose=1 if run.verbose == "auto" else run.verbose, stop=stop,
+                )  # fmt: skip
+            else:
+                model.fit(
+                    run.dataset(epoch, skip), epochs=epochs, initial_epoch=epoch,
+                    steps_per_epoch=steps - skip, callbacks=callbacks, verbose=run.verbose,
+                    shuffle=False,
+                )  # fmt: skip
+            if checkpointer.preempted or run.nan_guard.failure:
+                break
+    except KeyboardInterrupt:
+        # Mid-epoch weights: kept for generate.py, but --resume restarts from the
+        # last checkpoint so that a resumed run stays exact.
+        save_model_atomically(model, paths["interrupted"])
+        raise
+
+
+def finish(run, stop):
+    """Stage 6: why training stopped, the final model, and the classifier."""
+    config, model, paths, checkpointer = run.config, run.model, run.paths, run.checkpointer
+    if run.nan_guard.failure:
+        raise TrainingError(
+            f"training stopped: {run.nan_guard.failure}; the last good checkpoint in "
+            f"{paths['checkpoints']} is untouched (try a lower --learning-rate)"
         )
-        callbacks = run_callbacks(
-            config, paths, chief, held_out, nan_guard, checkpointer,
-            data.captions if config.captions else None, data,
-        )  # fmt: skip
-        callbacks += list(extra_callbacks)
-        multiworker = is_multiworker(strategy)
-        if stop.should_stop() and not multiworker:
-            # Workers of a multi-worker run agree on stopping at their first step.
-            raise Preempted(NOTHING_TO_SAVE)
-        checkpointer.resume_at(initial_epoch, first_step)
-        try:
-            for epoch, epochs, skip in fit_phases(initial_epoch, first_step, config.epochs):
-                if multiworker:
-                    fit_multiworker(
-                        model,
-                        strategy,
-                        functools.partial(make_dataset, epoch, skip),
-                        config.batch_size,
-                        epochs=epochs,
-                        initial_epoch=epoch,
-                        steps_per_epoch=steps,
-                        first_step=skip,
-                        callbacks=callbacks,
-                        verbose=1 if verbose == "auto" else verbose,
-                        stop=stop,
-                    )
-                else:
-                    model.fit(
-                        make_dataset(epoch, skip),
-                        epochs=epochs,
-                        initial_epoch=epoch,
-                        steps_per_epoch=steps - skip,
-                        callbacks=callbacks,
-                        verbose=verbose,
-                        shuffle=False,
-                    )
-                if checkpointer.preempted or nan_guard.failure:
-                    break
-        except KeyboardInterrupt:
-            # Mid-epoch weights: kept for generate.py, but --resume restarts from the
-            # last checkpoint so that a resumed run stays exact.
-            save_model_atomically(model, paths["interrupted"])
-            raise
-        if nan_guard.failure:
-            raise TrainingError(
-                f"training stopped: {nan_guard.failure}; the last good checkpoint in "
-                f"{paths['checkpoints']} is untouched (try a lower --learning-rate)"
-            )
-        epoch, step = checkpointer.position
-        if checkpointer.preempted and (epoch, step) != (config.epochs - 1, steps):
-            raise Preempted(
-                f"stopped by SIGTERM after step {step} of epoch {epoch + 1}; saved "
-                f"{checkpointer.last_path}; --resume continues from there",
-                checkpointer.last_path,
-            )
-        save_model_atomically(model, paths["model"])
-        if config.train_classifier and stop.requested:
-            raise Preempted(
-                f"stopped by SIGTERM before training the classifier; {paths['model']} is saved and "
-                "--resume trains the classifier"
-            )
-        if config.train_classifier and chief:
-            classifier = train_classifier(model, data, config, verbose)
-            save_model_atomically(classifier, paths["classifier"])
-        return model
+    epoch, step = checkpointer.position
+    if checkpointer.preempted and (epoch, step) != (config.epochs - 1, run.steps):
+        raise Preempted(
+            f"stopped by SIGTERM after step {step} of epoch {epoch + 1}; saved "
+            f"{checkpointer.last_path}; --resume continues from there",
+            checkpointer.last_path,
+        )
+    save_model_atomically(model, paths["model"])
+    if config.train_classifier and stop.requested:
+        raise Preempted(
+            f"stopped by SIGTERM before training the classifier; {paths['model']} is saved and "
+            "--resume trains the classifier"
+        )
+    if config.train_classifier and run.chief:
+        classifier = train_classifier(model, run.data, config, run.verbose)
+        save_model_atomically(classifier, paths["classifier"])
+    return model
 
 
 def sample_prompts(captions, count):

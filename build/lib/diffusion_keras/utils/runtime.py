@@ -5,7 +5,7 @@ unset, it turns its oneDNN kernels on only on x86 CPUs with AVX-512 class
 features; on AVX2-only CPUs (most laptops, many cloud machines) they stay off
 and convolutions run on Eigen's kernels. Measured on 2 AVX2-only AMD EPYC
 cores (float32, batch 64, the book's U-Net, steady state; `bench/speed.py`):
-oneDNN made our training step faster at every size (see the README's speed
+oneDNN made our training step faster at every size (see docs/results/cpu-kernels.md, the speed
 table), and the system time that Eigen's path spends on page faults fell from
 a third of the CPU time to a few percent. So `import diffusion_keras` turns
 oneDNN on where TensorFlow would leave it off, unless the user said otherwise.
