@@ -1,0 +1,1 @@
+"""Quality metrics: KID, FID and IS, and their feature extractors (layer 8)."""

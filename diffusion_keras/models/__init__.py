@@ -1,0 +1,3 @@
+"""The models: `DiffusionModel` and its parts, the autoencoder, text encoder and
+classifier, saving (layer 7).
+"""

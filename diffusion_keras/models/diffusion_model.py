@@ -14,6 +14,7 @@ their defaults, choices and help.
 """
 
 import dataclasses
+import functools
 
 import keras
 import numpy as np
@@ -395,12 +396,14 @@ class DiffusionModel(keras.Model):
         """This model's `Sampler` (its compiled loops are cached)."""
         return self.generator.sampler
 
+    @functools.wraps(Generator.generate)
     def generate(self, *args, **kwargs):
-        """Generates images in [0, 1]; see `Generator.generate` for the arguments."""
+        # `Generator.generate`'s signature and docstring, for help() and IDEs.
         return self.generator.generate(*args, **kwargs)
 
+    @functools.wraps(Generator.edit)
     def edit(self, *args, **kwargs):
-        """Image-to-image, inpainting or denoising; see `Generator.edit`."""
+        # `Generator.edit`'s signature and docstring, for help() and IDEs.
         return self.generator.edit(*args, **kwargs)
 
     def make_noise(self, num_images, seed=None):
@@ -411,16 +414,18 @@ class DiffusionModel(keras.Model):
         """The label of a class given by name or by index (as int or str)."""
         return self.generator.class_index(name_or_index)
 
+    @functools.wraps(Generator.sampling_step)
     def sampling_step(self, *args, **kwargs):
-        """One step of a sampler; see `Generator.sampling_step`."""
+        # `Generator.sampling_step`'s signature and docstring, for help() and IDEs.
         return self.generator.sampling_step(*args, **kwargs)
 
     def ddim_step(self, current_images, step, diffusion_steps):
         """One deterministic DDIM step, as the book's loop takes it."""
         return self.generator.ddim_step(current_images, step, diffusion_steps)
 
+    @functools.wraps(Generator.reverse_diffusion)
     def reverse_diffusion(self, *args, **kwargs):
-        """The book's eager sampling loop; see `Generator.reverse_diffusion`."""
+        # `Generator.reverse_diffusion`'s signature and docstring, for help() and IDEs.
         return self.generator.reverse_diffusion(*args, **kwargs)
 
 

@@ -194,10 +194,11 @@ class Generator:
                 estimate's error at the kept region's border into the
                 regenerated one at every step (`editing.harmonic_fill`), so the
                 two meet without a seam; 0 turns it off. None: `editing.HARMONIZE`.
-            diffusion_steps, seed, sampler, eta, spacing, class_labels,
-            guidance_scale, classifier, classifier_scale, batch_size,
-            progress, prompts, negative_prompts: as in `generate`. The
-                noise is `make_noise(n, seed)`, the same as `generate`'s.
+            others: `diffusion_steps`, `seed`, `sampler`, `eta`, `spacing`,
+                `class_labels`, `guidance_scale`, `classifier`,
+                `classifier_scale`, `batch_size`, `progress`, `prompts` and
+                `negative_prompts` are as in `generate`. The noise is
+                `make_noise(n, seed)`, the same as `generate`'s.
 
         Returns:
             A numpy array of images in [0, 1]; where `mask` is 0, exactly the input.

@@ -1,0 +1,3 @@
+"""Training runs: `train` and its stages, callbacks, checkpoints, preemption,
+distribution (layer 9).
+"""

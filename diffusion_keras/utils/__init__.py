@@ -1,0 +1,1 @@
+"""Shared helpers: errors, precision, pixel ranges, image files, the CPU runtime (layer 1)."""
