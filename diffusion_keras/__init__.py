@@ -27,6 +27,7 @@ The sub-packages, lowest layer first (each imports only from those before it;
 """
 
 import importlib
+import importlib.util
 import sys
 
 from diffusion_keras.utils.runtime import configure_before_tensorflow
@@ -115,6 +116,4 @@ class _RegisterAfterKeras:
 if "keras" in sys.modules:
     register_keras_classes()
 elif not any(isinstance(finder, _RegisterAfterKeras) for finder in sys.meta_path):
-    import importlib.util  # noqa: E402
-
     sys.meta_path.insert(0, _RegisterAfterKeras())

@@ -92,16 +92,19 @@ def check(config):
         object.__setattr__(config, field.name, check_value(field, value))
 
 
-def describe(field):
-    """The help text with its default, as `--help` and the docs show it."""
+def shown_default(field):
+    """A setting's default as a person reads it: `32,64,96,128`, `on`, `none`."""
     default = field.default
     if isinstance(default, tuple):
-        default = ",".join(map(str, default)) or "none"
-    elif is_bool(field):
-        default = "on" if default else "off"
-    elif default == "":
-        default = "none"
-    return f"{field.metadata['help']} (default {default})"
+        return ",".join(map(str, default)) or "none"
+    if is_bool(field):
+        return "on" if default else "off"
+    return "none" if default == "" else str(default)
+
+
+def describe(field):
+    """The help text with its default, as `--help` shows it."""
+    return f"{field.metadata['help']} (default {shown_default(field)})"
 
 
 def add_flags(parser, cls, title=None):
@@ -177,15 +180,10 @@ def reference(classes):
             name = flag_name(field)
             if is_bool(field):
                 name = f"{name} / --no-{name[2:]}"
-            default = field.default
-            if isinstance(default, tuple):
-                default = ",".join(map(str, default)) or "none"
-            elif is_bool(field):
-                default = "on" if default else "off"
             choices = field.metadata["choices"]
             what = field.metadata["help"] + (
                 f" Choices: {', '.join(map(str, choices))}." if choices else ""
             )
-            lines.append(f"| `{name}` | `{default}` | {what.replace('|', '/')} |")
+            lines.append(f"| `{name}` | `{shown_default(field)}` | {what.replace('|', '/')} |")
         lines.append("")
     return "\n".join(lines)

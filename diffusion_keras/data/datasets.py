@@ -67,7 +67,7 @@ class ImageData:
 # -- decoding --------------------------------------------------------------
 
 
-def _to_rgb_array(image):
+def to_rgb_array(image):
     """A PIL image of any mode as an (h, w, 3) uint8 array."""
     from PIL import Image
 
@@ -105,28 +105,28 @@ def resize_array(array, image_size, center_crop=False):
     return np.asarray(image, dtype=np.uint8)
 
 
-def decode_image_file(path, image_size, center_crop=False):
-    """Decodes one image file to (size, size, 3) uint8.
+def read_image(path, use=None):
+    """Opens and loads one image file with Pillow and returns `use(image)`,
+    computed while the file is open (by default the (h, w, 3) uint8 array,
+    `to_rgb_array`).
 
     Raises `ImageFileError` with the reason in one line for a file Pillow cannot
     read (not an image, an unknown format, truncated, corrupt) or one larger than
-    `MAX_PIXELS`.
+    `MAX_PIXELS`, which is refused before its pixels are read.
     """
-    import warnings as _warnings
-
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with _warnings.catch_warnings():
-            _warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise ImageFileError(
-                        f"{width}x{height} is more than {MAX_PIXELS:,} pixels"
-                    )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                image.close()
+                raise ImageFileError(f"{width}x{height} is more than {MAX_PIXELS:,} pixels")
+            with image:
                 image.load()
-                array = _to_rgb_array(image)
+                return (use or to_rgb_array)(image)
     except ImageFileError:
         raise
     except UnidentifiedImageError:
@@ -140,7 +140,12 @@ def decode_image_file(path, image_size, center_crop=False):
     except Exception as error:  # noqa: BLE001 - any decoder failure is a bad file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ImageFileError(f"cannot be decoded ({reason})") from None
-    return resize_array(array, image_size, center_crop)
+
+
+def decode_image_file(path, image_size, center_crop=False):
+    """Decodes one image file to (size, size, 3) uint8; raises `ImageFileError`
+    (see `read_image`) for a file it cannot use."""
+    return resize_array(read_image(path), image_size, center_crop)
 
 
 def list_image_files(folder):

@@ -4,7 +4,13 @@ import os
 
 import numpy as np
 
-from diffusion_keras.data.datasets import ImageFileError, decode_image_file, list_image_files
+from diffusion_keras.data.datasets import (
+    ImageFileError,
+    list_image_files,
+    read_image,
+    resize_array,
+    to_rgb_array,
+)
 
 
 def image_paths_of(path):
@@ -25,14 +31,12 @@ def load_edit_images(paths, image_size, center_crop=False):
     (`data.decode_image_file`): grayscale becomes RGB, transparency is
     composited over white, then the optional centre crop and the resize.
     Returns `(images in [0, 1], original (width, height) of each)`."""
-    from PIL import Image
-
     images, sizes = [], []
     for path in paths:
         try:
-            images.append(decode_image_file(path, image_size, center_crop))
-            with Image.open(path) as image:
-                sizes.append(image.size)
+            size, array = read_image(path, lambda image: (image.size, to_rgb_array(image)))
+            images.append(resize_array(array, image_size, center_crop))
+            sizes.append(size)
         except (OSError, ValueError) as error:
             raise ValueError(f"cannot read image {path}: {error}") from None
     return np.stack(images).astype(np.float32) / 255.0, sizes
@@ -45,19 +49,15 @@ def load_mask_file(path, size, image_size, center_crop=False):
     from PIL import Image
 
     try:
-        decode_image_file(path, 8)  # the same checks as an image: size, format, damage
-        with Image.open(path) as image:
-            image.load()
-            if image.size != tuple(size):
-                raise ValueError(
-                    f"mask {path} is {image.size[0]}x{image.size[1]} but its image is "
-                    f"{size[0]}x{size[1]}; draw the mask on the image itself"
-                )
-            grey = np.asarray(image.convert("L"))
-    except ImageFileError as error:
+        # The same checks as an image: size, format, damage.
+        found, grey = read_image(path, lambda image: (image.size, np.asarray(image.convert("L"))))
+    except (ImageFileError, OSError) as error:
         raise ValueError(f"cannot read mask {path}: {error}") from None
-    except OSError as error:
-        raise ValueError(f"cannot read mask {path}: {error}") from None
+    if found != tuple(size):
+        raise ValueError(
+            f"mask {path} is {found[0]}x{found[1]} but its image is "
+            f"{size[0]}x{size[1]}; draw the mask on the image itself"
+        )
     levels = np.unique(grey)
     if not np.isin(levels, (0, 255)).all():
         raise ValueError(

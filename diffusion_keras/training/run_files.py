@@ -93,9 +93,13 @@ def lock_holder(run_dir):
     return holder
 
 
-def describe_holder(holder):
+def held_elsewhere(run_dir, holder):
+    """The one-line error for a run directory that `holder` is writing."""
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
-    return f"process {holder.get('pid')} on {holder.get('host')}, since {started}"
+    return TrainingError(
+        f"{run_dir} is being written by another run (process {holder.get('pid')} on "
+        f"{holder.get('host')}, since {started}); wait for it, or stop it"
+    )
 
 
 class RunLock:
@@ -131,10 +135,7 @@ class RunLock:
             except FileExistsError:
                 holder = lock_holder(self.run_dir)
                 if holder is not None:
-                    raise TrainingError(
-                        f"{self.run_dir} is being written by another run "
-                        f"({describe_holder(holder)}); wait for it, or stop it"
-                    ) from None
+                    raise held_elsewhere(self.run_dir, holder) from None
                 warnings.warn(f"taking over the stale lock of {self.run_dir}", stacklevel=2)
                 try:
                     os.remove(self.path)
@@ -237,10 +238,7 @@ def claim_run_directory(output, resume, overwrite):
         raise TrainingError("--overwrite starts a new run; it does not go with --resume")
     holder = lock_holder(output)
     if holder is not None:
-        raise TrainingError(
-            f"{output} is being written by another run ({describe_holder(holder)}); "
-            "wait for it, or stop it"
-        )
+        raise held_elsewhere(output, holder)
     if resume:
         return
     if overwrite and existing_run(output) is not None:
