@@ -50,10 +50,21 @@ def test_registered_keras_names_are_unchanged():
 
 
 @pytest.mark.slow
+def checksums(folder):
+    """`{relative path: bytes}` of every file below `folder`."""
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                found[os.path.relpath(os.path.join(root, name), folder)] = handle.read()
+    return found
+
+
 def test_a_run_folder_of_an_earlier_version_resumes(tmp_path):
     from fixtures.make_fixtures import blobs
 
     run = tmp_path / "run"
+    original = checksums(os.path.join(FIXTURES, "run"))
     shutil.copytree(os.path.join(FIXTURES, "run"), run)
     images = tmp_path / "images"
     images.mkdir()
@@ -65,4 +76,10 @@ def test_a_run_folder_of_an_earlier_version_resumes(tmp_path):
     result = run_script("train.py", "--output", run, "--resume", "--epochs", 2, "--verbose", 0)
     assert result.returncode == 0, result.stderr
     assert (run / "checkpoints" / "epoch_002.keras").exists()
-    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["epochs"] == 2 and saved["output"] == str(run)
+    epochs = [row.split(",")[0] for row in (run / "history.csv").read_text().split()[1:]]
+    assert epochs == ["0", "1"]
+    # The copy resumed where it is: the fixture, whose config names another
+    # folder, is untouched.
+    assert checksums(os.path.join(FIXTURES, "run")) == original

@@ -64,6 +64,9 @@ def config_from_args(args):
     if not os.path.exists(config_path):
         raise UsageError(f"--resume: {config_path} not found; is {output!r} a run directory?")
     config = TrainConfig.load(config_path)
+    # The run is the folder given, wherever it was first written: a run folder
+    # moved or copied resumes where it is now, not at the path in its config.
+    config.output = output
     for name, value in given.items():
         if name == "output":
             continue
