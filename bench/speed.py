@@ -3,6 +3,7 @@
     python bench/speed.py                                  # 64x64, float32 and native
     python bench/speed.py --image-size 32 --precision float32
     python bench/speed.py --quick                          # fewer steps
+    python bench/speed.py --backend tensorflow,jax,torch   # Keras backends side by side
 
 Every path runs in a fresh Python process, because what decides much of the
 speed on a CPU is fixed when TensorFlow is imported: whether its oneDNN
@@ -16,6 +17,13 @@ convolution GFLOP/s achieved and their fraction of a matmul peak measured in
 the same run, the share of CPU time spent in the kernel (system time) while
 the timed steps ran, and the process's peak resident memory. Run by hand,
 never by CI.
+
+With `--backend`, each Keras backend named trains and samples ours in
+processes of its own, at 32 and 64 px (`--sizes`), in float32 and the native
+precision (and PyTorch also with `torch.compile`), and the rows give
+images/s against TensorFlow's in the same run, and the start-up: seconds
+from the process's start to `import diffusion_keras` and Keras done, and to
+the first training step done (building, compiling and tracing included).
 """
 
 import argparse
@@ -118,9 +126,66 @@ def time_fit(model, dataset, steps, warmup, batch_size):
     return steps * batch_size / (t1 - t0), (s1 - s0) / max((u1 - u0) + (s1 - s0), 1e-9)
 
 
+def backend_worker(args):
+    """One backend's measurement in this process (`--backend` rows)."""
+    import diffusion_keras  # noqa: F401, I001  first: the package's oneDNN choice
+    import keras
+    import numpy as np
+
+    from diffusion_keras import DiffusionModel
+    from diffusion_keras.data.flowers import flower_images
+
+    imported = time.time() - args.started
+    size, batch = args.image_size, args.batch_size
+    result = {"backend": keras.backend.backend(), "imported": imported}
+    images = flower_images(batch * 4, size).astype("float32") / 255.0
+    model = DiffusionModel(image_size=size, seed=0, precision=args.precision)
+    model.adapt(images)
+    steps, warmup = (3, 2) if args.quick else (6, 2)
+    with ResidentMemory() as memory:
+        if args.task == "train":
+            model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4),
+                          jit_compile=True if args.compiled else "auto")  # fmt: skip
+            first = []
+
+            class First(keras.callbacks.Callback):
+                def on_train_batch_end(self, batch, logs=None):
+                    if not first:
+                        first.append(time.time() - args.started)
+
+            data = np.concatenate([images] * 4)  # enough batches for warm-up and timing
+            marks = []
+
+            class Clock(keras.callbacks.Callback):
+                def on_train_batch_end(self, step, logs=None):
+                    if step in (warmup - 1, warmup + steps - 1):
+                        marks.append((time.perf_counter(), *cpu_times()))
+
+            model.fit(data, batch_size=batch, steps_per_epoch=warmup + steps, epochs=1,
+                      verbose=0, shuffle=False, callbacks=[First(), Clock()])  # fmt: skip
+            (t0, u0, s0), (t1, u1, s1) = marks
+            result["rate"] = steps * batch / (t1 - t0)
+            result["system"] = (s1 - s0) / max((u1 - u0) + (s1 - s0), 1e-9)
+            result["first_step"] = first[0]
+        else:
+            count = args.sample_images
+            run = lambda: model.generate(count, 20, seed=0, sampler="ddim", spacing="uniform")
+            run()
+            start, (u0, s0) = time.perf_counter(), cpu_times()
+            repeats = 1 if args.quick else 2
+            for _ in range(repeats):
+                run()
+            u1, s1 = cpu_times()
+            result["rate"] = count * repeats / (time.perf_counter() - start)
+            result["system"] = (s1 - s0) / max((u1 - u0) + (s1 - s0), 1e-9)
+    result["rss"] = memory.peak
+    print(json.dumps(result))
+
+
 def worker(args):
     """One measurement in this process; prints one JSON line."""
-
+    if args.backend:
+        return backend_worker(args)
     if args.who == "book":
         import tensorflow as tf  # first: TensorFlow's own oneDNN default
     else:
@@ -204,6 +269,51 @@ def measure(args, who, task, precision="float32", onednn=None, sample_images=10)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def measure_backend(args, backend, task, size, precision, compiled=False, count=10):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", DIFFUSION_KERAS_QUIET="1",
+               KERAS_BACKEND=backend)  # fmt: skip
+    command = [
+        sys.executable, __file__, "--worker", "--backend", backend, "--task", task,
+        "--precision", precision, "--image-size", str(size), "--batch-size",
+        str(args.batch_size), "--sample-images", str(count), "--started", repr(time.time()),
+    ] + (["--quick"] if args.quick else []) + (["--compiled"] if compiled else [])  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"worker failed: {' '.join(command)}\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare_backends(args):
+    """The `--backend` table: every backend, size and precision, against
+    TensorFlow (or the first backend named) in the same run."""
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    precisions = list(dict.fromkeys(["float32", native_precision()]))
+    sizes = [int(s) for s in args.sizes.split(",")]
+    flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
+    print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}; batch {args.batch_size}")
+    header = (f"{'task':<7}{'size':>5}  {'backend':<18}{'precision':<16}{'images/s':>9}"
+              f"{'vs ' + backends[0]:>15}{'import s':>9}{'1st step s':>11}"
+              f"{'RSS MB':>8}")  # fmt: skip
+    print(header)
+    print("-" * len(header))
+    for task in ("train", "sample"):
+        for size in sizes:
+            for precision in precisions:
+                base = None
+                variants = [(b, False) for b in backends]
+                if task == "train" and "torch" in backends:
+                    variants.append(("torch", True))
+                for backend, compiled in variants:
+                    result = measure_backend(args, backend, task, size, precision, compiled)
+                    base = base or result["rate"]
+                    name = backend + (" (compile)" if compiled else "")
+                    first = f"{result['first_step']:>11.1f}" if "first_step" in result else " " * 11
+                    print(f"{task:<7}{size:>5}  {name:<18}{precision:<16}{result['rate']:>9.2f}"
+                          f"{result['rate'] / base:>14.2f}x{result['imported']:>9.1f}{first}"
+                          f"{result['rss'] / 1e6:>8.0f}", flush=True)  # fmt: skip
+    print("sampling: 10 images, DDIM 20 steps, uniform spacing")
+
+
 def native_precision():
     from diffusion_keras.utils.precision import CPU_BF16_FLAGS, _cpu_flags
 
@@ -222,6 +332,10 @@ def main():
         help="ours in this precision (repeatable; default float32 and native)",
     )
     parser.add_argument("--no-sampling", action="store_true", help="time training only")
+    parser.add_argument("--backend", help="Keras backends to compare, e.g. tensorflow,jax,torch")
+    parser.add_argument("--sizes", default="32,64", help="image sizes for --backend (32,64)")
+    parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--who", choices=["book", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--task", choices=["peak", "train", "sample"], help=argparse.SUPPRESS)
@@ -230,6 +344,8 @@ def main():
     if args.worker:
         args.precision = args.precision[0] if args.precision else "float32"
         return worker(args)
+    if args.backend:
+        return compare_backends(args)
 
     precisions = [native_precision() if p == "native" else p for p in args.precision or []]
     precisions = list(dict.fromkeys(precisions or ["float32", native_precision()]))

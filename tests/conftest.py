@@ -19,6 +19,30 @@ import pytest  # noqa: E402
 import diffusion_keras  # noqa: E402, F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _backend(name):
+    """A test parameter for Keras backend `name`, skipped with the install
+    command where its library is missing (CI installs them all)."""
+    import importlib.util
+
+    missing = importlib.util.find_spec(name) is None
+    extra = {"tensorflow": "", "jax": "[jax]", "torch": "[torch]"}[name]
+    return pytest.param(name, marks=pytest.mark.skipif(
+        missing, reason=f"{name} is not installed (pip install -e .{extra})"))  # fmt: skip
+
+
+# Every Keras backend, for tests that run a command in a process of its own.
+BACKENDS = [_backend(name) for name in ("tensorflow", "jax", "torch")]
+
+
+def tensorflow_only(why):
+    """Marks a test of something that exists on the TensorFlow backend only
+    (`utils.backend.require_tensorflow`): skipped on the others, saying `why`."""
+    import keras
+
+    backend = keras.backend.backend()
+    return pytest.mark.skipif(backend != "tensorflow", reason=f"TensorFlow only: {why}")
 TINY = dict(image_size=16, widths=(8, 16), block_depth=1, embedding_dims=8)
 
 

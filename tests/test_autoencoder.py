@@ -8,6 +8,8 @@ import tensorflow as tf
 from conftest import blob_images
 from diffusion_keras.models.autoencoder import Autoencoder
 
+numpy = keras.ops.convert_to_numpy  # detached: a PyTorch tensor may require grad
+
 TINY_AE = dict(factor=4, widths=(8, 16, 16), seed=1)
 
 
@@ -76,7 +78,7 @@ def test_training_learns_to_reconstruct(autoencoder_and_data):
 
 def test_latent_scale_gives_unit_variance_and_is_saved(autoencoder_and_data, tmp_path):
     autoencoder, data = autoencoder_and_data
-    latents = np.asarray(autoencoder.encode(data))
+    latents = keras.ops.convert_to_numpy(autoencoder.encode(data))
     assert abs(latents.std() - 1.0) < 1e-3
     path = str(tmp_path / "ae.keras")
     autoencoder.save(path)
@@ -84,8 +86,10 @@ def test_latent_scale_gives_unit_variance_and_is_saved(autoencoder_and_data, tmp
     assert isinstance(loaded, Autoencoder)
     assert float(loaded.latent_scale) == float(autoencoder.latent_scale) != 1.0
     assert loaded.get_config() == autoencoder.get_config()
-    np.testing.assert_array_equal(loaded.encode(data[:4]), autoencoder.encode(data[:4]))
-    np.testing.assert_array_equal(loaded.decode(latents[:4]), autoencoder.decode(latents[:4]))
+    np.testing.assert_array_equal(numpy(loaded.encode(data[:4])),
+                                  numpy(autoencoder.encode(data[:4])))  # fmt: skip
+    np.testing.assert_array_equal(numpy(loaded.decode(latents[:4])),
+                                  numpy(autoencoder.decode(latents[:4])))  # fmt: skip
 
 
 def test_a_dataset_measures_the_same_scale_as_an_array(autoencoder_and_data):
@@ -97,19 +101,22 @@ def test_a_dataset_measures_the_same_scale_as_an_array(autoencoder_and_data):
 
 def test_encoding_is_the_posterior_mean_unless_sampled_with_a_seed(autoencoder_and_data):
     autoencoder, data = autoencoder_and_data
-    means = np.asarray(autoencoder.moments(data[:4])[0]) * float(autoencoder.latent_scale)
-    np.testing.assert_allclose(autoencoder.encode(data[:4]), means, rtol=1e-6)
-    first = autoencoder.encode(data[:4], sample=True, seed=5)
-    np.testing.assert_array_equal(first, autoencoder.encode(data[:4], sample=True, seed=5))
-    assert not np.array_equal(first, autoencoder.encode(data[:4], sample=True, seed=6))
+    means = keras.ops.convert_to_numpy(autoencoder.moments(data[:4])[0]) * float(
+        autoencoder.latent_scale
+    )
+    np.testing.assert_allclose(numpy(autoencoder.encode(data[:4])), means, rtol=1e-6)
+    first = numpy(autoencoder.encode(data[:4], sample=True, seed=5))
+    np.testing.assert_array_equal(first, numpy(autoencoder.encode(data[:4], sample=True, seed=5)))
+    assert not np.array_equal(first, numpy(autoencoder.encode(data[:4], sample=True, seed=6)))
 
 
 def test_uint8_and_0_255_pixels_read_as_unit_range(autoencoder_and_data):
     autoencoder, _ = autoencoder_and_data
     pixels = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3)).astype(np.uint8)
-    unit = autoencoder.encode(pixels.astype(np.float32) / 255.0)
-    np.testing.assert_allclose(autoencoder.encode(pixels), unit, atol=1e-5)
-    np.testing.assert_allclose(autoencoder.encode(pixels.astype(np.float32)), unit, atol=1e-5)
+    unit = numpy(autoencoder.encode(pixels.astype(np.float32) / 255.0))
+    np.testing.assert_allclose(numpy(autoencoder.encode(pixels)), unit, atol=1e-5)
+    np.testing.assert_allclose(numpy(autoencoder.encode(pixels.astype(np.float32))), unit,
+                               atol=1e-5)  # fmt: skip
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import tensorflow_only
 from diffusion_keras.nn.layers import SinusoidalEmbedding
 
 
@@ -15,8 +16,10 @@ def test_embedding_values_match_the_formula():
     frequencies = np.exp(np.linspace(math.log(1.0), math.log(1000.0), 16))
     angles = 2 * math.pi * frequencies * variances
     expected = np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)
-    # Angles reach 2 pi 1000 x 0.9 = 5655 rad, where float32 steps by ~5e-4.
-    np.testing.assert_allclose(out, expected, atol=1e-3)
+    # Angles reach 2 pi 1000 x 0.9 = 5655 rad, where float32 steps by ~5e-4
+    # and a float32 `exp` within a few ulps of the frequency moves the angle
+    # by up to ~2e-3 (XLA's, under JAX: 1.8e-3).
+    np.testing.assert_allclose(out, expected, atol=2.5e-3)
     # At variance 0 all sines are 0 and all cosines 1.
     np.testing.assert_allclose(out[0, 0, 0], [0.0] * 16 + [1.0] * 16, atol=1e-6)
 
@@ -36,6 +39,10 @@ def test_embedding_refuses_odd_sizes(dims):
         SinusoidalEmbedding(dims)
 
 
+FUSED = "FusedBatchNormalization fuses with TensorFlow's kernel (Keras's own layer elsewhere)"
+
+
+@tensorflow_only(FUSED)
 @pytest.mark.parametrize("center_and_scale", [False, True])
 def test_fused_batch_norm_computes_what_keras_batch_norm_does(center_and_scale):
     import tensorflow as tf
@@ -70,6 +77,7 @@ def test_fused_batch_norm_computes_what_keras_batch_norm_does(center_and_scale):
     assert type(restored) is FusedBatchNormalization and restored.momentum == 0.9
 
 
+@tensorflow_only(FUSED)
 def test_fused_batch_norm_keeps_bfloat16_and_falls_back_where_it_cannot_fuse():
     import tensorflow as tf
 

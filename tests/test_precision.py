@@ -46,10 +46,22 @@ def test_a_model_samples_in_another_precision(tmp_path):
 
 
 def test_auto_precision_follows_the_rule(monkeypatch):
+    import keras
+
     import diffusion_keras.utils.precision as precision
 
+    # GPUs, on any backend: by the oldest GPU's compute capability.
+    for capabilities, expected in [([(8, 6)], "mixed_bfloat16"), ([(9, 0), (7, 5)],
+                                   "mixed_float16"), ([(6, 1)], "float32")]:  # fmt: skip
+        monkeypatch.setattr(precision, "_gpu_capabilities", lambda c=capabilities: c)
+        assert auto_precision() == expected
+    monkeypatch.setattr(precision, "_gpu_capabilities", lambda: [])
     monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     monkeypatch.setattr(precision, "cpu_bfloat16_speedup", lambda: 1.8)
+    if keras.backend.backend() != "tensorflow":
+        # JAX's and PyTorch's CPU bfloat16 trained slower than float32.
+        assert auto_precision() == "float32"
+        return
     assert auto_precision() == "mixed_bfloat16"
     # Native bfloat16 that runs slower than float32 (an Intel Xeon seen here: 0.5x).
     monkeypatch.setattr(precision, "cpu_bfloat16_speedup", lambda: 0.5)

@@ -221,7 +221,7 @@ def test_line_log_prints_inside_long_epochs_only():
     from diffusion_keras.training.callbacks import LineLog
 
     class Model:
-        train_steps = keras.Variable(0, dtype="int64")
+        train_steps = keras.Variable(0, dtype="int64", trainable=False)
 
     stream = io.StringIO()
     log = LineLog(epochs=2, steps_per_epoch=250, batch_size=4, every=100, stream=stream,

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from conftest import fit_on_blobs, tiny_model
+from conftest import fit_on_blobs, tensorflow_only, tiny_model
 from diffusion_keras.diffusion.schedules import get_schedule
+from diffusion_keras.sampling.loop import Sampler
 from diffusion_keras.sampling.rules import (
     MIN_LOG_SNR,
     ddim_update,
@@ -43,7 +44,9 @@ def test_compiled_equals_eager_and_chunks_do_not_matter(model, sampler, eta, spa
     compiled = model.generate(initial_noise=noise, **settings)
     step_noises = model.generator._step_noises(2, range(5), 6) if eta else None
     eager = model.reverse_diffusion(noise, 6, sampler, eta, step_noises, spacing=spacing)
-    np.testing.assert_allclose(compiled, np.asarray(model.denormalize(eager)), atol=1e-5)
+    # A compiled loop fuses ops where eager runs them one by one: float32
+    # rounding carried over 6 steps (under JAX's jit, up to 1.2e-5 measured).
+    np.testing.assert_allclose(compiled, np.asarray(model.denormalize(eager)), atol=5e-5)
     stepped = model.generate(initial_noise=noise, progress=True, **settings)
     np.testing.assert_allclose(stepped, compiled, atol=1e-5)
     chunked = model.generate(initial_noise=noise, batch_size=2, **settings)
@@ -92,6 +95,42 @@ def test_eta_zero_is_plain_ddim_and_eta_is_continuous(model):
     np.testing.assert_allclose(np.asarray(nearly), np.asarray(exact), atol=1e-5)
 
 
+class GaussianData:
+    """The exact denoiser of data drawn N(mean, std**2) in every pixel, on the
+    book's schedule: E[x_0 | x_t] = m + a s**2 / (a**2 s**2 + n**2) (x_t - a m)
+    with a, n the signal and noise rates."""
+
+    sample_shape = (4, 4, 3)
+
+    def __init__(self, mean=0.3, std=0.5):
+        self.mean, self.std = mean, std
+        self.diffusion_schedule = get_schedule("offset_cosine")
+
+    def guided_denoise(self, noisy_images, noise_rates, signal_rates, guide=None):
+        a, s, m = signal_rates, self.std, self.mean
+        pred_images = m + a * s**2 / (a**2 * s**2 + noise_rates**2) * (noisy_images - a * m)
+        return (noisy_images - a * pred_images) / noise_rates, pred_images
+
+
+def test_second_order_sampler_is_closer_to_the_exact_denoisers_ode_solution():
+    """With the exact denoiser of Gaussian data (the same on every backend),
+    DPM-Solver++(2M) at 10 steps lands closer to a 1000-step solution of the
+    ODE than DDIM does, on either spacing."""
+    sampler = Sampler(GaussianData())
+    noise = np.random.default_rng(5).standard_normal((16, 4, 4, 3)).astype("float32")
+    reference = sampler.run(noise, 1000)
+    for spacing in ["uniform", "log_snr"]:
+        errors = {
+            name: float(np.abs(sampler.run(noise, 10, sampler=name, spacing=spacing)
+                               - reference).mean())
+            for name in ["ddim", "dpmpp_2m"]
+        }  # fmt: skip
+        print(spacing, errors)  # measured: 0.053 / 0.044 uniform, 0.061 / 0.047 log-SNR
+        assert errors["dpmpp_2m"] < 0.9 * errors["ddim"], spacing
+
+
+@tensorflow_only("a measured property of the model that TensorFlow trains from this seed "
+                 "(another backend draws other initial weights and training noise)")
 def test_second_order_sampler_is_closer_to_the_ode_solution(model):
     """DDIM (eta 0) and DPM-Solver++(2M) solve the same ODE; with the same few
     steps the second-order solver lands closer to a 200-step solution."""

@@ -140,7 +140,7 @@ def main(argv=None):
         # Before anything loads: another writer, or a run that would be overwritten.
         claim_run_directory(config.output, args.resume, args.overwrite)
     # From here on TensorFlow loads (quietly: its C++ start-up lines go to /dev/null).
-    import_tensorflow()
+    import_tensorflow(needed=True)  # the input pipeline is tf.data on every backend
     from diffusion_keras.training.run import train
 
     check_settings(config)

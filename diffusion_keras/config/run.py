@@ -126,10 +126,12 @@ class QualityConfig:
 class DistributeConfig:
     TITLE: ClassVar[str] = "distribution"
 
-    strategy: str = setting("auto", "tf.distribute strategy (auto: mirrored when more than one "
-                            "GPU)", choices=choices.STRATEGIES, resumable=True)  # fmt: skip
-    cpu_replicas: int = setting(1, "split the CPU into N logical devices, to try multi-device "
-                                "training", type=types.positive_int, resumable=True)  # fmt: skip
+    strategy: str = setting("auto", "tf.distribute strategy, or on JAX keras.distribution "
+                            "(auto: mirrored when more than one device; PyTorch: one device)",
+                            choices=choices.STRATEGIES, resumable=True)  # fmt: skip
+    cpu_replicas: int = setting(1, "split the CPU into N logical devices (JAX: N host "
+                                "devices), to try multi-device training",
+                                type=types.positive_int, resumable=True)  # fmt: skip
 
 
 @dataclasses.dataclass

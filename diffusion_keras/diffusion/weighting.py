@@ -36,7 +36,6 @@ References:
 import math
 
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from diffusion_keras.config.choices import LOSS_WEIGHTINGS as WEIGHTINGS
@@ -97,15 +96,17 @@ def time_sampler(name, schedule, log_snr_mean=LOG_SNR_MEAN, log_snr_std=LOG_SNR_
         raise ValueError("log_normal time sampling: no probability on the schedule's range")
     cdf = cdf / cdf[-1]
     cdf = np.maximum.accumulate(cdf + np.linspace(0.0, 1e-9, grid))  # strictly rising
-    cdf = tf.constant(cdf / cdf[-1], tf.float32)
-    times = tf.constant(times, tf.float32)
+    cdf = (cdf / cdf[-1]).astype(np.float32)
+    times = times.astype(np.float32)
 
     def sample(draws):
-        flat = tf.reshape(tf.cast(draws, tf.float32), [-1])
-        index = tf.clip_by_value(tf.searchsorted(cdf, flat, side="right") - 1, 0, grid - 2)
-        low, high = tf.gather(cdf, index), tf.gather(cdf, index + 1)
-        fraction = tf.clip_by_value((flat - low) / tf.maximum(high - low, 1e-12), 0.0, 1.0)
-        sampled = tf.gather(times, index) + fraction * (1.0 / (grid - 1))
-        return tf.reshape(sampled, tf.shape(draws))
+        table, grid_times = ops.convert_to_tensor(cdf), ops.convert_to_tensor(times)
+        flat = ops.reshape(ops.cast(draws, "float32"), (-1,))
+        index = ops.searchsorted(table, flat, side="right")
+        index = ops.clip(ops.cast(index, "int32") - 1, 0, grid - 2)
+        low, high = ops.take(table, index), ops.take(table, index + 1)
+        fraction = ops.clip((flat - low) / ops.maximum(high - low, 1e-12), 0.0, 1.0)
+        sampled = ops.take(grid_times, index) + fraction * (1.0 / (grid - 1))
+        return ops.reshape(sampled, ops.shape(draws))
 
     return sample

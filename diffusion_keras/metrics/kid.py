@@ -15,7 +15,6 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers, ops
 
 from diffusion_keras.config.choices import KID_FEATURES as FEATURES
@@ -164,14 +163,19 @@ def kid_from_features(real_features, generated_features):
     References:
     - [Binkowski et al., 2018](https://arxiv.org/abs/1801.01401)
     """
-    x = tf.convert_to_tensor(real_features, tf.float64)
-    y = tf.convert_to_tensor(generated_features, tf.float64)
-    m = tf.cast(tf.shape(x)[0], tf.float64)
-    n = tf.cast(tf.shape(y)[0], tf.float64)
-    kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
-    within_x = (tf.reduce_sum(kxx) - tf.linalg.trace(kxx)) / (m * (m - 1.0))
-    within_y = (tf.reduce_sum(kyy) - tf.linalg.trace(kyy)) / (n * (n - 1.0))
-    return within_x + within_y - 2.0 * tf.reduce_mean(kxy)
+    # In float64 numpy, on the host: the same on every Keras backend.
+    x = np.asarray(ops.convert_to_numpy(real_features), np.float64)
+    y = np.asarray(ops.convert_to_numpy(generated_features), np.float64)
+    m, n = float(len(x)), float(len(y))
+    kxx, kyy, kxy = _cubic_kernel(x, x), _cubic_kernel(y, y), _cubic_kernel(x, y)
+    within_x = (kxx.sum() - np.trace(kxx)) / (m * (m - 1.0))
+    within_y = (kyy.sum() - np.trace(kyy)) / (n * (n - 1.0))
+    return within_x + within_y - 2.0 * kxy.mean()
+
+
+def _cubic_kernel(a, b):
+    # `polynomial_kernel` in numpy.
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
 
 
 def frechet_distance(mean_a, covariance_a, mean_b, covariance_b):
@@ -184,15 +188,19 @@ def frechet_distance(mean_a, covariance_a, mean_b, covariance_b):
     References:
     - [Heusel et al., 2017](https://arxiv.org/abs/1706.08500)
     """
-    values, vectors = tf.linalg.eigh(covariance_a)
-    root_a = (vectors * tf.sqrt(tf.maximum(values, 0.0))[None, :]) @ tf.transpose(vectors)
+    mean_a, covariance_a, mean_b, covariance_b = (
+        np.asarray(ops.convert_to_numpy(x), np.float64)
+        for x in (mean_a, covariance_a, mean_b, covariance_b)
+    )
+    values, vectors = np.linalg.eigh(covariance_a)
+    root_a = (vectors * np.sqrt(np.maximum(values, 0.0))[None, :]) @ vectors.T
     middle = root_a @ covariance_b @ root_a
-    middle = (middle + tf.transpose(middle)) / 2.0
-    trace_root = tf.reduce_sum(tf.sqrt(tf.maximum(tf.linalg.eigvalsh(middle), 0.0)))
+    middle = (middle + middle.T) / 2.0
+    trace_root = np.sqrt(np.maximum(np.linalg.eigvalsh(middle), 0.0)).sum()
     return (
-        tf.reduce_sum((mean_a - mean_b) ** 2)
-        + tf.linalg.trace(covariance_a)
-        + tf.linalg.trace(covariance_b)
+        ((mean_a - mean_b) ** 2).sum()
+        + np.trace(covariance_a)
+        + np.trace(covariance_b)
         - 2.0 * trace_root
     )
 
@@ -205,6 +213,10 @@ class KernelInceptionDistance(keras.metrics.Metric):
     calls of the unbiased MMD**2 of each call's two sets (the paper averages
     over subsets in the same way). Lower is better; 0 for one distribution.
 
+    The running sums are float64 numpy on the host, not Keras variables: the
+    same on every backend (JAX's arrays are 32-bit unless x64 is on), and
+    the features are taken outside any compiled step anyway.
+
     Args:
         extractor: a `FeatureExtractor` (or a callable of the same kind).
     """
@@ -212,53 +224,50 @@ class KernelInceptionDistance(keras.metrics.Metric):
     def __init__(self, extractor, name="kid", **kwargs):
         super().__init__(name=name, **kwargs)
         self.extractor = extractor
-        self.total = self.add_variable(shape=(), initializer="zeros", dtype="float64", name="t")
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype="float64", name="c")
+        self.reset_state()
 
     def update_state(self, real_images, generated_images, sample_weight=None):
         real, _ = self.extractor(real_images)
         generated, _ = self.extractor(generated_images)
-        self.total.assign_add(kid_from_features(real, generated))
-        self.count.assign_add(1.0)
+        self.total += kid_from_features(real, generated)
+        self.count += 1.0
 
     def result(self):
-        return self.total / tf.maximum(self.count, 1.0)
+        return self.total / max(self.count, 1.0)
 
     def reset_state(self):
-        self.total.assign(0.0)
-        self.count.assign(0.0)
+        self.total, self.count = 0.0, 0.0
 
 
 class _FeatureMoments:
     """Running sums of features and of their outer products, in float64."""
 
-    def __init__(self, metric, prefix, dims):
+    def __init__(self, dims):
         self.dims = dims
-        self.sum = metric.add_variable((dims,), "zeros", "float64", name=f"{prefix}_sum")
-        self.outer = metric.add_variable((dims, dims), "zeros", "float64", name=f"{prefix}_outer")
-        self.count = metric.add_variable((), "zeros", "float64", name=f"{prefix}_count")
+        self.reset()
 
     def add(self, features):
-        features = tf.convert_to_tensor(features, tf.float64)
-        self.sum.assign_add(tf.reduce_sum(features, axis=0))
-        self.outer.assign_add(tf.transpose(features) @ features)
-        self.count.assign_add(tf.cast(tf.shape(features)[0], tf.float64))
+        features = np.asarray(ops.convert_to_numpy(features), np.float64)
+        self.sum += features.sum(axis=0)
+        self.outer += features.T @ features
+        self.count += len(features)
 
     def mean_and_covariance(self):
-        n = self.count
+        n = float(self.count)
         mean = self.sum / n
         covariance = (self.outer - n * mean[:, None] * mean[None, :]) / (n - 1.0)
         return mean, covariance
 
     def reset(self):
-        for variable in (self.sum, self.outer, self.count):
-            variable.assign(tf.zeros_like(variable))
+        self.sum = np.zeros(self.dims)
+        self.outer = np.zeros((self.dims, self.dims))
+        self.count = 0
 
 
 class FrechetInceptionDistance(keras.metrics.Metric):
     """FID between all real and all generated images seen: the Fréchet
     distance between Gaussians fitted to their features (sample covariance,
-    n - 1). Lower is better.
+    n - 1), with float64 sums on the host. Lower is better.
 
     Args:
         extractor: a `FeatureExtractor`.
@@ -268,8 +277,8 @@ class FrechetInceptionDistance(keras.metrics.Metric):
     def __init__(self, extractor, dims, name="fid", **kwargs):
         super().__init__(name=name, **kwargs)
         self.extractor = extractor
-        self.real = _FeatureMoments(self, "real", dims)
-        self.generated = _FeatureMoments(self, "generated", dims)
+        self.real = _FeatureMoments(dims)
+        self.generated = _FeatureMoments(dims)
 
     def update_state(self, real_images, generated_images, sample_weight=None):
         self.real.add(self.extractor(real_images)[0])
@@ -287,8 +296,9 @@ class FrechetInceptionDistance(keras.metrics.Metric):
 
 class InceptionScore(keras.metrics.Metric):
     """IS of the generated images seen: exp(E_x KL(p(y|x) || p(y))), over all
-    of them as one split. Needs an extractor with class probabilities
-    (Inception); higher is better, at most the number of classes.
+    of them as one split, with float64 sums on the host. Needs an extractor
+    with class probabilities (Inception); higher is better, at most the
+    number of classes.
 
     References:
     - [Salimans et al., 2016](https://arxiv.org/abs/1606.03498)
@@ -297,9 +307,8 @@ class InceptionScore(keras.metrics.Metric):
     def __init__(self, extractor, classes=1000, name="is", **kwargs):
         super().__init__(name=name, **kwargs)
         self.extractor = extractor
-        self.probability_sum = self.add_variable((classes,), "zeros", "float64", name="p_sum")
-        self.negative_entropy_sum = self.add_variable((), "zeros", "float64", name="h_sum")
-        self.count = self.add_variable((), "zeros", "float64", name="count")
+        self.classes = classes
+        self.reset_state()
 
     def update_state(self, generated_images, sample_weight=None):
         _, probabilities = self.extractor(generated_images)
@@ -308,22 +317,22 @@ class InceptionScore(keras.metrics.Metric):
                 f"the {getattr(self.extractor, 'name', '')} features have no class "
                 "probabilities; the Inception Score needs Inception"
             )
-        p = tf.convert_to_tensor(probabilities, tf.float64)
-        self.probability_sum.assign_add(tf.reduce_sum(p, axis=0))
-        self.negative_entropy_sum.assign_add(tf.reduce_sum(p * tf.math.log(p + 1e-16)))
-        self.count.assign_add(tf.cast(tf.shape(p)[0], tf.float64))
+        p = np.asarray(ops.convert_to_numpy(probabilities), np.float64)
+        self.probability_sum += p.sum(axis=0)
+        self.negative_entropy_sum += float((p * np.log(p + 1e-16)).sum())
+        self.count += len(p)
 
     def result(self):
         # E_x KL = E_x[sum p log p] - sum p_mean log p_mean.
         marginal = self.probability_sum / self.count
-        mean_kl = self.negative_entropy_sum / self.count - tf.reduce_sum(
-            marginal * tf.math.log(marginal + 1e-16)
-        )
-        return tf.exp(mean_kl)
+        mean_kl = self.negative_entropy_sum / self.count - (
+            marginal * np.log(marginal + 1e-16)
+        ).sum()
+        return np.exp(mean_kl)
 
     def reset_state(self):
-        for variable in (self.probability_sum, self.negative_entropy_sum, self.count):
-            variable.assign(tf.zeros_like(variable))
+        self.probability_sum = np.zeros(self.classes)
+        self.negative_entropy_sum, self.count = 0.0, 0
 
 
 def measure_kid(model, real_images, extractor, diffusion_steps=5, seed=0, subset=100, **kwargs):

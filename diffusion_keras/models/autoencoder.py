@@ -9,8 +9,9 @@ of training and sampling costs what a 32x32 image costs. This is the LDM
 term toward N(0, 1) keeps the latent space smooth without a codebook.
 
 The losses need no downloaded weights (LDM's LPIPS does): pixel L1, SSIM
-(`tf.image.ssim`), the KL term, and optionally a patch discriminator (Isola et
-al. 2017) with hinge losses, switched on after `discriminator_start` steps.
+(`utils.similarity.structural_similarity`), the KL term, and optionally a
+patch discriminator (Isola et al. 2017, TensorFlow only) with hinge losses,
+switched on after `discriminator_start` steps.
 
 Latents handed to the diffusion model are `means * latent_scale`, where
 `latent_scale` is measured on the training data (`measure_latent_scale`) so
@@ -31,10 +32,11 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers, ops
 
-from diffusion_keras.utils.pixels import images_of, pixels_in_unit_range
+from diffusion_keras.utils import backend
+from diffusion_keras.utils.pixels import images_of, is_tf_dataset, pixels_in_unit_range
+from diffusion_keras.utils.similarity import peak_signal_to_noise, structural_similarity
 
 FACTORS = (4, 8)
 LOG_VARIANCE_RANGE = (-30.0, 20.0)
@@ -200,7 +202,8 @@ class Autoencoder(keras.Model):
             shape=(), initializer="ones", trainable=False, name="latent_scale"
         )
         self.train_steps = self.add_weight(
-            shape=(), initializer="zeros", dtype="int64", trainable=False, name="train_steps"
+            shape=(), initializer="zeros", dtype=backend.counter_dtype(), trainable=False,
+            name="train_steps"
         )
         self.seed_generator = keras.random.SeedGenerator(seed)
         names = ["loss", "l1", "ssim", "kl", "psnr"]
@@ -269,11 +272,11 @@ class Autoencoder(keras.Model):
         total, total_squares, count = 0.0, 0.0, 0
         batches = (
             images
-            if isinstance(images, tf.data.Dataset)
+            if is_tf_dataset(images)
             else (images[i : i + batch_size] for i in range(0, len(images), batch_size))
         )
         for batch in batches:
-            means = np.asarray(self.moments(images_of(batch))[0], np.float64)
+            means = ops.convert_to_numpy(self.moments(images_of(batch))[0]).astype(np.float64)
             total += means.sum()
             total_squares += np.square(means).sum()
             count += means.size
@@ -291,51 +294,72 @@ class Autoencoder(keras.Model):
         targets = 2.0 * images - 1.0
         l1 = ops.mean(ops.abs(reconstructions - targets))
         pixels = ops.clip((reconstructions + 1.0) / 2.0, 0.0, 1.0)
-        ssim = ops.mean(tf.image.ssim(pixels, images, max_val=1.0, filter_size=7))
-        psnr = ops.mean(tf.image.psnr(pixels, images, max_val=1.0))
+        ssim = ops.mean(structural_similarity(pixels, images, filter_size=7))
+        psnr = ops.mean(peak_signal_to_noise(pixels, images))
         return l1, ssim, psnr
 
     def _reconstruction_loss(self, l1, ssim, kl):
         return l1 + self.ssim_weight * (1.0 - ssim) + self.kl_weight * kl
 
-    def train_step(self, data):
-        images = pixels_in_unit_range(images_of(data))
-        adversarial = self.discriminator is not None
-        started = ops.cast(self.train_steps >= self.discriminator_start, "float32")
-        with tf.GradientTape() as tape:
-            # 1. Decode a sample of the posterior (the reparameterisation
-            # trick), so that the decoder learns to tolerate the spread the KL
-            # term asks for.
-            means, log_variances = self.moments(images)
-            noise = keras.random.normal(ops.shape(means), seed=self.seed_generator)
-            latents = means + ops.exp(0.5 * log_variances) * noise
-            reconstructions = ops.cast(self.decoder(latents), "float32")
-            l1, ssim, psnr = self._reconstruction_terms(images, reconstructions)
-            kl = ops.mean(kl_divergences(means, log_variances))
-            loss = self._reconstruction_loss(l1, ssim, kl)
-            if adversarial:
-                # 2. The generator's hinge loss: make the patches look real.
-                fake_logits = ops.cast(self.discriminator(reconstructions), "float32")
-                loss = loss - started * self.discriminator_weight * ops.mean(fake_logits)
-            scaled_loss = self.optimizer.scale_loss(loss)
+    def train_step(self, *args):
+        # `(data)`, or under JAX `(state, data)` (`utils.backend.train_step`).
+        if self.discriminator is not None:
+            backend.require_tensorflow("an autoencoder with a patch discriminator")
+            return self._adversarial_train_step(*args)
         weights = self.encoder.trainable_weights + self.decoder.trainable_weights
-        self.optimizer.apply(tape.gradient(scaled_loss, weights), weights)
-        values = dict(loss=loss, l1=l1, ssim=ssim, kl=kl, psnr=psnr)
-        if adversarial:
-            # 3. The discriminator's hinge loss on real images and on the
-            # (fixed) reconstructions; no update before the start step.
-            with tf.GradientTape() as tape:
-                real = ops.cast(self.discriminator(2.0 * images - 1.0), "float32")
-                fake = ops.cast(self.discriminator(ops.stop_gradient(reconstructions)), "float32")
-                d_loss = ops.mean(ops.relu(1.0 - real)) + ops.mean(ops.relu(1.0 + fake))
-            d_weights = self.discriminator.trainable_weights
-            gradients = [started * g for g in tape.gradient(d_loss, d_weights)]
-            self.discriminator_optimizer.apply(gradients, d_weights)
-            values["discriminator_loss"] = d_loss
+        return backend.train_step(self, args, self._forward, self._finish, weights)
+
+    def _forward(self, data):
+        images = pixels_in_unit_range(images_of(data))
+        # 1. Decode a sample of the posterior (the reparameterisation
+        # trick), so that the decoder learns to tolerate the spread the KL
+        # term asks for.
+        means, log_variances = self.moments(images)
+        noise = keras.random.normal(ops.shape(means), seed=self.seed_generator)
+        latents = means + ops.exp(0.5 * log_variances) * noise
+        reconstructions = ops.cast(self.decoder(latents), "float32")
+        self._last_reconstructions = reconstructions  # the adversarial step's
+        l1, ssim, psnr = self._reconstruction_terms(images, reconstructions)
+        kl = ops.mean(kl_divergences(means, log_variances))
+        loss = self._reconstruction_loss(l1, ssim, kl)
+        return loss, dict(loss=loss, l1=l1, ssim=ssim, kl=kl, psnr=psnr)
+
+    def _finish(self, data, loss, values):
         self.train_steps.assign_add(1)
         return self._update(values)
 
-    def test_step(self, data):
+    def _adversarial_train_step(self, data):
+        import tensorflow as tf
+
+        images = pixels_in_unit_range(images_of(data))
+        started = ops.cast(self.train_steps >= self.discriminator_start, "float32")
+        with tf.GradientTape() as tape:
+            loss, values = self._forward(data)
+            # 2. The generator's hinge loss: make the patches look real.
+            reconstructions = self._last_reconstructions
+            fake_logits = ops.cast(self.discriminator(reconstructions), "float32")
+            loss = loss - started * self.discriminator_weight * ops.mean(fake_logits)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        weights = self.encoder.trainable_weights + self.decoder.trainable_weights
+        self.optimizer.apply(tape.gradient(scaled_loss, weights), weights)
+        values["loss"] = loss
+        # 3. The discriminator's hinge loss on real images and on the
+        # (fixed) reconstructions; no update before the start step.
+        with tf.GradientTape() as tape:
+            real = ops.cast(self.discriminator(2.0 * images - 1.0), "float32")
+            fake = ops.cast(self.discriminator(ops.stop_gradient(reconstructions)), "float32")
+            d_loss = ops.mean(ops.relu(1.0 - real)) + ops.mean(ops.relu(1.0 + fake))
+        d_weights = self.discriminator.trainable_weights
+        gradients = [started * g for g in tape.gradient(d_loss, d_weights)]
+        self.discriminator_optimizer.apply(gradients, d_weights)
+        values["discriminator_loss"] = d_loss
+        self.train_steps.assign_add(1)
+        return self._update(values)
+
+    def test_step(self, *args):
+        return backend.test_step(self, args, self._evaluate)
+
+    def _evaluate(self, data):
         images = pixels_in_unit_range(images_of(data))
         means, log_variances = self.moments(images)
         reconstructions = ops.cast(self.decoder(means), "float32")

@@ -2,7 +2,6 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers, ops
 
 from diffusion_keras.diffusion.schedules import get_schedule, validate_schedule
@@ -13,6 +12,7 @@ from diffusion_keras.nn.layers import (
     validate_batch_norm,
 )
 from diffusion_keras.sampling.guidance import find_class
+from diffusion_keras.utils import backend
 from diffusion_keras.utils.pixels import pixels_in_unit_range
 
 CLASSIFIER_WIDTHS = (32, 64, 96)
@@ -114,7 +114,8 @@ class NoiseClassifier(keras.Model):
             self.embedding_dims, self.seed, batch_norm=batch_norm,
         )  # fmt: skip
         self.train_steps = self.add_weight(
-            shape=(), dtype="int64", initializer="zeros", trainable=False, name="train_steps"
+            shape=(), dtype=backend.counter_dtype(), initializer="zeros", trainable=False,
+            name="train_steps"
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
@@ -208,16 +209,16 @@ class NoiseClassifier(keras.Model):
 
     def log_probability_gradients(self, noisy_images, noise_rates, class_labels):
         """grad_x log p(y | x_t) for each image (normalised space)."""
-        with tf.GradientTape() as tape:
-            tape.watch(noisy_images)
-            logits = self([noisy_images, noise_rates], training=False)
-            log_probabilities = tf.nn.log_softmax(ops.cast(logits, "float32"))
-            # Images are independent (batch norm in inference mode), so the
-            # gradient of the sum is each image's own gradient.
-            total = ops.sum(
-                tf.gather(log_probabilities, ops.cast(class_labels, "int32"), batch_dims=1)
-            )
-        return tape.gradient(total, noisy_images)
+        labels = ops.cast(ops.reshape(class_labels, (-1, 1)), "int32")
+
+        def log_probabilities(images):
+            logits = self([images, noise_rates], training=False)
+            log_probabilities = ops.log_softmax(ops.cast(logits, "float32"))
+            return ops.take_along_axis(log_probabilities, labels, axis=1)
+
+        # Images are independent (batch norm in inference mode), so the
+        # gradient of the sum is each image's own gradient.
+        return backend.input_gradients(log_probabilities, noisy_images)
 
     def classify(self, images, diffusion_times=0.0):
         """Class probabilities of clean images in [0, 1] (numpy), seen at
@@ -228,29 +229,31 @@ class NoiseClassifier(keras.Model):
         logits = self([signal_rates * images, noise_rates], training=False)
         return ops.convert_to_numpy(ops.softmax(logits))
 
-    def train_step(self, data):
-        images, labels = data[0], ops.cast(ops.reshape(data[1], (-1,)), "int32")
-        images = self.normalize(images)
+    def train_step(self, *args):
+        # `(data)`, or under JAX `(state, data)` (`utils.backend.train_step`).
+        return backend.train_step(
+            self, args, self._forward, self._finish, self.network.trainable_weights
+        )
+
+    def _labels(self, data):
+        return ops.cast(ops.reshape(data[1], (-1,)), "int32")
+
+    def _forward(self, data):
+        images, labels = self.normalize(data[0]), self._labels(data)
         batch = ops.shape(images)[0]
-        seed = tf.stack(
-            [tf.constant(self.seed, "int64") * 4 + 3, tf.cast(self.train_steps, "int64")]
-        )
-        noises = tf.random.stateless_normal(ops.shape(images), seed=seed)
-        times = tf.random.stateless_uniform(
-            (batch, 1, 1, 1), seed=tf.stack([seed[0], seed[1] + (1 << 40)])
-        )
+        seed = backend.step_seed(self.seed, 3, self.train_steps)
+        noises = backend.stateless_normal(ops.shape(images), seed)
+        times = backend.stateless_uniform((batch, 1, 1, 1), backend.substream(seed, 1))
         noise_rates, signal_rates = self.diffusion_schedule(times)
         noisy_images = signal_rates * images + noise_rates * noises
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            logits = ops.cast(self([noisy_images, noise_rates], training=True), "float32")
-            loss = ops.mean(
-                keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-            )
-            scaled_loss = self.optimizer.scale_loss(loss / replicas)
-        weights = self.network.trainable_weights
-        self.optimizer.apply(tape.gradient(scaled_loss, weights), weights)
+        logits = ops.cast(self([noisy_images, noise_rates], training=True), "float32")
+        loss = ops.mean(
+            keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        )
+        return loss, logits
+
+    def _finish(self, data, loss, logits):
         self.train_steps.assign_add(1)
         self.loss_tracker.update_state(loss)
-        self.accuracy_tracker.update_state(labels, logits)
+        self.accuracy_tracker.update_state(self._labels(data), logits)
         return {m.name: m.result() for m in self.metrics}

@@ -18,7 +18,6 @@ import functools
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers, ops
 
 from diffusion_keras.config import fields
@@ -42,6 +41,7 @@ from diffusion_keras.models.steps import TrainingStep
 from diffusion_keras.nn.layers import validate_batch_norm
 from diffusion_keras.nn.unet import build_unet, validate_unet_args
 from diffusion_keras.sampling import guidance
+from diffusion_keras.utils import backend
 from diffusion_keras.utils.precision import validate_precision
 
 # The settings the model keeps as attributes of another name (Keras's `Model`
@@ -198,8 +198,8 @@ class DiffusionModel(keras.Model):
 
         # Counters saved with the model: training steps taken (drives the EMA
         # warm-up and the training noise), and evaluation batches seen.
-        self.train_steps = self._counter("train_steps", "int64")
-        self.eval_steps = self._counter("eval_steps", "int64")
+        self.train_steps = self._counter("train_steps", backend.counter_dtype())
+        self.eval_steps = self._counter("eval_steps", backend.counter_dtype())
         self.normalizer_adapted = self._counter("normalizer_adapted", "int32")
         self.noise_loss_tracker = keras.metrics.Mean(name="n_loss")
         self.image_loss_tracker = keras.metrics.Mean(name="i_loss")
@@ -268,6 +268,13 @@ class DiffusionModel(keras.Model):
         if self.prediction == "velocity":
             trackers.append(self.velocity_loss_tracker)
         return trackers
+
+    @property
+    def metrics_variables(self):
+        # The last step's loss too: JAX's `fit` keeps only the state it is
+        # handed, and the per-step log reads it.
+        variables = [v for metric in self.metrics for v in metric.variables]
+        return variables + list(self.step_loss_tracker.variables)
 
     # -- the diffusion model -------------------------------------------------
 
@@ -352,11 +359,12 @@ class DiffusionModel(keras.Model):
         `diffusion_keras.sampling.guidance.guided_denoise`): what samplers call."""
         return guidance.guided_denoise(self, noisy_images, noise_rates, signal_rates, guide)
 
-    def train_step(self, data):
-        return self.steps.train_step(data)
+    # Keras calls these with `(data)`, or under JAX with `(state, data)`.
+    def train_step(self, *args):
+        return self.steps.train_step(*args)
 
-    def test_step(self, data):
-        return self.steps.test_step(data)
+    def test_step(self, *args):
+        return self.steps.test_step(*args)
 
     def training_loss(self, targets, outputs, noise_rates, signal_rates):
         """See `TrainingStep.training_loss`."""
@@ -449,9 +457,16 @@ def _unet_args(model):
         context_shape=None if model.text_encoder is None else model.text_encoder.context_shape,
         # Built inside a multi-replica strategy's scope: batch statistics
         # over the global batch, as on one device.
-        synchronized_batch_norm=tf.distribute.has_strategy()
-        and tf.distribute.get_strategy().num_replicas_in_sync > 1,
+        synchronized_batch_norm=_in_multi_replica_strategy(),
     )
+
+
+def _in_multi_replica_strategy():
+    if backend.name() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1
 
 
 def _space_shape(image_size, channels, autoencoder, text_encoder, num_classes, attention_levels):

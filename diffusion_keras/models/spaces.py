@@ -9,10 +9,15 @@ they are saved where files have always kept them), handed to it.
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
-from diffusion_keras.utils.pixels import images_of, pixels_in_unit_range, warn_about_pixel_range
+from diffusion_keras.utils.pixels import (
+    images_of,
+    is_tf_dataset,
+    pixels_in_unit_range,
+    tf_pixels_in_unit_range,
+    warn_about_pixel_range,
+)
 
 
 class Space:
@@ -44,14 +49,14 @@ class Space:
                 way). Labels in `(image, label)` elements and tfds-style
                 `{"image": ..., "label": ...}` dicts are ignored.
         """
-        if isinstance(dataset, tf.data.Dataset):
+        if is_tf_dataset(dataset):
             images = dataset.map(lambda *e: images_of(e if len(e) > 1 else e[0]))
             first = next(iter(images.take(1)), None)
             if first is None:
                 raise ValueError("adapt got an empty dataset")
             if self.autoencoder is None:
                 warn_about_pixel_range(first)
-                dataset = images.map(pixels_in_unit_range)
+                dataset = images.map(tf_pixels_in_unit_range)
             else:
                 if not self._are_latents(first):
                     warn_about_pixel_range(first)
@@ -81,6 +86,7 @@ class Space:
 
     def denormalize(self, images):
         mean, std = self._mean_and_std()
+        images = ops.convert_to_tensor(images, "float32")
         if self.autoencoder is not None:
             return mean + images * std  # latents have no range to clip to
         return ops.clip(mean + images * std, 0.0, 1.0)

@@ -9,10 +9,10 @@ given (its networks, space, schedule, time sampler, loss settings, EMA and
 trackers), which holds all the state.
 """
 
-import tensorflow as tf
 from keras import ops
 
 from diffusion_keras.diffusion.weighting import loss_weights
+from diffusion_keras.utils import backend
 from diffusion_keras.utils.pixels import images_of
 
 
@@ -31,6 +31,12 @@ def global_draw(draw, local_batch, tail_shape, seed):
     replica's slice: under a distribution strategy each replica holds a
     slice of the global batch, and every image gets the draw it would get
     on one device."""
+    if backend.name() != "tensorflow":
+        # JAX's data parallelism hands the step the global batch (sharded);
+        # PyTorch trains on one device.
+        return draw((local_batch, *tail_shape), seed)
+    import tensorflow as tf
+
     replica = tf.distribute.get_replica_context()
     replicas = 1 if replica is None else replica.num_replicas_in_sync
     replica_id = 0 if replica is None else replica.replica_id_in_sync_group
@@ -39,9 +45,7 @@ def global_draw(draw, local_batch, tail_shape, seed):
     return draw(shape, seed)[start : start + local_batch]
 
 
-def substream(seed, index):
-    """Stateless seed `index` of the stream `seed`."""
-    return tf.stack([seed[0], seed[1] + index * (1 << 40)])
+substream = backend.substream
 
 
 class TrainingStep:
@@ -54,9 +58,9 @@ class TrainingStep:
         """Draws noises and diffusion times for a batch and mixes them in."""
         images = self.model.space.normalize(self.model.space.to_space(images_of(images)))
         local_batch = ops.shape(images)[0]
-        noises = global_draw(tf.random.stateless_normal, local_batch, ops.shape(images)[1:], seed)
+        noises = global_draw(backend.stateless_normal, local_batch, ops.shape(images)[1:], seed)
         diffusion_times = self.model.time_sampler(
-            global_draw(tf.random.stateless_uniform, local_batch, [1, 1, 1], substream(seed, 1))
+            global_draw(backend.stateless_uniform, local_batch, [1, 1, 1], substream(seed, 1))
         )
         noise_rates, signal_rates = self.model.diffusion_schedule(diffusion_times)
         noisy_images = signal_rates * images + noise_rates * noises
@@ -72,7 +76,7 @@ class TrainingStep:
             what = "(images, labels)" if self.model.num_classes else "(images, caption tokens)"
             raise ValueError(f"this model is conditional; train it on {what} batches")
         labels = ops.cast(ops.reshape(labels, (-1,) + self.model.label_shape), "int32")
-        draws = global_draw(tf.random.stateless_uniform, local_batch, [], substream(seed, 2))
+        draws = global_draw(backend.stateless_uniform, local_batch, [], substream(seed, 2))
         dropped = ops.reshape(
             draws < self.model.label_dropout, (-1,) + (1,) * len(self.model.label_shape)
         )
@@ -82,9 +86,7 @@ class TrainingStep:
         # A stateless seed from (model seed, stream, counter): the same model,
         # seed and step always draw the same noise, so a resumed run repeats an
         # uninterrupted one.
-        return tf.stack(
-            [tf.constant(self.model.seed, "int64") * 4 + stream, tf.cast(counter, "int64")]
-        )
+        return backend.step_seed(self.model.seed, stream, counter)
 
     def _track(self, images, noises, pred_noises, pred_images, targets, outputs):
         self.model.noise_loss_tracker.update_state(self.model.loss_fn(noises, pred_noises))
@@ -109,30 +111,28 @@ class TrainingStep:
         )
         return ops.mean(weights * ops.mean(errors, axis=(1, 2, 3), keepdims=True))
 
-    def train_step(self, data):
+    def train_step(self, *args):
+        """One optimizer step; `args` are what Keras passes to `train_step` on
+        this backend (`utils.backend.train_step`)."""
+        return backend.train_step(self.model, args, self._forward, self._finish)
+
+    def _forward(self, data):
         seed = self._step_seed(self.model.train_steps, stream=0)
         images, noises, noisy_images, noise_rates, signal_rates = self._noisy_batch(data, seed)
         class_labels = self._training_labels(data, seed, ops.shape(images)[0])
         targets = self.model.prediction_targets(images, noises, noise_rates, signal_rates)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            # 1. Train the network to predict the noise (or the image, or the
-            #    velocity) in the noisy images.
-            outputs = self.model.network_outputs(
-                noisy_images, noise_rates, class_labels, training=True
-            )
-            loss = self.training_loss(targets, outputs, noise_rates, signal_rates)
-            # 2. The optimizer sums gradients over replicas, so each replica's
-            #    loss is divided by their number: N replicas with global batch B
-            #    take the same step as one device with batch B. `scale_loss`
-            #    applies loss scaling under mixed_float16.
-            scaled_loss = self.model.optimizer.scale_loss(loss / replicas)
-        # The U-Net's weights, and a jointly trained text encoder's (frozen
-        # sub-models have none), in the order a loaded model builds its
-        # optimizer in.
-        weights = self.model.trainable_weights
-        self.model.optimizer.apply(tape.gradient(scaled_loss, weights), weights)
-        # 3. The EMA network follows the trained one, BatchNorm statistics too.
+        # 1. Train the network to predict the noise (or the image, or the
+        #    velocity) in the noisy images. The optimizer takes the gradient
+        #    of this loss with respect to the U-Net's weights (and a jointly
+        #    trained text encoder's; frozen sub-models have none), in the
+        #    order a loaded model builds its optimizer in.
+        outputs = self.model.network_outputs(noisy_images, noise_rates, class_labels, training=True)
+        loss = self.training_loss(targets, outputs, noise_rates, signal_rates)
+        return loss, (images, noises, noisy_images, noise_rates, signal_rates, targets, outputs)
+
+    def _finish(self, data, loss, aux):
+        images, noises, noisy_images, noise_rates, signal_rates, targets, outputs = aux
+        # 2. The EMA network follows the trained one, BatchNorm statistics too.
         self.model.ema_updater.update()
         self.model.train_steps.assign_add(1)
         self.model.step_loss_tracker.reset_state()
@@ -143,7 +143,11 @@ class TrainingStep:
         )
         return self._track(images, noises, pred_noises, pred_images, targets, outputs)
 
-    def test_step(self, data):
+    def test_step(self, *args):
+        """One evaluation step (`utils.backend.test_step`)."""
+        return backend.test_step(self.model, args, self._evaluate)
+
+    def _evaluate(self, data):
         seed = self._step_seed(self.model.eval_steps, stream=1)
         images, noises, noisy_images, noise_rates, signal_rates = self._noisy_batch(data, seed)
         class_labels = None

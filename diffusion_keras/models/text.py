@@ -145,6 +145,10 @@ class TextEncoder(keras.Model):
         self.build((None, self.sequence_length))
 
     def build(self, input_shape):
+        # The tokenizer has no weights; built, so that JAX's and PyTorch's
+        # `fit` find every layer of a model that holds this one built.
+        self.tokenizer.build((None,))
+        self.tokenizer._lookup_layer.built = True
         self.token_embedding.build((None, self.sequence_length))
         shape = (None, self.sequence_length + 1, self.dims)
         for block in self.blocks:

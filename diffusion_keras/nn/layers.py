@@ -9,7 +9,6 @@ in less memory).
 import math
 
 import keras
-import tensorflow as tf
 from keras import layers, ops
 
 from diffusion_keras.config.choices import BATCH_NORMS
@@ -104,6 +103,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
         if training and self.trainable:
             outputs, mean, variance = self.normalize_with_batch_statistics(inputs)
             self.update_moving_statistics(mean, variance)
@@ -117,6 +118,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
         return outputs
 
     def _scale_and_offset(self, inputs):
+        import tensorflow as tf
+
         channels = inputs.shape[-1]
         scale = self.gamma if self.scale else tf.ones((channels,), "float32")
         offset = self.beta if self.center else tf.zeros((channels,), "float32")
@@ -125,7 +128,9 @@ class FusedBatchNormalization(layers.BatchNormalization):
     def normalize_with_batch_statistics(self, inputs):
         """Training-mode normalisation without touching the moving statistics:
         `(outputs, batch mean, biased batch variance)`, for 4D channels-last
-        inputs (see `update_moving_statistics`)."""
+        inputs (see `update_moving_statistics`); TensorFlow only."""
+        import tensorflow as tf
+
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             tf.cast(inputs, self.compute_dtype), *self._scale_and_offset(inputs),
             epsilon=self.epsilon, is_training=True,
@@ -186,8 +191,10 @@ def recompute(function):
 
     `function` takes and returns tensors (a tuple for several); the
     variables it reads get gradients too. For graph mode (`tf.function`),
-    where unused recomputed tensors are pruned.
+    where unused recomputed tensors are pruned. TensorFlow only: on the
+    other backends `ResidualBlock` trains as separate layers would.
     """
+    import tensorflow as tf
 
     @tf.custom_gradient
     def wrapped(*inputs):
@@ -328,6 +335,8 @@ class ResidualBlock(layers.Layer):
         # gradient needs no input shape: nothing then reads the recomputed
         # convolution, and TensorFlow prunes it (a broadcasting add's
         # gradient would read its shape).
+        import tensorflow as tf
+
         dtype = conv.compute_dtype
         outputs = tf.nn.convolution(
             ops.cast(inputs, dtype), ops.cast(conv.kernel, dtype), padding="SAME"

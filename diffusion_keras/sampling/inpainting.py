@@ -5,10 +5,9 @@ edits; `diffusion_keras.editing` chooses the start times, masks and settings.
 """
 
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
-from diffusion_keras.sampling.steps import keyed_noise, sampling_step
+from diffusion_keras.sampling.steps import sampling_step
 
 # Sweeps of `harmonic_fill` per step when inpainting (docs/results/editing.md: 8, 16
 # and 32 left seams alike on the bench model; 0 is DDNM alone).
@@ -33,13 +32,16 @@ def harmonic_fill(values, masks, iterations):
     membrane would take about the region's width squared); 0 sweeps give zero
     there.
     """
+    values, masks = ops.convert_to_tensor(values), ops.convert_to_tensor(masks)
     kept = (1.0 - masks) * values
     counts = _neighbour_sums(ops.ones_like(values[:1]))
 
     def sweep(i, filled):
         return i + 1, kept + masks * _neighbour_sums(filled) / counts
 
-    _, filled = tf.while_loop(lambda i, _: i < iterations, sweep, (tf.constant(0), kept))
+    _, filled = ops.while_loop(
+        lambda i, _: i < iterations, sweep, (ops.convert_to_tensor(0, "int32"), kept)
+    )
     return filled
 
 
@@ -76,7 +78,7 @@ class KeepKnown:
 
 def inpainting_step(
     denoiser, current_images, pred_images, step, diffusion_steps, sampler, eta, step_noises,
-    guide, times, known, mask, keys, resample, harmonize, sample_shape,
+    guide, times, known, mask, renoises, resample, harmonize, sample_shape,
 ):  # fmt: skip
     """One sampling step that keeps the `known` images where `mask` is 0.
 
@@ -84,7 +86,8 @@ def inpainting_step(
     `resample` R > 1 (RePaint's resampling, jumps of one step) the result is
     taken back to this step's time with the forward process, x_t = (a_t /
     a_next) x_next + sqrt(1 - (a_t / a_next)^2) z (a: signal rates; z fresh
-    noise drawn from `keys`, per image, so that batches do not matter), and
+    noise, row `step * resample + repeat` of `renoises`, drawn per image
+    by `steps.resample_noises`), and
     the step is taken again, R times in all. Returns `(next_images,
     pred_images)`.
     """
@@ -101,14 +104,17 @@ def inpainting_step(
             step_noises, guide, times,
         )  # fmt: skip
         ratio = signal_rate / next_signal_rate
-        fresh = keyed_noise(keys, step * resample + repeat, sample_shape)
+        row = ops.minimum(step * resample + repeat, ops.shape(renoises)[0] - 1)
+        fresh = ops.take(renoises, row, axis=0)
         renoised = ratio * next_images + ops.sqrt(ops.maximum(1.0 - ratio**2, 0.0)) * fresh
         return repeat + 1, renoised, next_images, new_pred_images
 
     def more(repeat, *_):
         return repeat < resample
 
-    _, _, next_images, pred_images = tf.while_loop(
-        more, one_pass, (tf.constant(0), current_images, current_images, pred_images)
+    _, _, next_images, pred_images = ops.while_loop(
+        more,
+        one_pass,
+        (ops.convert_to_tensor(0, "int32"), current_images, current_images, pred_images),
     )
     return next_images, pred_images

@@ -8,33 +8,35 @@ steps come from `diffusion_keras.sampling.inpainting`; the edits themselves
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from diffusion_keras.sampling.inpainting import inpainting_step
 from diffusion_keras.sampling.steps import (
-    image_keys,
+    resample_noises,
     sampling_step,
     step_noises,
     visit_times,
 )  # fmt: skip
+from diffusion_keras.utils import backend
 
 # -- the compiled loop -------------------------------------------------------
 
 
 def _edit_specs(spec):
     """The signature of `editing.inpainting_step`'s inputs: known images, masks,
-    noise keys, resample and harmonize."""
-    return [spec["images"], spec["images"], spec["labels"], spec["scalar"], spec["scalar"]]
+    resampling noises, resample and harmonize."""
+    return [spec["images"], spec["images"], spec["noises"], spec["scalar"], spec["scalar"]]
 
 
 class Sampler:
-    """Runs the reverse process of `denoiser` as compiled TensorFlow loops.
+    """Runs the reverse process of `denoiser` as compiled loops.
 
-    One loop is traced per kind of run (sampler, stochastic or not, guidance,
-    classifier, spacing, editing) and reused: a batch dimension of None and the
-    step count, eta, times, labels and scales as tensors mean no retracing for
-    other sizes or settings.
+    One loop is compiled per kind of run (sampler, stochastic or not, guidance,
+    classifier, spacing, editing) and reused (`utils.backend.compile_loop`):
+    on TensorFlow a `tf.function` whose batch dimension is None and whose
+    step count, eta, times, labels and scales are tensors, so other sizes or
+    settings do not retrace it; on JAX the whole loop under `jax.jit` (a
+    `fori_loop`), traced again only for a new batch size; on PyTorch eager.
     """
 
     def __init__(self, denoiser):
@@ -63,8 +65,24 @@ class Sampler:
             self._compiled[key] = (function, classifier)
         return self._compiled[key][0]
 
+    def _variables(self, classifier):
+        # What a compiled loop reads: the denoiser's variables (its networks,
+        # normalizer, text encoder) and a guiding classifier's.
+        def variables():
+            found = list(getattr(self.denoiser, "variables", []))
+            return found + ([] if classifier is None else list(classifier.variables))
+
+        return variables
+
+    def _compile(self, function, signature, classifier):
+        return backend.compile_loop(function, self._variables(classifier), signature)
+
     def _specs(self):
         shape = tuple(self.denoiser.sample_shape)
+        if backend.name() != "tensorflow":
+            return shape, None
+        import tensorflow as tf
+
         return shape, {
             "images": tf.TensorSpec((None,) + shape, "float32"),
             "scalar": tf.TensorSpec((), "int32"),
@@ -88,38 +106,37 @@ class Sampler:
             times = None if spacing == "uniform" else times
             if editing:
                 # Editing always visits explicit times (`editing.edit_times`).
-                known, mask, keys, resample, harmonize = edit
+                known, mask, renoises, resample, harmonize = edit
 
-            # An explicit while loop: one graph node for all steps, with no
-            # AutoGraph source conversion to go wrong.
-            def body(step, current_images, pred_images):
-                step_noise = noises[step] if stochastic else None
+            # One loop node for all steps (`fori_loop`: a `tf.while_loop`, or
+            # JAX's `lax` loop under `jit`), with no AutoGraph source
+            # conversion to go wrong.
+            def body(step, images):
+                current_images, pred_images = images
+                step_noise = ops.take(noises, step, axis=0) if stochastic else None
                 if editing:
-                    return step + 1, *inpainting_step(
+                    return inpainting_step(
                         denoiser, current_images, pred_images, step, diffusion_steps, sampler,
                         eta if stochastic else 0.0, step_noise, guide, times,
-                        known, mask, keys, resample, harmonize, shape,
+                        known, mask, renoises, resample, harmonize, shape,
                     )  # fmt: skip
-                next_images, pred_images = sampling_step(
+                return sampling_step(
                     denoiser, current_images, pred_images, step, diffusion_steps, sampler,
                     eta if stochastic else 0.0, step_noise, guide, times,
                 )  # fmt: skip
-                return step + 1, next_images, pred_images
 
-            _, _, pred_images = tf.while_loop(
-                lambda step, *_: step < diffusion_steps,
-                body,
-                (tf.constant(0), initial, initial),
-            )
+            _, pred_images = ops.fori_loop(0, diffusion_steps, body, (initial, initial))
             return pred_images
 
-        signature = [
-            spec["images"], spec["scalar"], spec["real"], spec["noises"], spec["times"],
-            spec["conditions"], spec["conditions"], spec["real"], spec["real"],
-        ]  # fmt: skip
-        if editing:
-            signature += _edit_specs(spec)
-        return tf.function(loop, input_signature=signature, autograph=False)
+        signature = None
+        if spec is not None:
+            signature = [
+                spec["images"], spec["scalar"], spec["real"], spec["noises"], spec["times"],
+                spec["conditions"], spec["conditions"], spec["real"], spec["real"],
+            ]  # fmt: skip
+            if editing:
+                signature += _edit_specs(spec)
+        return self._compile(loop, signature, classifier)
 
     def _one_step(self, sampler, stochastic, guidance, classifier, spacing, editing):
         shape, spec = self._specs()
@@ -141,14 +158,16 @@ class Sampler:
                 step_noise, guide, times,
             )  # fmt: skip
 
-        signature = [
-            spec["images"], spec["images"], spec["scalar"], spec["scalar"], spec["real"],
-            spec["images"], spec["times"], spec["conditions"], spec["conditions"], spec["real"],
-            spec["real"],
-        ]  # fmt: skip
-        if editing:
-            signature += _edit_specs(spec)
-        return tf.function(one_step, input_signature=signature, autograph=False)
+        signature = None
+        if spec is not None:
+            signature = [
+                spec["images"], spec["images"], spec["scalar"], spec["scalar"], spec["real"],
+                spec["images"], spec["times"], spec["conditions"], spec["conditions"],
+                spec["real"], spec["real"],
+            ]  # fmt: skip
+            if editing:
+                signature += _edit_specs(spec)
+        return self._compile(one_step, signature, classifier)
 
     def run(
         self, initial, diffusion_steps, sampler="ddim", eta=0.0, seed=None, labels=None,
@@ -182,61 +201,65 @@ class Sampler:
                 if getattr(self.denoiser, "conditional", False)
                 else np.zeros((count,) + label_shape, np.int32)
             )
-        guide_args = (tf.constant(float(guidance_scale), "float32"),
-                      tf.constant(float(classifier_scale), "float32"))  # fmt: skip
+        labels = np.asarray(labels, np.int32)
+        null_labels = np.asarray(null_labels, np.int32)
+        guide_args = (np.float32(guidance_scale), np.float32(classifier_scale))
         if times is None:
             times = visit_times(self.denoiser, diffusion_steps, spacing)
         else:
-            times, spacing = tf.constant(np.asarray(times, np.float32)), "given"
-        times = tf.zeros((1,)) if times is None else times
+            times, spacing = np.asarray(times, np.float32), "given"
+        times = np.zeros((1,), np.float32) if times is None else times
         editing = None if edit is None else "inpaint"
         chunks = range(0, count, batch_size)
         bar = None
         if progress:
             bar = keras.utils.Progbar(len(chunks) * diffusion_steps, unit_name="step")
-        steps_tensor = tf.constant(diffusion_steps, "int32")
-        eta_tensor = tf.constant(float(eta), "float32")
+        steps_arg, eta_arg = np.int32(diffusion_steps), np.float32(eta)
         outputs = []
         for start in chunks:
-            chunk = tf.constant(initial[start : start + batch_size])
-            size = int(chunk.shape[0])
+            chunk = initial[start : start + batch_size]
+            size = len(chunk)
             indices = range(start, start + size)
-            chunk_labels = tf.constant(labels[start : start + size])
-            chunk_nulls = tf.constant(np.asarray(null_labels)[start : start + size])
             noises = (
                 step_noises(shape, seed, indices, diffusion_steps)
                 if stochastic
-                else tf.zeros((1, size) + shape)
+                else np.zeros((1, size) + shape, np.float32)
             )
             edit_args = ()
             if edit is not None:
+                resample = int(edit["resample"])
                 edit_args = (
-                    tf.constant(edit["known"][start : start + size]),
-                    tf.constant(edit["mask"][start : start + size]),
-                    image_keys(seed, indices),
-                    tf.constant(int(edit["resample"]), "int32"),
-                    tf.constant(int(edit["harmonize"]), "int32"),
+                    edit["known"][start : start + size],
+                    edit["mask"][start : start + size],
+                    resample_noises(shape, seed, indices, diffusion_steps, resample),
+                    np.int32(resample),
+                    np.int32(int(edit["harmonize"])),
                 )
+            common = (times, labels[start : start + size], null_labels[start : start + size],
+                      *guide_args)  # fmt: skip
             if bar is None:
                 function = self._function(
                     "loop", sampler, stochastic, guidance, classifier, spacing, editing
                 )
                 pred_images = function(
-                    chunk, steps_tensor, eta_tensor, noises, times, chunk_labels, chunk_nulls,
-                    *guide_args, *edit_args,
-                )  # fmt: skip
+                    *_tensors(chunk, steps_arg, eta_arg, noises, *common, *edit_args)
+                )
             else:
                 function = self._function(
                     "step", sampler, stochastic, guidance, classifier, spacing, editing
                 )
-                current_images = pred_images = chunk
+                current_images = pred_images = ops.convert_to_tensor(chunk)
                 for step in range(diffusion_steps):
                     noise = noises[step] if stochastic else noises[0]
                     current_images, pred_images = function(
-                        current_images, pred_images, tf.constant(step, "int32"), steps_tensor,
-                        eta_tensor, noise, times, chunk_labels, chunk_nulls, *guide_args,
-                        *edit_args,
+                        current_images, pred_images,
+                        *_tensors(np.int32(step), steps_arg, eta_arg, noise, *common, *edit_args),
                     )  # fmt: skip
                     bar.add(1)
             outputs.append(ops.convert_to_numpy(pred_images))
         return np.concatenate(outputs, axis=0)
+
+
+def _tensors(*arrays):
+    """The loop's numpy arguments as this backend's tensors."""
+    return [ops.convert_to_tensor(a) for a in arrays]

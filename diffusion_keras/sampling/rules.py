@@ -100,6 +100,10 @@ def ddim_update(
     """
     if step_noises is None:
         return next_signal_rates * pred_images + next_noise_rates * pred_noises
+    pred_noises, pred_images, signal_rates, next_noise_rates, next_signal_rates, step_noises = (
+        ops.convert_to_tensor(x) for x in (pred_noises, pred_images, signal_rates,
+                                           next_noise_rates, next_signal_rates, step_noises)
+    )  # fmt: skip
     alpha_bars, next_alpha_bars = signal_rates**2, next_signal_rates**2
     sigmas = (
         eta

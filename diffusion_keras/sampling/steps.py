@@ -13,7 +13,6 @@ the compiled loop in `diffusion_keras.sampling.loop`.
 """
 
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from diffusion_keras.diffusion.schedules import log_snrs
@@ -76,11 +75,12 @@ def sampling_step(
 
 
 def visit_times(denoiser, diffusion_steps, spacing):
-    """The times to visit as a tensor, or None for the book's uniform steps
-    (computed in the step itself, exactly as the book does)."""
+    """The times to visit (float32 numpy), or None for the book's uniform
+    steps (computed in the step itself, exactly as the book does)."""
     if spacing == "uniform":
         return None
-    return tf.constant(sampling_times(denoiser.diffusion_schedule, diffusion_steps, spacing))
+    times = sampling_times(denoiser.diffusion_schedule, diffusion_steps, spacing)
+    return np.asarray(ops.convert_to_numpy(times), np.float32)
 
 
 def reverse_diffusion(
@@ -93,6 +93,7 @@ def reverse_diffusion(
     current_images = ops.convert_to_tensor(initial_noise, "float32")
     pred_images = current_images
     times = visit_times(denoiser, diffusion_steps, spacing)
+    times = None if times is None else ops.convert_to_tensor(times)
     for step in range(diffusion_steps):
         current_images, pred_images = sampling_step(
             denoiser, current_images, pred_images, step, diffusion_steps, sampler, eta,
@@ -113,33 +114,30 @@ def make_noise(sample_shape, num_images, seed=None):
 
 
 def step_noises(sample_shape, seed, indices, diffusion_steps):
-    """Fresh noise for stochastic sampling, `(steps, n, *sample_shape)`, drawn
-    per image from (seed, image index), so that it does not depend on the
-    batch size."""
+    """Fresh noise for stochastic sampling, `(steps, n, *sample_shape)`
+    (numpy), drawn per image from (seed, image index), so that it does not
+    depend on the batch size or the Keras backend."""
     shape = (diffusion_steps, *sample_shape)
     base = np.random.SeedSequence(seed).entropy
     per_image = [
         np.random.default_rng([base, 1, index]).standard_normal(shape, dtype=np.float32)
         for index in indices
     ]
-    return tf.constant(np.stack(per_image, axis=1))
+    return np.stack(per_image, axis=1)
 
 
-def image_keys(seed, indices):
-    """One int32 key per image from (seed, image index), for noise drawn
-    inside the compiled loop (`keyed_noise`), so that it too does not depend
-    on the batch size."""
+def resample_noises(sample_shape, seed, indices, diffusion_steps, resample):
+    """The fresh noise of RePaint's resampling (`inpainting_step`),
+    `(steps * resample, n, *sample_shape)` (numpy): draw `step * resample +
+    repeat` of image i is a function of (seed, i) alone, so that it depends
+    on neither the batch size nor the Keras backend. A single row of zeros
+    when `resample` is 1, which draws none."""
+    if int(resample) <= 1:
+        return np.zeros((1, len(indices), *sample_shape), np.float32)
+    shape = (diffusion_steps * int(resample), *sample_shape)
     base = np.random.SeedSequence(seed).entropy
-    keys = [np.random.default_rng([base, 2, index]).integers(2**31 - 1) for index in indices]
-    return tf.constant(np.array(keys, dtype=np.int32))
-
-
-def keyed_noise(keys, counter, sample_shape):
-    """Standard normal noise `(n, *sample_shape)`: image i's is a function of
-    `keys[i]` and `counter` alone (stateless Philox)."""
-    counter = tf.cast(counter, "int32")
-
-    def one(key):
-        return tf.random.stateless_normal(sample_shape, tf.stack([key, counter]))
-
-    return tf.map_fn(one, keys, fn_output_signature=tf.float32)
+    per_image = [
+        np.random.default_rng([base, 2, index]).standard_normal(shape, dtype=np.float32)
+        for index in indices
+    ]
+    return np.stack(per_image, axis=1)

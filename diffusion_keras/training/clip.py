@@ -17,13 +17,13 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers, ops
 
 from diffusion_keras.data.datasets import ImageData, steps_per_epoch, train_dataset
 from diffusion_keras.models.saving import load_text_encoder
 from diffusion_keras.models.text import TextEncoder, build_vocabulary
 from diffusion_keras.training.callbacks import save_model_atomically
+from diffusion_keras.utils import backend
 from diffusion_keras.utils.errors import DataError
 
 TEXT_ENCODER_FILE = "text_encoder.keras"
@@ -110,22 +110,21 @@ class ContrastivePretrainer(keras.Model):
         accuracy = ops.mean(ops.cast(ops.argmax(logits, axis=1) == targets, "float32"))
         return loss, accuracy
 
-    def train_step(self, data):
+    def train_step(self, *args):
+        # `(data)`, or under JAX `(state, data)` (`utils.backend.train_step`).
+        return backend.train_step(
+            self, args, lambda data: self._loss(*data, training=True), self._track
+        )
 
-        images, tokens = data
-        with tf.GradientTape() as tape:
-            loss, accuracy = self._loss(images, tokens, training=True)
-        variables = self.trainable_variables
-        self.optimizer.apply(tape.gradient(loss, variables), variables)
+    def _track(self, data, loss, accuracy):
         self.loss_tracker.update_state(loss)
         self.accuracy_tracker.update_state(accuracy)
         return {m.name: m.result() for m in self.metrics}
 
-    def test_step(self, data):
-        loss, accuracy = self._loss(*data, training=False)
-        self.loss_tracker.update_state(loss)
-        self.accuracy_tracker.update_state(accuracy)
-        return {m.name: m.result() for m in self.metrics}
+    def test_step(self, *args):
+        return backend.test_step(
+            self, args, lambda data: self._track(data, *self._loss(*data, training=False))
+        )
 
     def retrieval_accuracy(self, images, captions):
         """The share of `captions` whose own image (same index) is the most

@@ -1,4 +1,6 @@
-"""Training on several devices or machines with `tf.distribute`.
+"""Training on several devices or machines, with each backend's own engine.
+
+On TensorFlow, with `tf.distribute`:
 
 - `mirrored`: every GPU of one machine (or `cpu_replicas` logical CPUs), with
   Keras's `fit`.
@@ -11,13 +13,100 @@ The global batch is what the user asks for and is split across replicas. The
 model makes a step on N replicas equal a step on one device: the loss is divided
 by N before gradients are summed, each replica draws its own slice of the global
 batch's noise, and batch norm is synchronised.
+
+On JAX, with Keras's distribution API (`keras.distribution.DataParallel`),
+which `fit` supports: `mirrored` (and `auto` with several devices) shards
+every batch over all local devices (GPUs, TPU cores, or `cpu_replicas`
+host devices); `multiworker` first joins the processes of a cluster with
+`keras.distribution.initialize` (JAX's coordinator, from
+`KERAS_DISTRIBUTION_COORDINATOR_ADDRESS`, `KERAS_DISTRIBUTION_NUM_PROCESSES`
+and `KERAS_DISTRIBUTION_PROCESS_ID`), then shards over every device of every
+process; `tpu` is `mirrored` over the TPU cores. The step sees the global
+batch as one sharded array, so it is one device's step without dividing
+anything. Batch norm's statistics are over the global batch too.
+
+On PyTorch, one device: Keras's `fit` has no data-parallel engine for it
+(DistributedDataParallel wraps a `torch.nn.Module`'s forward, not Keras's
+`train_step`), so anything else fails in one line naming the backends that do.
 """
 
+import contextlib
 import json
 import os
 
 from diffusion_keras.config.choices import STRATEGIES
 from diffusion_keras.utils.errors import TrainingError, UsageError
+
+
+def _backend():
+    # Imported when asked: the command-line tools import this module before
+    # Keras loads.
+    from diffusion_keras.utils import backend
+
+    return backend.name()
+
+
+class KerasDistribution:
+    """What `train` needs of a strategy, for the JAX and PyTorch backends:
+    `scope()` and `num_replicas_in_sync`. Under JAX the distribution (a
+    `keras.distribution.DataParallel`, or None for one device) is set for
+    the whole process, so `fit` shards its batches too."""
+
+    def __init__(self, distribution=None, replicas=1, process_index=0):
+        self.distribution = distribution
+        self.num_replicas_in_sync = int(replicas)
+        self.process_index = int(process_index)
+        if distribution is not None:
+            import keras
+
+            keras.distribution.set_distribution(distribution)
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+
+def _host_device_count(count):
+    # JAX reads XLA_FLAGS when it starts its CPU backend, at the first use
+    # of a device: before anything is built.
+    flag = f"--xla_force_host_platform_device_count={int(count)}"
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    os.environ["XLA_FLAGS"] = " ".join(flags + [flag])
+
+
+def _jax_distribution(name, cpu_replicas):
+    import keras
+
+    if cpu_replicas and cpu_replicas > 1:
+        _host_device_count(cpu_replicas)
+    process_index = 0
+    if name == "multiworker":
+        if "KERAS_DISTRIBUTION_COORDINATOR_ADDRESS" not in os.environ:
+            raise UsageError(
+                "--strategy multiworker on JAX needs KERAS_DISTRIBUTION_COORDINATOR_ADDRESS, "
+                "KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID "
+                "(see docs/guides/distributed.md)"
+            )
+        keras.distribution.initialize()
+        process_index = int(os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", 0))
+    devices = keras.distribution.list_devices()
+    if name == "tpu" and not any(d.lower().startswith("tpu") for d in devices):
+        raise UsageError("--strategy tpu: no TPU found by JAX")
+    many = len(devices) > 1
+    if name == "default" or (name == "auto" and not many):
+        return KerasDistribution()
+    return KerasDistribution(
+        keras.distribution.DataParallel(devices=devices), len(devices), process_index
+    )
+
+
+def _torch_distribution(name, cpu_replicas):
+    if name not in ("auto", "default") or (cpu_replicas or 1) > 1:
+        what = f"--strategy {name}" if name not in ("auto", "default") else "--cpu-replicas"
+        raise UsageError(
+            f"{what}: the PyTorch backend trains on one device (Keras has no data-parallel "
+            "fit for it); use KERAS_BACKEND=jax or tensorflow for several"
+        )
+    return KerasDistribution()
 
 
 def configure_cpu_replicas(count):
@@ -36,7 +125,8 @@ def configure_cpu_replicas(count):
 
 
 def make_strategy(name="auto", cpu_replicas=None):
-    """Returns the `tf.distribute` strategy called `name`.
+    """Returns the strategy called `name`: a `tf.distribute` strategy on
+    TensorFlow, a `KerasDistribution` on JAX and PyTorch.
 
     Args:
         name: str. `auto` (mirrored when more than one GPU is visible, or with
@@ -45,10 +135,13 @@ def make_strategy(name="auto", cpu_replicas=None):
         cpu_replicas: int or None. Logical CPU devices to make, to try
             multi-device training on one machine.
     """
-    import tensorflow as tf
-
     if name not in STRATEGIES:
         raise UsageError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
+    if _backend() == "jax":
+        return _jax_distribution(name, cpu_replicas)
+    if _backend() == "torch":
+        return _torch_distribution(name, cpu_replicas)
+    import tensorflow as tf
     if cpu_replicas and cpu_replicas > 1:
         configure_cpu_replicas(cpu_replicas)
     # Physical devices only: listing logical ones starts the runtime, after which
@@ -82,7 +175,20 @@ def make_strategy(name="auto", cpu_replicas=None):
     return tf.distribute.TPUStrategy(resolver)
 
 
+def default_strategy():
+    """One device: TensorFlow's default strategy, or a `KerasDistribution`."""
+    if _backend() != "tensorflow":
+        return KerasDistribution()
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy()
+
+
 def is_multiworker(strategy):
+    """Whether `strategy` is TensorFlow's multi-worker strategy (trained by
+    `fit_multiworker`; JAX's processes train with `fit`)."""
+    if isinstance(strategy, KerasDistribution):
+        return False
     import tensorflow as tf
 
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -91,6 +197,8 @@ def is_multiworker(strategy):
 def worker_index(strategy):
     """`None` for the chief (the process that writes the run), else the
     index of this worker."""
+    if isinstance(strategy, KerasDistribution):
+        return None if strategy.process_index == 0 else strategy.process_index
     if not is_multiworker(strategy):
         return None
     resolver = strategy.cluster_resolver

@@ -25,7 +25,9 @@ References:
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
+
+from diffusion_keras.utils import backend
 
 RECOMPUTE_SEED = 0x5EED_B4  # a stream of its own, apart from training's noise
 
@@ -59,7 +61,25 @@ class NetworkCopy:
         for norm in self.norms:
             norm.momentum = 0.0
             norm.trainable = True
-        self.forward = tf.function(lambda inputs: self.network(inputs, training=True))
+        self.forward = _compiled_forward(self.network)
+
+
+def _compiled_forward(network):
+    """A training-mode forward pass of `network` that records its batch
+    norms' statistics: a `tf.function` on TensorFlow, eager elsewhere."""
+    if backend.name() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(lambda inputs: network(inputs, training=True))
+    if backend.name() == "torch":
+        import torch
+
+        def forward(inputs):
+            with torch.no_grad():
+                return network(inputs, training=True)
+
+        return forward
+    return lambda inputs: network(inputs, training=True)
 
 
 def noisy_inputs(model, images, labels=None, batch_size=64, seed=0):
@@ -68,12 +88,19 @@ def noisy_inputs(model, images, labels=None, batch_size=64, seed=0):
     the labels (dropped to the null label at the model's rate) or caption
     embeddings of a conditional model."""
     for index, start in enumerate(range(0, len(images) - batch_size + 1, batch_size)):
-        batch = tf.convert_to_tensor(np.asarray(images[start : start + batch_size]))
-        step_seed = tf.constant([RECOMPUTE_SEED, int(seed) * 1_000_003 + index], "int64")
+        batch = ops.convert_to_tensor(np.asarray(images[start : start + batch_size]))
+        step_seed = _seed_pair(RECOMPUTE_SEED, int(seed) * 1_000_003 + index)
         _, _, noisy_images, noise_rates, _ = model.steps._noisy_batch(batch, step_seed)
         data = batch if labels is None else (batch, labels[start : start + batch_size])
         batch_labels = model.steps._training_labels(data, step_seed, batch_size)
         yield model.network_inputs(noisy_images, noise_rates, batch_labels)
+
+
+def _seed_pair(first, second):
+    # int64 on TensorFlow, as runs have always drawn; 32-bit keys elsewhere.
+    if backend.name() == "tensorflow":
+        return ops.convert_to_tensor([first, second], "int64")
+    return ops.convert_to_tensor([first % (1 << 31), second % (1 << 31)], "int32")
 
 
 def average_statistics(copy, inputs):
@@ -85,8 +112,8 @@ def average_statistics(copy, inputs):
     for batch in inputs:
         copy.forward(batch)
         for total, norm in zip(sums, norms):
-            total[0] += norm.moving_mean.numpy()
-            total[1] += norm.moving_variance.numpy()
+            total[0] += ops.convert_to_numpy(norm.moving_mean)
+            total[1] += ops.convert_to_numpy(norm.moving_variance)
         count += 1
     if not count:
         raise ValueError("precise BN needs at least one whole batch of images")

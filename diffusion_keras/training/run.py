@@ -16,7 +16,6 @@ import sys
 import warnings
 
 import keras
-import tensorflow as tf
 
 from diffusion_keras.config import fields
 from diffusion_keras.config.choices import LR_SCHEDULES, TEXT_ENCODER_TRAINING
@@ -49,7 +48,12 @@ from diffusion_keras.training.checkpoints import (
     parse_checkpoint_every,
 )
 from diffusion_keras.training.clip import text_encoder_for
-from diffusion_keras.training.distribute import fit_multiworker, is_multiworker, worker_index
+from diffusion_keras.training.distribute import (
+    default_strategy,
+    fit_multiworker,
+    is_multiworker,
+    worker_index,
+)
 from diffusion_keras.training.latent import autoencoder_for, encoded_once
 from diffusion_keras.training.precise_bn import PreciseBatchNorm
 from diffusion_keras.training.preemption import stop_signal
@@ -225,7 +229,8 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
         extra_callbacks: more Keras callbacks.
         overwrite: bool. A new run into a `config.output` that holds one moves
             the old run aside to `<output>.old-<time>` first (never deletes it).
-        strategy: a `tf.distribute.Strategy` or None (the current one). Under
+        strategy: a `tf.distribute.Strategy` (TensorFlow), a
+            `distribute.KerasDistribution` (JAX, PyTorch) or None (one device). Under
             `MultiWorkerMirroredStrategy` the chief writes the run directory
             and every other worker writes to `RUN_DIR/.worker_K/`.
 
@@ -240,7 +245,7 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
         KeyboardInterrupt: after saving the current weights to
             `RUN_DIR/interrupted.keras`.
     """
-    strategy = strategy or tf.distribute.get_strategy()
+    strategy = strategy or default_strategy()
     chief = worker_index(strategy) is None
     if chief:
         claim_run_directory(config.output, resume, overwrite)

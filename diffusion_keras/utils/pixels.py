@@ -6,10 +6,12 @@ pipelines yield float32 in [0, 1]. The models take all three, and read them
 the same way in `adapt`, `fit` and `evaluate`.
 """
 
+import sys
 import warnings
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 # A float batch whose largest value is above this holds 0..255 pixels. Images
 # in [0, 1] never reach it (brightness or contrast augmentation overshoots 1
@@ -36,6 +38,21 @@ def pixels_in_unit_range(images):
     float32 0..255). Other integer types are read as 0..255 numbers.
     Works in a compiled step: the decision is taken per batch in the graph.
     """
+    # The type as given: a backend may hold uint16 in a wider type (PyTorch).
+    dtype = keras.backend.standardize_dtype(getattr(images, "dtype", "float32"))
+    images = ops.convert_to_tensor(images)
+    if dtype in ("uint8", "uint16"):
+        return ops.cast(images, "float32") / float(np.iinfo(dtype).max)
+    images = ops.cast(images, "float32")
+    divisor = ops.where(ops.max(images) > FLOAT_0_255_THRESHOLD, 255.0, 1.0)
+    return images / divisor
+
+
+def tf_pixels_in_unit_range(images):
+    """`pixels_in_unit_range` in TensorFlow ops, for `tf.data` pipelines,
+    which run TensorFlow whatever the Keras backend."""
+    import tensorflow as tf
+
     images = tf.convert_to_tensor(images)
     if images.dtype in (tf.uint8, tf.uint16):
         return tf.cast(images, "float32") / float(images.dtype.max)
@@ -54,3 +71,9 @@ def warn_about_pixel_range(images):
             "divides every batch whose largest value is above 1.5 by 255",
             stacklevel=3,
         )
+
+
+def is_tf_dataset(data):
+    """Whether `data` is a `tf.data.Dataset` (without importing TensorFlow)."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(data, tf.data.Dataset)

@@ -118,6 +118,36 @@ def cpu_bfloat16_speedup():
     return speedup
 
 
+def _gpu_capabilities():
+    """The compute capabilities `(major, minor)` of the GPUs the Keras backend
+    of this process sees (an empty list for none)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        found = []
+        for device in jax.devices():
+            if device.platform == "gpu":
+                text = str(getattr(device, "compute_capability", "0.0"))
+                found.append(tuple(int(part) for part in text.split(".")[:2]))
+        return found
+    if backend == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+        return [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+    import tensorflow as tf
+
+    found = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        found.append(details.get("compute_capability") or (0, 0))
+    return found
+
+
 def auto_precision():
     """The fastest precision that keeps sample quality on this machine.
 
@@ -125,26 +155,26 @@ def auto_precision():
       `mixed_bfloat16` (tensor cores, float32's range, no loss scaling).
     - A GPU of compute capability 7.x (Volta, Turing): `mixed_float16`, with
       loss scaling.
-    - No GPU, and a CPU with native bfloat16 (AVX512_BF16 or AMX) on which
-      bfloat16 convolutions are measured at least 1.15x as fast as float32
-      ones (`cpu_bfloat16_speedup`; once per machine, about a second):
-      `mixed_bfloat16`. Some CPUs with AVX512_BF16 run them slower than
-      float32 (an Intel Xeon with AVX512_FP16 here: 0.5x).
+    - No GPU, on TensorFlow, and a CPU with native bfloat16 (AVX512_BF16 or
+      AMX) on which bfloat16 convolutions are measured at least 1.15x as
+      fast as float32 ones (`cpu_bfloat16_speedup`; once per machine, about
+      a second): `mixed_bfloat16`. Some CPUs with AVX512_BF16 run them slower
+      than float32 (an Intel Xeon with AVX512_FP16 here: 0.5x).
+    - No GPU on JAX or PyTorch: `float32`. Their CPU bfloat16 training was
+      slower than float32 on a CPU with AVX512_BF16 (docs/results/backends.md).
     - Anything else: `float32`.
     """
-    import tensorflow as tf
+    import keras
 
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        capabilities = []
-        for gpu in gpus:
-            details = tf.config.experimental.get_device_details(gpu)
-            capabilities.append(details.get("compute_capability") or (0, 0))
+    capabilities = _gpu_capabilities()
+    if capabilities:
         capability = min(capabilities)
         if capability >= (8, 0):
             return "mixed_bfloat16"
         if capability >= (7, 0):
             return "mixed_float16"
+        return "float32"
+    if keras.backend.backend() != "tensorflow":
         return "float32"
     if _cpu_flags() & set(CPU_BF16_FLAGS) and cpu_bfloat16_speedup() >= BF16_MIN_SPEEDUP:
         return "mixed_bfloat16"
