@@ -287,7 +287,8 @@ def compare_backends(args):
     """The `--backend` table: every backend, size and precision, against
     TensorFlow (or the first backend named) in the same run."""
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
-    precisions = list(dict.fromkeys(["float32", native_precision()]))
+    precisions = [native_precision() if p == "native" else p for p in args.precision or []]
+    precisions = list(dict.fromkeys(precisions or ["float32", native_precision()]))
     sizes = [int(s) for s in args.sizes.split(",")]
     flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
     print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}; batch {args.batch_size}")
@@ -296,7 +297,7 @@ def compare_backends(args):
               f"{'RSS MB':>8}")  # fmt: skip
     print(header)
     print("-" * len(header))
-    for task in ("train", "sample"):
+    for task in args.tasks.split(","):
         for size in sizes:
             for precision in precisions:
                 base = None
@@ -334,6 +335,7 @@ def main():
     parser.add_argument("--no-sampling", action="store_true", help="time training only")
     parser.add_argument("--backend", help="Keras backends to compare, e.g. tensorflow,jax,torch")
     parser.add_argument("--sizes", default="32,64", help="image sizes for --backend (32,64)")
+    parser.add_argument("--tasks", default="train,sample", help="for --backend: train,sample")
     parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -138,6 +138,49 @@ def test_jax_data_parallel_on_two_host_devices_matches_one_device_after_8_steps(
     assert float(figures["ema_network"]) < 1e-6 * max(1.0, moved * 100)
 
 
+def free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@needs("jax")
+def test_two_jax_processes_on_127_0_0_1_train_as_one(tmp_path):
+    # `keras.distribution.initialize` joins them (gloo on the CPU); process 0
+    # writes the run, process 1 its own `.worker_1`.
+    flags = [*TINY, "--epochs", 1]
+    done = on_backend("jax", os.path.join(ROOT, "train.py"), "--output", tmp_path / "single",
+                      "--strategy", "default", *flags, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    address = f"127.0.0.1:{free_port()}"
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3",
+                   KERAS_DISTRIBUTION_JOB_ADDRESSES=address, KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+                   KERAS_DISTRIBUTION_PROCESS_ID=str(index))  # fmt: skip
+        command = [sys.executable, os.path.join(ROOT, "train.py"), "--output",
+                   str(tmp_path / "multi"), "--strategy", "multiworker",
+                   *map(str, flags)]  # fmt: skip
+        processes.append(subprocess.Popen(
+            command, env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE))  # fmt: skip
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+    assert (tmp_path / "multi" / ".worker_1" / "model.keras").exists()
+    check = (
+        "import sys, numpy as np, keras, diffusion_keras as dk\n"
+        "a, b = (dk.load_model(p) for p in sys.argv[1:3])\n"
+        "print(max(float(np.abs(x - y).max()) for x, y in zip(a.get_weights(), b.get_weights())))\n"
+    )
+    done = on_backend("jax", "-c", check, tmp_path / "single" / "model.keras",
+                      tmp_path / "multi" / "model.keras")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.strip()) < 1e-6  # measured: 6.0e-8
+
+
 TINY = ["--image-size", 16, "--widths", "8,16", "--block-depth", 1, "--embedding-dims", 8,
         "--batch-size", 8, "--dataset-repetitions", 1, "--plot-images", 2,
         "--plot-diffusion-steps", 2, "--verbose", 0, "--seed", 2,

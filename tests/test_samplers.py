@@ -47,10 +47,11 @@ def test_compiled_equals_eager_and_chunks_do_not_matter(model, sampler, eta, spa
     # A compiled loop fuses ops where eager runs them one by one: float32
     # rounding carried over 6 steps (under JAX's jit, up to 1.2e-5 measured).
     np.testing.assert_allclose(compiled, np.asarray(model.denormalize(eager)), atol=5e-5)
+    # So does a loop compiled for another batch size (under JAX, 1.3e-5 measured).
     stepped = model.generate(initial_noise=noise, progress=True, **settings)
-    np.testing.assert_allclose(stepped, compiled, atol=1e-5)
+    np.testing.assert_allclose(stepped, compiled, atol=5e-5)
     chunked = model.generate(initial_noise=noise, batch_size=2, **settings)
-    np.testing.assert_allclose(chunked, compiled, atol=1e-5)
+    np.testing.assert_allclose(chunked, compiled, atol=5e-5)
     if spacing != "uniform":
         uniform = model.generate(initial_noise=noise, **dict(settings, spacing="uniform"))
         assert np.abs(uniform - compiled).max() > 1e-3  # the spacing changed the path

@@ -83,7 +83,10 @@ def config_from_args(args):
 
 def is_chief():
     """Whether this process writes the run directory: not a multi-worker
-    run's worker other than 0 (`TF_CONFIG`)."""
+    run's worker other than 0 (`TF_CONFIG`, or JAX's
+    `KERAS_DISTRIBUTION_PROCESS_ID`)."""
+    if os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", "0").strip() not in ("", "0"):
+        return False
     try:
         task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
     except ValueError:

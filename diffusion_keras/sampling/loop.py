@@ -185,8 +185,9 @@ class Sampler:
         `"none"`, `"labels"` (the conditional model) or `"cfg"`. `times` overrides the
         times `spacing` gives (editing starts later). `edit` is None or a dict
         of numpy arrays `known` and `mask` `(n, *sample_shape)` and ints
-        `resample` and `harmonize` (`diffusion_keras.editing.edits`). The result does not depend on
-        `batch_size`.
+        `resample` and `harmonize` (`diffusion_keras.editing.edits`). The
+        result does not depend on `batch_size` (under JAX, whose loop is
+        compiled per batch size, beyond float32 rounding: 1e-5).
         """
         initial = np.asarray(initial, dtype="float32")
         count = len(initial)

@@ -18,9 +18,9 @@ On JAX, with Keras's distribution API (`keras.distribution.DataParallel`),
 which `fit` supports: `mirrored` (and `auto` with several devices) shards
 every batch over all local devices (GPUs, TPU cores, or `cpu_replicas`
 host devices); `multiworker` first joins the processes of a cluster with
-`keras.distribution.initialize` (JAX's coordinator, from
-`KERAS_DISTRIBUTION_COORDINATOR_ADDRESS`, `KERAS_DISTRIBUTION_NUM_PROCESSES`
-and `KERAS_DISTRIBUTION_PROCESS_ID`), then shards over every device of every
+`keras.distribution.initialize` (JAX's coordinator is the first of
+`KERAS_DISTRIBUTION_JOB_ADDRESSES`; `KERAS_DISTRIBUTION_NUM_PROCESSES` and
+`KERAS_DISTRIBUTION_PROCESS_ID` say how many and which), then shards over every device of every
 process; `tpu` is `mirrored` over the TPU cores. The step sees the global
 batch as one sharded array, so it is one device's step without dividing
 anything. Batch norm's statistics are over the global batch too.
@@ -80,11 +80,12 @@ def _jax_distribution(name, cpu_replicas):
         _host_device_count(cpu_replicas)
     process_index = 0
     if name == "multiworker":
-        if "KERAS_DISTRIBUTION_COORDINATOR_ADDRESS" not in os.environ:
+        needed = ["KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                  "KERAS_DISTRIBUTION_PROCESS_ID"]  # fmt: skip
+        if any(not os.environ.get(name) for name in needed):
             raise UsageError(
-                "--strategy multiworker on JAX needs KERAS_DISTRIBUTION_COORDINATOR_ADDRESS, "
-                "KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID "
-                "(see docs/guides/distributed.md)"
+                f"--strategy multiworker on JAX needs {', '.join(needed)} "
+                "(see docs/guides/backends.md)"
             )
         keras.distribution.initialize()
         process_index = int(os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", 0))

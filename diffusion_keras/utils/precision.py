@@ -160,8 +160,9 @@ def auto_precision():
       fast as float32 ones (`cpu_bfloat16_speedup`; once per machine, about
       a second): `mixed_bfloat16`. Some CPUs with AVX512_BF16 run them slower
       than float32 (an Intel Xeon with AVX512_FP16 here: 0.5x).
-    - No GPU on JAX or PyTorch: `float32`. Their CPU bfloat16 training was
-      slower than float32 on a CPU with AVX512_BF16 (docs/results/backends.md).
+    - No GPU on JAX or PyTorch: `float32`. On a CPU with AVX512_BF16, JAX's
+      bfloat16 training was never faster than float32, PyTorch's 0.28x at
+      32x32 (1.76x at 64x64) (docs/results/backends.md).
     - Anything else: `float32`.
     """
     import keras
