@@ -13,7 +13,7 @@ The sub-packages, lowest layer first (each imports only from those before it;
 
 | sub-package | holds |
 |---|---|
-| `utils` | errors, precision, pixels, image files, quiet imports, the CPU runtime |
+| `utils` | errors, precision, pixels, image files, quiet imports, CPU runtime, Keras backends |
 | `config` | every setting: name, default, choices, help (no TensorFlow) |
 | `diffusion` | schedules, training-time sampling and loss weighting, prediction targets |
 | `nn` | layers, attention, the U-Net |

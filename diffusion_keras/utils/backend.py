@@ -155,6 +155,8 @@ def train_step(model, args, forward, finish, weights=None):
         finish: `finish(data, loss, aux) -> logs`, after the optimizer step:
             the EMA, counters and metrics.
         weights: the variables to train; `model.trainable_variables` if None.
+            Under JAX always `model.trainable_variables` (the state Keras
+            hands the step), so a subset must be the model's trainable ones.
 
     Returns:
         The logs; under JAX `(logs, state)`.
