@@ -98,38 +98,39 @@ def _torch_generator(seed):
     return generator
 
 
-def stateless_normal(shape, seed):
-    """Standard normal float32 noise of `shape`, a function of `seed` alone."""
+# Each backend's stateless draw of each kind: TensorFlow's, JAX's, PyTorch's.
+_DRAWS = {
+    "normal": ("stateless_normal", "normal", "randn"),
+    "uniform": ("stateless_uniform", "uniform", "rand"),
+}
+
+
+def _stateless_draw(kind, shape, seed):
+    tf_draw, jax_draw, torch_draw = _DRAWS[kind]
     backend = name()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.random.stateless_normal(shape, seed)
+        return getattr(tf.random, tf_draw)(shape, seed)
     shape = tuple(int(s) for s in shape)
     if backend == "jax":
         import jax
 
-        return jax.random.normal(keras.ops.cast(seed, "uint32"), shape, "float32")
+        return getattr(jax.random, jax_draw)(keras.ops.cast(seed, "uint32"), shape, "float32")
     import torch
 
-    return torch.randn(shape, generator=_torch_generator(seed), device=_torch_device())
+    return getattr(torch, torch_draw)(shape, generator=_torch_generator(seed),
+                                      device=_torch_device())  # fmt: skip
+
+
+def stateless_normal(shape, seed):
+    """Standard normal float32 noise of `shape`, a function of `seed` alone."""
+    return _stateless_draw("normal", shape, seed)
 
 
 def stateless_uniform(shape, seed):
     """Uniform float32 draws in [0, 1) of `shape`, a function of `seed` alone."""
-    backend = name()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.random.stateless_uniform(shape, seed)
-    shape = tuple(int(s) for s in shape)
-    if backend == "jax":
-        import jax
-
-        return jax.random.uniform(keras.ops.cast(seed, "uint32"), shape, "float32")
-    import torch
-
-    return torch.rand(shape, generator=_torch_generator(seed), device=_torch_device())
+    return _stateless_draw("uniform", shape, seed)
 
 
 # -- training steps ----------------------------------------------------------
