@@ -99,6 +99,14 @@ RECIPES = {
         recipe="default", prediction="velocity", loss="mse", time_sampling="log_normal",
         log_snr_mean=-1.5,
     ),
+    # Candidates over the current default (bench/recipe_race.py): the
+    # learning rate decayed to zero at the planned end, and EDM2's power
+    # function EMA of relative length 0.1 in place of the fixed decay.
+    "cosine_to_zero": dict(recipe="default", lr_schedule="cosine", warmup_steps=40),
+    "lr2e-3_to_zero": dict(recipe="default", learning_rate=2e-3, lr_schedule="cosine",
+                           warmup_steps=40),
+    "ema_power": dict(recipe="default", ema_length=0.1),
+    "ema_power_0.05": dict(recipe="default", ema_length=0.05),
     "edm_noisiest": dict(
         recipe="default", prediction="velocity", loss="mse", time_sampling="log_normal",
         log_snr_mean=-3.0,

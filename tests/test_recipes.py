@@ -194,3 +194,42 @@ def test_a_cosine_run_resumed_with_more_epochs_stretches_its_schedule(tmp_path):
     schedule = model.optimizer._learning_rate
     assert float(schedule(2)) > 0.0 and float(schedule(6)) == pytest.approx(0.0, abs=1e-12)
     assert int(model.train_steps.numpy()) == 6
+
+
+def test_power_function_ema_spans_the_same_share_of_the_run_at_every_step():
+    """EDM2's power-function EMA (Karras et al. 2024): its exponent for a
+    relative length (their table: 0.05 -> 16.97, 0.10 -> 6.94), a decay of
+    (1 - 1/t)^(gamma + 1) at update t, so the first update copies the weights
+    and the average of weights w_1..w_t weighs w_i as i^gamma."""
+    import keras
+
+    from diffusion_keras.models.ema import EMA, power_ema_exponent
+
+    assert power_ema_exponent(0.05) == pytest.approx(16.97, abs=0.01)
+    assert power_ema_exponent(0.10) == pytest.approx(6.94, abs=0.01)
+    weight, average = keras.Variable(0.0), keras.Variable(123.0)
+    steps = keras.Variable(0, dtype="int64")
+    ema = EMA(lambda: [(weight, average)], 0.999, True, steps, length=0.1)
+    gamma = power_ema_exponent(0.1)
+    for t in range(1, 201):
+        weight.assign(float(t))
+        ema.update()
+        steps.assign_add(1)
+        if t == 1:
+            assert float(average) == 1.0  # the first update copies the weights
+    expected = (1 - 1 / 200.0) ** (gamma + 1)
+    assert float(ema.current_decay()) == pytest.approx((1 - 1 / 201.0) ** (gamma + 1), rel=1e-6)
+    assert expected < 0.999  # not the fixed decay
+    i = np.arange(1, 201, dtype=np.float64)
+    profile = np.sum(i**gamma * i) / np.sum(i**gamma)  # the average of w_i = i
+    assert float(average) == pytest.approx(profile, rel=2e-3)
+
+
+def test_ema_length_is_a_setting_with_a_one_line_error():
+    assert TrainConfig().ema_length == 0.0 or TrainConfig().ema_length > 0
+    assert TrainConfig.for_recipe("book").ema_length == 0.0
+    with pytest.raises(ValueError, match=r"ema_length.*\[0, 0.28\]"):
+        TrainConfig(ema_length=0.5)
+    model = DiffusionModel(**TINY, ema_length=0.1)
+    assert model.get_config()["ema_length"] == 0.1
+    assert model.ema_updater.exponent == pytest.approx(7.94, abs=0.01)

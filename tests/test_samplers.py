@@ -7,16 +7,18 @@ from diffusion_keras.sampling.loop import Sampler
 from diffusion_keras.sampling.rules import (
     MIN_LOG_SNR,
     ddim_update,
+    dpmpp_2m_update,
     log_snrs,
     sampling_times,
     validate_sampler,
     validate_spacing,
 )
 
-SETTINGS = [("ddim", 0.0), ("ddim", 0.5), ("ddim", 1.0), ("dpmpp_2m", 0.0)]
+SETTINGS = [("ddim", 0.0), ("ddim", 0.5), ("ddim", 1.0), ("dpmpp_2m", 0.0), ("dpmpp_2m", 1.0)]
 # Each sampler once more on log-SNR spacing.
 SPACED = [(*setting, "uniform") for setting in SETTINGS] + [
     ("ddim", 0.0, "log_snr"), ("ddim", 1.0, "log_snr"), ("dpmpp_2m", 0.0, "log_snr"),
+    ("dpmpp_2m", 1.0, "log_snr"),
 ]  # fmt: skip
 
 
@@ -96,6 +98,36 @@ def test_eta_zero_is_plain_ddim_and_eta_is_continuous(model):
     np.testing.assert_allclose(np.asarray(nearly), np.asarray(exact), atol=1e-5)
 
 
+def test_sde_dpm_solver_is_the_ode_at_eta_zero_and_keeps_the_noise_level():
+    """SDE-DPM-Solver++(2M): at eta 0 the fresh noise is unused and the step
+    is the ODE solver's; at any eta, with a clean-image estimate of 0 (data
+    that is all zeros) the next images have exactly the next noise level:
+    what the kept part of the current noise loses, the fresh noise adds."""
+    rng = np.random.default_rng(1)
+    shape = (4000, 2, 2, 3)
+    rates = dict(noise=0.9, next_noise=0.6, previous_noise=0.95)
+    schedule = {k: (np.float32(v), np.float32(np.sqrt(1 - v**2))) for k, v in rates.items()}
+    lambdas = {k: np.float32(np.log(a / n)) for k, (n, a) in schedule.items()}
+    current = (rates["noise"] * rng.standard_normal(shape)).astype("float32")
+    pred, previous = (rng.standard_normal(shape).astype("float32") for _ in range(2))
+    fresh = rng.standard_normal(shape).astype("float32")
+
+    def step(pred, eta, noises, previous=previous):
+        return np.asarray(dpmpp_2m_update(
+            current, pred, previous, lambdas["noise"], lambdas["next_noise"],
+            lambdas["previous_noise"], schedule["noise"][0], schedule["next_noise"][0],
+            schedule["next_noise"][1], False, eta=eta, step_noises=noises,
+        ))  # fmt: skip
+
+    np.testing.assert_allclose(step(pred, 0.0, fresh), step(pred, 0.0, None), atol=1e-6)
+    zeros = np.zeros_like(pred)
+    for eta in (0.0, 0.5, 1.0):
+        spread = float(step(zeros, eta, fresh, zeros).std())
+        assert abs(spread - rates["next_noise"]) < 0.015, (eta, spread)
+    # And the fresh noise is used: eta 1 moves the images from the ODE's.
+    assert np.abs(step(pred, 1.0, fresh) - step(pred, 0.0, None)).mean() > 0.1
+
+
 class GaussianData:
     """The exact denoiser of data drawn N(mean, std**2) in every pixel, on the
     book's schedule: E[x_0 | x_t] = m + a s**2 / (a**2 s**2 + n**2) (x_t - a m)
@@ -155,7 +187,7 @@ def test_second_order_sampler_is_closer_to_the_ode_solution(model):
 @pytest.mark.parametrize(
     "sampler, eta, message",
     [("euler", 0.0, "unknown sampler 'euler'"), ("ddim", 1.5, "eta must be in"),
-     ("dpmpp_2m", 0.5, "eta applies to the ddim sampler only")],
+     ("dpmpp_2m", -0.5, "eta must be in")],
 )  # fmt: skip
 def test_bad_sampler_settings_are_refused(sampler, eta, message):
     with pytest.raises(ValueError, match=message):
@@ -169,18 +201,17 @@ def test_generate_cli_takes_a_sampler(model, tmp_path):
     path = tmp_path / "model.keras"
     model.save(path)
     for flags in (["--sampler", "dpmpp_2m", "--spacing", "log_snr"],
-                  ["--sampler", "ddim", "--eta", "0.7"]):  # fmt: skip
+                  ["--sampler", "ddim", "--eta", "0.7"], ["--sampler", "dpmpp_2m", "--eta", "1"]):
         out = tmp_path / "out.png"
         result = run_script("generate.py", path, "--num-images", 2, "--steps", 3, "--seed", 1,
                             "--output", out, *flags)  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert out.exists()
         out.unlink()
-    result = run_script("generate.py", path, "--sampler", "dpmpp_2m", "--eta", "0.5")
+    result = run_script("generate.py", path, "--sampler", "dpmpp_2m", "--eta", "1.5")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "generate.py: error: eta applies to the ddim sampler only, not 'dpmpp_2m'"
-    ]
+    assert result.stderr.strip().splitlines()[-1].startswith("generate.py: error: ")
+    assert "eta" in result.stderr.strip().splitlines()[-1]
 
 
 def test_generate_samples_with_the_measured_default_and_the_book_one_flag_away():

@@ -88,7 +88,8 @@ def parser():
         help="where the steps fall: uniform in time (the book's) or in log-SNR "
              f"(better images in few steps; default {default['spacing']})")  # fmt: skip
     add("--eta", type=closed_unit_interval, default=None,
-        help="ddim only: fresh noise per step, 0 (deterministic) to 1 (DDPM-like)")  # fmt: skip
+        help="fresh noise per step, 0 (deterministic) to 1 (ddim: DDPM's ancestral "
+        "sampling; dpmpp_2m: SDE-DPM-Solver++(2M))")  # fmt: skip
     add("--class", dest="class_label", metavar="NAME|INDEX",
         help="generate this class: a conditional model's, or the classifier's")  # fmt: skip
     add("--prompt", help="a text-conditional model's prompt (train.py --captions)")
@@ -199,7 +200,10 @@ def sampling_arguments(args):
     settings = sampling_settings(
         recipe, sampler=sampler, diffusion_steps=args.steps, spacing=args.spacing
     )
-    eta = settings.pop("eta", 0.0) if settings["sampler"] == "ddim" else 0.0
+    # The recipe's eta goes with the recipe's sampler, not with another.
+    recipes_sampler = sampling_settings(recipe)["sampler"]
+    eta = settings.pop("eta", 0.0) if settings["sampler"] == recipes_sampler else 0.0
+    settings.pop("eta", None)
     settings["eta"] = eta if args.eta is None else args.eta
     return settings
 

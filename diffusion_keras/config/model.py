@@ -82,6 +82,9 @@ class DiffusionConfig:
                          type=types.unit_interval)  # fmt: skip
     ema_warmup: bool = setting(True, "grow the EMA decay from 0.1 with the step count, so the "
                                "EMA network is useful from the first epoch")  # fmt: skip
+    ema_length: float = setting(0.0, "EDM2's power-function EMA of this length relative to the "
+                                "run so far (e.g. 0.1; 0 = the fixed --ema decay)",
+                                type=types.ema_length)  # fmt: skip
     label_dropout: float = setting(0.1, "--conditional/--captions: share of labels (captions) "
                                    "trained as 'no class' (the empty prompt)",
                                    type=types.unit_interval)  # fmt: skip

@@ -219,7 +219,8 @@ RECIPES = {
     # no flips, a constant learning rate, the loss on the noise unweighted,
     # uniform times, no precise batch norm. Its values, written out, so that
     # changing a default of ours leaves the book's recipe as it was.
-    "book": dict(flip=False, ema=0.999, ema_warmup=False, precise_bn_batches=0, learning_rate=1e-3,
+    "book": dict(flip=False, ema=0.999, ema_warmup=False, ema_length=0.0, precise_bn_batches=0,
+                 learning_rate=1e-3,
                  adam_beta_2=0.999, lr_schedule="constant", warmup_steps=0, loss="mae",
                  prediction="noise", loss_weighting="none", time_sampling="uniform",
                  batch_size=64),

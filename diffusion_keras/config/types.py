@@ -66,6 +66,8 @@ positive_float = _float_in(lambda v: v > 0, "a positive number")
 non_negative_float = _float_in(lambda v: v >= 0, "a number >= 0")
 unit_interval = _float_in(lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 closed_unit_interval = _float_in(lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+# EDM2's relative EMA lengths: its exponent is above 0 up to sqrt(1/12).
+ema_length = _float_in(lambda v: 0.0 <= v <= 0.28, "a number in [0, 0.28]")
 strength = _float_in(lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 
 

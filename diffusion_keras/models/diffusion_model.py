@@ -211,7 +211,9 @@ class DiffusionModel(keras.Model):
         # The parts, handed what they work on.
         self.space = Space(self.normalizer, self.normalizer_adapted, autoencoder,
                            self.sample_shape)  # fmt: skip
-        self.ema_updater = EMA(self._ema_pairs, self.ema, self.ema_warmup, self.train_steps)
+        self.ema_updater = EMA(
+            self._ema_pairs, self.ema, self.ema_warmup, self.train_steps, self.ema_length
+        )
         self.steps = TrainingStep(self)
         self.generator = Generator(self)
         self.built = True

@@ -80,8 +80,6 @@ def validate_sampler(sampler, eta=0.0):
         raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
-    if sampler != "ddim" and float(eta) != 0.0:
-        raise ValueError(f"eta applies to the ddim sampler only, not {sampler!r}")
 
 
 def ddim_update(
@@ -116,13 +114,19 @@ def ddim_update(
 
 def dpmpp_2m_update(
     current_images, pred_images, previous_pred_images, lambdas, next_lambdas, previous_lambdas,
-    noise_rates, next_noise_rates, next_signal_rates, first_step,
+    noise_rates, next_noise_rates, next_signal_rates, first_step, eta=0.0, step_noises=None,
 ):  # fmt: skip
     """DPM-Solver++(2M), the second-order multistep solver of the probability
-    flow ODE in its data-prediction form (Lu et al. 2022, algorithm 2).
+    flow ODE in its data-prediction form (Lu et al. 2022, algorithm 2), and
+    with `eta` > 0 and `step_noises` its SDE form (SDE-DPM-Solver++(2M),
+    the same paper's section 5; eta = 1 is the reverse SDE).
 
     With h = next_lambda - lambda and r = (lambda - previous_lambda) / h:
     D = (1 + 1 / (2r)) x_0 - 1 / (2r) x_0,previous (D = x_0 at the first step),
+    x_next = (next_sigma / sigma) exp(-eta h) x_t
+             + next_alpha (1 - exp(-(1 + eta) h)) D
+             + next_sigma sqrt(1 - exp(-2 eta h)) z,
+    which for eta = 0 is the ODE solver's
     x_next = (next_sigma / sigma) x_t - next_alpha (exp(-h) - 1) D.
 
     References:
@@ -132,6 +136,13 @@ def dpmpp_2m_update(
     r = (lambdas - previous_lambdas) / h
     corrected = (1.0 + 0.5 / r) * pred_images - (0.5 / r) * previous_pred_images
     estimate = ops.where(first_step, pred_images, corrected)
-    return (next_noise_rates / noise_rates) * current_images - next_signal_rates * (
-        ops.exp(-h) - 1.0
-    ) * estimate
+    if step_noises is None:
+        return (next_noise_rates / noise_rates) * current_images - next_signal_rates * (
+            ops.exp(-h) - 1.0
+        ) * estimate
+    churn = ops.exp(-eta * h)
+    return (
+        (next_noise_rates / noise_rates) * churn * current_images
+        + next_signal_rates * (1.0 - ops.exp(-(1.0 + eta) * h)) * estimate
+        + next_noise_rates * ops.sqrt(ops.maximum(1.0 - churn**2, 0.0)) * step_noises
+    )

@@ -69,7 +69,7 @@ def sampling_step(
             log_snrs(next_noise_rates, next_signal_rates),
             log_snrs(previous_noise_rates, previous_signal_rates),
             noise_rates, next_noise_rates, next_signal_rates,
-            first_step=ops.cast(step, "float32") == 0.0,
+            first_step=ops.cast(step, "float32") == 0.0, eta=eta, step_noises=step_noises,
         )  # fmt: skip
     return next_images, pred_images
 
