@@ -80,11 +80,11 @@ def score_samplers(model, args, result):
     their scores to `result["samplers"]`."""
     import numpy as np
     from quality import kid_between
-    from set_scores import Scorer
+    from set_scores import SPLITS, Scorer
 
     from diffusion_keras.metrics.kid import feature_extractor
 
-    scorers = {role: Scorer(args.set, args.size, args.count, role) for role in ("bench", "check")}
+    scorers = {role: Scorer(args.set, args.size, args.count, role) for role in SPLITS}
     random_features = feature_extractor("random", args.size)
     for label in args.samplers.split(","):
         begin = time.perf_counter()
@@ -102,7 +102,8 @@ def score_samplers(model, args, result):
 
 
 def sweep_worker(args):
-    """Scores every sampler of `args.samplers` on a saved model; one JSON line."""
+    """Scores every sampler of `args.samplers` (with `--rescore`, the
+    samplers already scored) on a saved model; one JSON line."""
     from quality import package_first
 
     package_first()
@@ -110,6 +111,8 @@ def sweep_worker(args):
 
     with open(args.save[: -len(".keras")] + ".json") as handle:
         result = json.load(handle)
+    if args.rescore:
+        args.samplers = ",".join(result["samplers"])
     result["samplers"] = {}
     score_samplers(keras.models.load_model(args.save), args, result)
     print(json.dumps(result))
@@ -162,29 +165,63 @@ def spearman(a, b):
     return float(np.corrcoef(*ranks)[0, 1])
 
 
+def markdown(results):
+    """The race as Markdown tables, one per set, for docs/results/."""
+    lines = []
+    for name in dict.fromkeys(r["set"] for r in results):
+        lines += [f"**{name}**", "",
+                  "| recipe | steps | CPU min | sampler | evaluations | bench distance | "
+                  "check distance | coverage | real | plain distance | plain coverage | "
+                  "random KID |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for result in results:
+            if result["set"] != name:
+                continue
+            for label, s in result["samplers"].items():
+                settings = SAMPLERS[label] or {}
+                evaluations = settings.get("diffusion_steps", "")
+                lines.append(
+                    f"| {result['recipe']} ({result.get('precision', 'float32')}) | "
+                    f"{result['steps']} | {result['cpu_minutes']:.1f} | {label} | {evaluations} | "
+                    f"{s['bench']['distance']:.2f} | {s['check']['distance']:.2f} | "
+                    f"{s['check']['coverage']:.3f} | {s['check']['real']:.2f} | "
+                    f"{plain(s, 'distance'):.2f} | {plain(s, 'coverage'):.3f} | "
+                    f"{s['random_kid']:.4f} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plain(scores, name):
+    """The plain classifier's `name` score, or NaN where it did not score."""
+    return scores["plain"][name] if "plain" in scores else float("nan")
+
+
 def report(results, args):
     print(f"\n{'set':<11}{'recipe':<24}{'steps':>6}{'CPU min':>8}  {'sampler':<26}"
           f"{'bench dist':>11}{'check dist':>11}{'coverage':>9}{'real':>6}"
-          f"{'rand KID':>9}")  # fmt: skip
+          f"{'plain dist':>11}{'plain cov':>10}{'rand KID':>9}")  # fmt: skip
     pairs = []
     for result in results:
         for label, s in result["samplers"].items():
             print(f"{result['set']:<11}{result['recipe']:<24}{result['steps']:>6}"
                   f"{result['cpu_minutes']:>8.1f}  {label:<26}{s['bench']['distance']:>11.3f}"
                   f"{s['check']['distance']:>11.3f}{s['check']['coverage']:>9.3f}"
-                  f"{s['check']['real']:>6.2f}{s['random_kid']:>9.4f}")  # fmt: skip
+                  f"{s['check']['real']:>6.2f}{plain(s, 'distance'):>11.3f}"
+                  f"{plain(s, 'coverage'):>10.3f}{s['random_kid']:>9.4f}")  # fmt: skip
             pairs.append((result["set"], s))
-    print("\nAgreement with the check's distance (Spearman over recipe x sampler):")
-    for name in sorted({p[0] for p in pairs}):
-        rows = [s for set_name, s in pairs if set_name == name]
-        check = [s["check"]["distance"] for s in rows]
-        if len(rows) < 3:
-            continue
-        bench = spearman([s["bench"]["distance"] for s in rows], check)
-        print(f"  {name}: bench distance {bench:.2f}"
-              f", bench KID {spearman([s['bench']['kid'] for s in rows], check):.2f}"
-              f", random-feature KID {spearman([s['random_kid'] for s in rows], check):.2f}"
-              f"  ({len(rows)} pairs)")  # fmt: skip
+    for role in ("check", "plain"):
+        print(f"\nAgreement with the {role} distance (Spearman over recipe x sampler):")
+        for name in sorted({p[0] for p in pairs}):
+            rows = [s for set_name, s in pairs if set_name == name and role in s]
+            if len(rows) < 3:
+                continue
+            check = [s[role]["distance"] for s in rows]
+            bench = spearman([s["bench"]["distance"] for s in rows], check)
+            print(f"  {name}: bench distance {bench:.2f}"
+                  f", bench KID {spearman([s['bench']['kid'] for s in rows], check):.2f}"
+                  f", random-feature KID {spearman([s['random_kid'] for s in rows], check):.2f}"
+                  f"  ({len(rows)} pairs)")  # fmt: skip
 
 
 def main():
@@ -198,11 +235,15 @@ def main():
     parser.add_argument("--count", type=int, default=384, help="images generated and held out")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--precision", default="float32",
-                        choices=["float32", "mixed_bfloat16", "auto"])  # fmt: skip
+                        help="float32, mixed_bfloat16 or auto; comma-separated to race several")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-dir", default="runs/recipe_race")
     parser.add_argument("--reuse", action="store_true", help="take results kept in --save-dir")
     parser.add_argument("--report", action="store_true", help="only print --save-dir's results")
+    parser.add_argument("--markdown", action="store_true", help="with --report: Markdown tables")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the kept models again, with every scorer of "
+                        "set_scores.SPLITS (after one is added)")  # fmt: skip
     parser.add_argument("--sweep", action="store_true",
                         help="score every sampler (or --samplers) on the models kept in "
                         "--save-dir instead of training; results in *.sweep.json")  # fmt: skip
@@ -212,41 +253,55 @@ def main():
     parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return sweep_worker(args) if args.sweep else worker(args)
+        return sweep_worker(args) if args.sweep or args.rescore else worker(args)
     if args.sweep and args.samplers == RACE_SAMPLERS:
         args.samplers = ",".join(SAMPLERS)
     unknown = [s for s in args.samplers.split(",") if s not in SAMPLERS]
     if unknown:
         raise SystemExit(f"--samplers: unknown {unknown}; choose from {list(SAMPLERS)}")
     flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
-    print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}; precision {args.precision}")
+    if not args.markdown:
+        print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}; "
+              f"precision {args.precision}")
     os.makedirs(args.save_dir, exist_ok=True)
     results = []
-    for name in args.sets.split(","):
-        for recipe in args.recipes.split(","):
-            stem = os.path.join(args.save_dir, f"{name}_{recipe}_{args.precision}")
-            kept = stem + (".sweep.json" if args.sweep else ".json")
-            if (args.reuse or args.report) and os.path.exists(kept):
-                with open(kept) as handle:
-                    results.append(json.load(handle))
+    precisions = args.precision.split(",")
+    for name, recipe, precision in (
+        (n, r, p) for n in args.sets.split(",") for r in args.recipes.split(",") for p in precisions
+    ):
+        args.precision = precision
+        stem = os.path.join(args.save_dir, f"{name}_{recipe}_{args.precision}")
+        kept = stem + (".sweep.json" if args.sweep else ".json")
+        if args.rescore:
+            if not os.path.exists(kept):
                 continue
-            if args.report:
-                continue
-            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", DIFFUSION_KERAS_QUIET="1")
-            command = [sys.executable, __file__, "--worker", "--set", name, "--recipe", recipe,
-                       "--steps", str(args.steps), "--samplers", args.samplers, "--count",
-                       str(args.count), "--size", str(args.size), "--precision", args.precision,
-                       "--seed", str(args.seed), "--save", stem + ".keras"]  # fmt: skip
-            command += ["--sweep"] * args.sweep
-            done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
-            if done.returncode != 0:
-                raise SystemExit(f"worker failed: {' '.join(command)}")
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            result["precision"] = args.precision
-            with open(kept, "w") as handle:
-                json.dump(result, handle)
-            results.append(result)
-    report(results, args)
+            with open(kept) as handle:
+                if "plain" in next(iter(json.load(handle)["samplers"].values())):
+                    continue
+        elif (args.reuse or args.report) and os.path.exists(kept):
+            with open(kept) as handle:
+                results.append(json.load(handle))
+            continue
+        if args.report:
+            continue
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", DIFFUSION_KERAS_QUIET="1")
+        command = [sys.executable, __file__, "--worker", "--set", name, "--recipe", recipe,
+                   "--steps", str(args.steps), "--samplers", args.samplers, "--count",
+                   str(args.count), "--size", str(args.size), "--precision", args.precision,
+                   "--seed", str(args.seed), "--save", stem + ".keras"]  # fmt: skip
+        command += ["--sweep"] * args.sweep + ["--rescore"] * args.rescore
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
+        if done.returncode != 0:
+            raise SystemExit(f"worker failed: {' '.join(command)}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        result["precision"] = args.precision
+        with open(kept, "w") as handle:
+            json.dump(result, handle)
+        results.append(result)
+    if args.markdown:
+        print(markdown(results))
+    else:
+        report(results, args)
 
 
 if __name__ == "__main__":

@@ -57,10 +57,10 @@ def test_scores_see_what_they_measure():
     assert frechet_distance(a, b) < 0.05
     assert frechet_distance(a, b + 1.0) == pytest.approx(8.0, abs=0.3)  # the means' distance
     assert abs(kernel_distance(a, b)) < 0.02 < kernel_distance(a, b + 1.0)
-    even = np.zeros((9, 4))  # three real classes and "not real"
+    even = np.zeros((9, 3))
     even[np.arange(9), np.arange(9) % 3] = 10.0
     assert coverage(even) == pytest.approx(1.0, abs=1e-3)
-    one_class = np.zeros((9, 4))
+    one_class = np.zeros((9, 3))
     one_class[:, 0] = 10.0
     assert coverage(one_class) == pytest.approx(1 / 3, abs=1e-3)
 

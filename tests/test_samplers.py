@@ -225,3 +225,29 @@ def test_generate_samples_with_the_measured_default_and_the_book_one_flag_away()
     )
     with pytest.raises(ValueError, match="unknown sampling recipe 'fast'"):
         sampling_settings("fast")
+
+
+def test_generate_cli_settings_come_from_the_recipe_and_the_flags_given():
+    """generate.py's sampler settings: the measured default (stochastic,
+    with its eta), the recipe's eta only with the recipe's sampler,
+    deterministic paths for --interpolate and --show-steps, --eta always wins."""
+    from diffusion_keras.cli.generate import parser, sampling_arguments
+    from diffusion_keras.sampling.rules import SAMPLING_RECIPES
+
+    def settings(*flags):
+        return sampling_arguments(parser().parse_args(["model.keras", *flags]))
+
+    default = dict(SAMPLING_RECIPES["default"])
+    default.setdefault("eta", 0.0)
+    assert settings() == default
+    assert settings("--recipe", "book") == dict(sampler="ddim", diffusion_steps=20,
+                                                spacing="uniform", eta=0.0)  # fmt: skip
+    assert settings("--eta", "0.3")["eta"] == 0.3
+    assert settings("--eta", "0.3")["sampler"] == default["sampler"]
+    other = "ddim" if default["sampler"] != "ddim" else "dpmpp_2m"
+    assert settings("--sampler", other)["eta"] == 0.0  # the recipe's eta stays with its sampler
+    assert settings("--interpolate")["eta"] == 0.0
+    assert settings("--show-steps", "1,2")["eta"] == 0.0
+    assert settings("--interpolate", "--eta", "1")["eta"] == 1.0
+    assert settings("--init-image", "x.png", "--mask", "m.png")["eta"] == 1.0  # inpaint's
+    assert settings("--init-image", "x.png")["eta"] == 0.0  # image-to-image keeps its image

@@ -51,10 +51,10 @@ def parser():
         "--recipe",
         choices=list(SAMPLING_RECIPES),
         default=None,
-        help="sampling defaults: the measured fastest (default: {sampler}, {diffusion_steps} "
-        "{spacing} steps), the book's (book: ddim, 20 uniform steps) or the one for masks "
-        "(inpaint: ddim, 20 uniform steps, eta 1; the default with --mask); --sampler, --steps, "
-        "--spacing and --eta still win".format(**default),
+        help="sampling defaults: the measured best (default: {sampler}, {diffusion_steps} "
+        "{spacing} steps, eta {eta}), the book's (book: ddim, 20 uniform steps) or the one for "
+        "masks (inpaint: ddim, 20 uniform steps, eta 1; the default with --mask); --sampler, "
+        "--steps, --spacing and --eta still win".format(**default),
     )
     steps = default["diffusion_steps"]
     add("--steps", type=positive_int, default=None, help=f"diffusion steps (default {steps})")
@@ -89,7 +89,8 @@ def parser():
              f"(better images in few steps; default {default['spacing']})")  # fmt: skip
     add("--eta", type=closed_unit_interval, default=None,
         help="fresh noise per step, 0 (deterministic) to 1 (ddim: DDPM's ancestral "
-        "sampling; dpmpp_2m: SDE-DPM-Solver++(2M))")  # fmt: skip
+        "sampling; dpmpp_2m: SDE-DPM-Solver++(2M)); default the recipe's (default: "
+        f"{default.get('eta', 0.0)}), 0 with --interpolate and --show-steps")  # fmt: skip
     add("--class", dest="class_label", metavar="NAME|INDEX",
         help="generate this class: a conditional model's, or the classifier's")  # fmt: skip
     add("--prompt", help="a text-conditional model's prompt (train.py --captions)")
@@ -195,15 +196,17 @@ def sampling_arguments(args):
     """Sampler, steps, spacing and eta from --recipe and the flags that win over it."""
 
     recipe = args.recipe or ("inpaint" if args.mask else "default")
-    # --eta is DDIM's: it picks DDIM unless another sampler is asked for.
-    sampler = args.sampler or ("ddim" if args.eta else None)
     settings = sampling_settings(
-        recipe, sampler=sampler, diffusion_steps=args.steps, spacing=args.spacing
+        recipe, sampler=args.sampler, diffusion_steps=args.steps, spacing=args.spacing
     )
-    # The recipe's eta goes with the recipe's sampler, not with another.
+    # The recipe's eta goes with the recipe's sampler, not with another one.
     recipes_sampler = sampling_settings(recipe)["sampler"]
     eta = settings.pop("eta", 0.0) if settings["sampler"] == recipes_sampler else 0.0
-    settings.pop("eta", None)
+    # Interpolations and step rows show where one noise leads, and
+    # image-to-image and denoising keep to their image: a deterministic path
+    # there, unless --eta asks for fresh noise (inpainting's recipe has its own).
+    if args.interpolate or args.show_steps or (args.init_image and recipe == "default"):
+        eta = 0.0
     settings["eta"] = eta if args.eta is None else args.eta
     return settings
 

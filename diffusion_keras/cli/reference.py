@@ -32,7 +32,8 @@ GENERATE_HEADER = """# generate.py flags
 
 `python generate.py MODEL [flags]`, grouped as `python generate.py --help` groups them
 (this page is generated from that parser). The sampler, step count and spacing left
-out come from `--recipe` (the measured default: DPM-Solver++(2M), 5 log-SNR steps).
+out come from `--recipe` (the measured default: SDE-DPM-Solver++(2M), 10 log-SNR steps,
+eta 1).
 
 """
 
