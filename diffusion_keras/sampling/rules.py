@@ -136,10 +136,15 @@ def dpmpp_2m_update(
     r = (lambdas - previous_lambdas) / h
     corrected = (1.0 + 0.5 / r) * pred_images - (0.5 / r) * previous_pred_images
     estimate = ops.where(first_step, pred_images, corrected)
+    current_images, estimate, h, noise_rates, next_noise_rates, next_signal_rates = (
+        ops.convert_to_tensor(x, "float32") for x in (current_images, estimate, h, noise_rates,
+                                                      next_noise_rates, next_signal_rates)
+    )  # fmt: skip
     if step_noises is None:
         return (next_noise_rates / noise_rates) * current_images - next_signal_rates * (
             ops.exp(-h) - 1.0
         ) * estimate
+    step_noises = ops.convert_to_tensor(step_noises, "float32")
     churn = ops.exp(-eta * h)
     return (
         (next_noise_rates / noise_rates) * churn * current_images
