@@ -22,7 +22,8 @@ TINY = ["--image-size", "16", "--widths", "8,16", "--block-depth", "1", "--embed
 OTHER = {
     "image_size": "32", "widths": "8,16,24", "block_depth": "3", "embedding_dims": "16",
     "attention_levels": "1", "min_signal_rate": "0.05", "max_signal_rate": "0.9",
-    "ema": "0.99", "label_dropout": "0.2", "log_snr_mean": "0.5", "adam_beta_2": "0.99",
+    "ema": "0.99", "ema_length": "0.1", "label_dropout": "0.2", "log_snr_mean": "0.5",
+    "adam_beta_2": "0.99",
     "data": "builtin:flowers:64", "output": "runs/other", "autoencoder": "ae.keras",
     "text_encoder": "te.keras", "checkpoint_every": "10m", "seed": "7", "latent_factor": "8",
     "precision": "float32", "schedule": "cosine",
