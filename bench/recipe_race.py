@@ -27,7 +27,6 @@ never by CI.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -55,11 +54,6 @@ SAMPLERS = {
                                     eta=1.0),  # fmt: skip
 }
 RACE_SAMPLERS = "book (ddim 20),dpmpp_2m 5 log_snr,ddim 20 eta 1,sde-dpmpp_2m 10 log_snr"
-
-
-def cpu_seconds():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def parse_recipe(text, steps):
@@ -120,7 +114,7 @@ def sweep_worker(args):
 
 def worker(args):
     """Trains one recipe on one set, then scores each sampler; one JSON line."""
-    from quality import package_first, recipe_config
+    from quality import cpu_seconds, package_first, recipe_config
 
     package_first()
     import numpy as np
