@@ -256,6 +256,43 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(np.isfinite(w).all() for w in good.network.get_weights())
 
 
+class CtrlCInsideALibrary(keras.callbacks.Callback):
+    """Ctrl-C at batch 2, landing in library code that turns it into another
+    error (as TensorFlow can while it traces a function)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 1:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                raise TypeError("Expected int32, but got None of type 'NoneType'.") from None
+
+
+def test_ctrl_c_that_a_library_turns_into_another_error_still_saves_the_weights(tmp_path):
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("this test process handles SIGINT itself")
+    run_dir = tmp_path / "run"
+    config = TrainConfig(data="builtin:flowers:32", output=str(run_dir), **_tiny_config())
+    with pytest.raises(KeyboardInterrupt) as raised:
+        train(config, verbose=0, extra_callbacks=[CtrlCInsideALibrary()])
+    assert isinstance(raised.value.__cause__, TypeError)
+    assert load_model(str(run_dir / "interrupted.keras")).generate(1, 2, seed=0).shape[0] == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_other_errors_are_not_taken_for_ctrl_c(tmp_path):
+    class Broken(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise TypeError("a bug")
+
+    run_dir = tmp_path / "run"
+    config = TrainConfig(data="builtin:flowers:32", output=str(run_dir), **_tiny_config())
+    with pytest.raises(TypeError, match="a bug"):
+        train(config, verbose=0, extra_callbacks=[Broken()])
+    assert not (run_dir / "interrupted.keras").exists()
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_the_current_weights(tmp_path, png_folder):
     run_dir = tmp_path / "run"

@@ -94,6 +94,14 @@ def test_partial_batches_train_and_evaluate():
     assert set(result) == {"n_loss", "i_loss"} and np.isfinite(result["n_loss"])
 
 
+@pytest.mark.parametrize("seed", [None, 2**40 + 3], ids=["unseeded", "beyond 32 bits"])
+def test_any_seed_builds_a_model_on_every_backend(seed):
+    model = tiny_model(seed=seed)
+    assert model.generate(1, 2, seed=0).shape == (1, 16, 16, 3)
+    if seed is not None:
+        assert weights_equal(model.network, tiny_model(seed=seed).network)
+
+
 @pytest.mark.slow
 def test_same_seed_same_training():
     def run():

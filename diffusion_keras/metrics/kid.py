@@ -20,6 +20,7 @@ from keras import layers, ops
 from diffusion_keras.config.choices import KID_FEATURES as FEATURES
 from diffusion_keras.utils import network
 from diffusion_keras.utils.errors import DiffusionKerasError
+from diffusion_keras.utils.seeds import derived_seed
 
 INCEPTION_WEIGHTS = "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"
 INCEPTION_URL = "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/"
@@ -78,7 +79,7 @@ def random_features(image_size=64, seed=0, channels=3):
     x = layers.Resizing(image_size, image_size)(inputs)
     x = layers.Rescaling(2.0, offset=-1.0)(x)
     for index, filters in enumerate((64, 128, 256)):
-        initializer = keras.initializers.HeNormal(seed=seed * 10 + index)
+        initializer = keras.initializers.HeNormal(seed=derived_seed(seed, 10, index))
         x = layers.Conv2D(filters, 3, padding="same", activation="relu",
                           kernel_initializer=initializer)(x)  # fmt: skip
         x = layers.AveragePooling2D(2)(x)
@@ -325,9 +326,9 @@ class InceptionScore(keras.metrics.Metric):
     def result(self):
         # E_x KL = E_x[sum p log p] - sum p_mean log p_mean.
         marginal = self.probability_sum / self.count
-        mean_kl = self.negative_entropy_sum / self.count - (
-            marginal * np.log(marginal + 1e-16)
-        ).sum()
+        mean_kl = (
+            self.negative_entropy_sum / self.count - (marginal * np.log(marginal + 1e-16)).sum()
+        )
         return np.exp(mean_kl)
 
     def reset_state(self):

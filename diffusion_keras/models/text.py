@@ -22,6 +22,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from diffusion_keras.utils.seeds import derived_seed
+
 STANDARDIZE = "lower_and_strip_punctuation"
 
 
@@ -122,7 +124,7 @@ class TextEncoder(keras.Model):
             name="tokenizer",
         )
         normal = lambda k: keras.initializers.RandomNormal(  # noqa: E731
-            stddev=0.02, seed=None if seed is None else seed * 100 + k
+            stddev=0.02, seed=derived_seed(seed, 100, k)
         )
         # Word ids: 0 pads, 1 is an unknown word, then the vocabulary.
         self.token_embedding = layers.Embedding(
@@ -136,7 +138,7 @@ class TextEncoder(keras.Model):
             TransformerBlock(
                 self.dims,
                 self.heads,
-                seed=None if seed is None else seed + 10 * i,
+                seed=derived_seed(seed, 1, 10 * i),
                 name=f"block_{i}",
             )  # fmt: skip
             for i in range(self.depth)

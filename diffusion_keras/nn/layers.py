@@ -12,6 +12,7 @@ import keras
 from keras import layers, ops
 
 from diffusion_keras.config.choices import BATCH_NORMS
+from diffusion_keras.utils.seeds import derived_seed
 
 
 @keras.saving.register_keras_serializable(package="diffusion_keras")
@@ -160,9 +161,7 @@ class KernelInitializers:
         if self.seed is None:
             return "glorot_uniform"
         self.count += 1
-        return keras.initializers.GlorotUniform(seed=self.seed * 1000 + self.count)
-
-
+        return keras.initializers.GlorotUniform(seed=derived_seed(self.seed, 1000, self.count))
 
 
 def validate_batch_norm(kind):

@@ -14,6 +14,7 @@ from diffusion_keras.nn.layers import (
     validate_batch_norm,
 )
 from diffusion_keras.utils.precision import dtype_policy, validate_precision
+from diffusion_keras.utils.seeds import derived_seed
 
 
 def validate_unet_args(
@@ -192,7 +193,7 @@ def _build_unet(
             num_classes + 1,
             embedding_dims,
             embeddings_initializer=keras.initializers.RandomNormal(
-                stddev=1.0, seed=None if seed is None else seed * 1000
+                stddev=1.0, seed=derived_seed(seed, 1000)
             ),
         )(class_labels)
         if cross_attention:

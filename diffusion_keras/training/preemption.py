@@ -95,3 +95,31 @@ _SIGNAL = StopSignal()
 def stop_signal():
     """The process's `StopSignal`."""
     return _SIGNAL
+
+
+@contextlib.contextmanager
+def interrupts_noted():
+    """Within the block, Ctrl-C raises `KeyboardInterrupt` as usual but is
+    also noted in the yielded list. A KeyboardInterrupt that lands inside a
+    library (say, while TensorFlow traces a function) can come out as another
+    error; the caller then still knows that the user asked to stop. Outside
+    the main thread, or when a program has its own SIGINT handler, the
+    handler is left alone."""
+    noted = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:
+        yield noted
+        return
+
+    def handle(signum, frame):
+        noted.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handle)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)

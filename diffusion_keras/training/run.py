@@ -56,7 +56,7 @@ from diffusion_keras.training.distribute import (
 )
 from diffusion_keras.training.latent import autoencoder_for, encoded_once
 from diffusion_keras.training.precise_bn import PreciseBatchNorm
-from diffusion_keras.training.preemption import stop_signal
+from diffusion_keras.training.preemption import interrupts_noted, stop_signal
 from diffusion_keras.training.run_files import RunLock, claim_run_directory, trim_logs
 from diffusion_keras.utils.errors import ModelFileError, Preempted, TrainingError
 from diffusion_keras.utils.precision import resolve_precision
@@ -388,28 +388,39 @@ def fit(run, stop, extra_callbacks=()):
         # Workers of a multi-worker run agree on stopping at their first step.
         raise Preempted(NOTHING_TO_SAVE)
     checkpointer.resume_at(run.initial_epoch, run.first_step)
-    try:
-        for epoch, epochs, skip in fit_phases(run.initial_epoch, run.first_step, config.epochs):
-            if multiworker:
-                fit_multiworker(
-                    model, run.strategy, functools.partial(run.dataset, epoch, skip),
-                    config.batch_size, epochs=epochs, initial_epoch=epoch,
-                    steps_per_epoch=steps, first_step=skip, callbacks=callbacks,
-                    verbose=1 if run.verbose == "auto" else run.verbose, stop=stop,
-                )  # fmt: skip
-            else:
-                model.fit(
-                    run.dataset(epoch, skip), epochs=epochs, initial_epoch=epoch,
-                    steps_per_epoch=steps - skip, callbacks=callbacks, verbose=run.verbose,
-                    shuffle=False,
-                )  # fmt: skip
-            if checkpointer.preempted or run.nan_guard.failure:
-                break
-    except KeyboardInterrupt:
-        # Mid-epoch weights: kept for generate.py, but --resume restarts from the
-        # last checkpoint so that a resumed run stays exact.
-        save_model_atomically(model, paths["interrupted"])
-        raise
+    with interrupts_noted() as interrupts:
+        try:
+            _fit_phases(run, model, config, steps, multiworker, callbacks, checkpointer, stop)
+        except BaseException as error:
+            if not (isinstance(error, KeyboardInterrupt) or interrupts):
+                raise
+            # Mid-epoch weights: kept for generate.py, but --resume restarts from
+            # the last checkpoint so that a resumed run stays exact. (A Ctrl-C that
+            # lands inside a library can surface as another error: still Ctrl-C.)
+            save_model_atomically(model, paths["interrupted"])
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            raise KeyboardInterrupt from error
+
+
+def _fit_phases(run, model, config, steps, multiworker, callbacks, checkpointer, stop):
+    """`fit`'s loop over the phases of `fit_phases`."""
+    for epoch, epochs, skip in fit_phases(run.initial_epoch, run.first_step, config.epochs):
+        if multiworker:
+            fit_multiworker(
+                model, run.strategy, functools.partial(run.dataset, epoch, skip),
+                config.batch_size, epochs=epochs, initial_epoch=epoch,
+                steps_per_epoch=steps, first_step=skip, callbacks=callbacks,
+                verbose=1 if run.verbose == "auto" else run.verbose, stop=stop,
+            )  # fmt: skip
+        else:
+            model.fit(
+                run.dataset(epoch, skip), epochs=epochs, initial_epoch=epoch,
+                steps_per_epoch=steps - skip, callbacks=callbacks, verbose=run.verbose,
+                shuffle=False,
+            )  # fmt: skip
+        if checkpointer.preempted or run.nan_guard.failure:
+            break
 
 
 def finish(run, stop):
