@@ -61,7 +61,8 @@ def test_every_setting_is_a_flag_in_a_group_or_said_to_be_derived():
     groups = {f.name for cls in GROUPS for f in fields.own_settings(cls)}
     assert groups == {f.name for f in SETTINGS}
     derived = {f.name for f in SETTINGS if not fields.flag_name(f)}
-    assert derived == {"channels"}  # the images' RGB: from the data
+    # The images' RGB (from the data), and what distill.py makes a student.
+    assert derived == {"channels", "student_steps", "student_guidance"}
     help_text = train.parser().format_help()
     for cls in GROUPS:
         assert cls.TITLE in help_text

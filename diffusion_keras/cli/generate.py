@@ -54,10 +54,12 @@ def parser():
         help="sampling defaults: the measured best (default: {sampler}, {diffusion_steps} "
         "{spacing} steps, eta {eta}), the book's (book: ddim, 20 uniform steps) or the one for "
         "masks (inpaint: ddim, 20 uniform steps, eta 1; the default with --mask); --sampler, "
-        "--steps, --spacing and --eta still win".format(**default),
+        "--steps, --spacing and --eta still win; a distilled student's default is its own DDIM "
+        "steps".format(**default),
     )
     steps = default["diffusion_steps"]
-    add("--steps", type=positive_int, default=None, help=f"diffusion steps (default {steps})")
+    add("--steps", type=positive_int, default=None,
+        help=f"diffusion steps (default {steps}; a student's own)")  # fmt: skip
     add("--seed", type=int, default=None, help="same seed, same images (default: random)")
     add(
         "--columns", type=positive_int, default=None, help="images per row of the grid (default 10)"
@@ -192,13 +194,20 @@ def classifier_guidance(args, model):
     return {"classifier": load_classifier(path), "classifier_scale": scale}
 
 
-def sampling_arguments(args):
-    """Sampler, steps, spacing and eta from --recipe and the flags that win over it."""
+def sampling_arguments(args, student_defaults=None):
+    """Sampler, steps, spacing and eta from --recipe and the flags that win over it.
+
+    A distilled student's own sampling (`student_defaults`, its
+    `sampling_defaults()`) takes the place of the default recipe."""
 
     recipe = args.recipe or ("inpaint" if args.mask else "default")
-    settings = sampling_settings(
-        recipe, sampler=args.sampler, diffusion_steps=args.steps, spacing=args.spacing
-    )
+    given = dict(sampler=args.sampler, diffusion_steps=args.steps, spacing=args.spacing)
+    if student_defaults and args.recipe is None and not args.mask:
+        settings = dict(student_defaults)
+        settings.update({name: value for name, value in given.items() if value is not None})
+        settings["eta"] = 0.0 if args.eta is None else args.eta
+        return settings
+    settings = sampling_settings(recipe, **given)
     # The recipe's eta goes with the recipe's sampler, not with another one.
     recipes_sampler = sampling_settings(recipe)["sampler"]
     eta = settings.pop("eta", 0.0) if settings["sampler"] == recipes_sampler else 0.0
@@ -271,8 +280,9 @@ def main(argv=None):
     import_tensorflow()
     from diffusion_keras.models.saving import load_model
 
-    settings = sampling_arguments(args)
     model = load_model(args.model, compile=False, precision=args.precision)
+    student = model.sampling_defaults() if getattr(model, "student_steps", 0) else None
+    settings = sampling_arguments(args, student)
     # A progress bar only at a terminal: in a file its frames are noise.
     progress = not args.no_progress and sys.stdout.isatty()
     generate = dict(

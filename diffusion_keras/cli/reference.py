@@ -1,6 +1,7 @@
 """The docs' flag reference, derived from the settings and the parsers:
 `python -m diffusion_keras.cli.reference` writes `docs/reference/flags.md`
-(train.py) and `docs/reference/generate-flags.md` (generate.py).
+(train.py), `docs/reference/generate-flags.md` (generate.py) and
+`docs/reference/distill-flags.md` (distill.py).
 
 `tests/test_settings.py` checks that the committed pages are what this writes,
 so the reference cannot drift from the code.
@@ -10,7 +11,7 @@ import argparse
 import os
 import sys
 
-from diffusion_keras.cli import generate
+from diffusion_keras.cli import distill, generate
 from diffusion_keras.config import fields
 from diffusion_keras.config.run import GROUPS
 
@@ -34,6 +35,14 @@ GENERATE_HEADER = """# generate.py flags
 (this page is generated from that parser). The sampler, step count and spacing left
 out come from `--recipe` (the measured default: SDE-DPM-Solver++(2M), 10 log-SNR steps,
 eta 1).
+
+"""
+
+DISTILL_HEADER = """# distill.py flags
+
+`python distill.py MODEL --steps N --output DIR [flags]`, grouped as
+`python distill.py --help` groups them (generated from that parser). The guide:
+[few-step students](../guides/distillation.md).
 
 """
 
@@ -67,6 +76,8 @@ def pages():
         os.path.join("docs", "reference", "flags.md"): TRAIN_HEADER + fields.reference(GROUPS),
         os.path.join("docs", "reference", "generate-flags.md"): GENERATE_HEADER
         + parser_reference(generate.parser()),
+        os.path.join("docs", "reference", "distill-flags.md"): DISTILL_HEADER
+        + parser_reference(distill.parser()),
     }
 
 

@@ -88,6 +88,15 @@ class DiffusionConfig:
     label_dropout: float = setting(0.1, "--conditional/--captions: share of labels (captions) "
                                    "trained as 'no class' (the empty prompt)",
                                    type=types.unit_interval)  # fmt: skip
+    # A distilled student (`diffusion_keras.models.distillation`) samples as it was
+    # taught: deterministic DDIM over this many uniform steps, with the
+    # teacher's classifier-free guidance at `student_guidance` built in.
+    student_steps: int = setting(0, "a distilled student: the DDIM steps (uniform in time) it "
+                                 "samples in; 0 for a model that is not a student",
+                                 type=types.non_negative_int, flag=NO_FLAG)  # fmt: skip
+    student_guidance: float = setting(1.0, "a distilled student: the teacher's classifier-free "
+                                      "guidance it learnt (generate then uses 1)",
+                                      type=types.non_negative_float, flag=NO_FLAG)  # fmt: skip
 
 
 @dataclasses.dataclass

@@ -406,6 +406,11 @@ class DiffusionModel(keras.Model):
         """This model's `Sampler` (its compiled loops are cached)."""
         return self.generator.sampler
 
+    def sampling_defaults(self):
+        """How `generate` samples unless told otherwise
+        (`Generator.sampling_defaults`): a student in its own steps."""
+        return self.generator.sampling_defaults()
+
     @functools.wraps(Generator.generate)
     def generate(self, *args, **kwargs):
         # `Generator.generate`'s signature and docstring, for help() and IDEs.

@@ -76,31 +76,50 @@ class Generator:
             )
         return index
 
+    def sampling_defaults(self):
+        """How this model samples unless told otherwise: a distilled
+        student as it was taught (DDIM over its `student_steps` uniform
+        steps), any other model as the book does (DDIM, 20 uniform steps)."""
+        steps = int(self.model.student_steps) or 20
+        return dict(sampler="ddim", diffusion_steps=steps, spacing="uniform", eta=0.0)
+
+    def _with_defaults(self, diffusion_steps, sampler, spacing):
+        defaults = self.sampling_defaults()
+        return (
+            defaults["diffusion_steps"] if diffusion_steps is None else diffusion_steps,
+            defaults["sampler"] if sampler is None else sampler,
+            defaults["spacing"] if spacing is None else spacing,
+        )
+
     def generate(
         self,
         num_images=None,
-        diffusion_steps=20,
+        diffusion_steps=None,
         initial_noise=None,
         seed=None,
         batch_size=64,
         progress=False,
-        sampler="ddim",
+        sampler=None,
         eta=0.0,
         class_labels=None,
         guidance_scale=1.0,
         classifier=None,
         classifier_scale=1.0,
-        spacing="uniform",
+        spacing=None,
         prompts=None,
         negative_prompts=None,
     ):
         """Generates images in [0, 1] as a numpy array `(n, size, size, channels)`.
 
+        `diffusion_steps`, `sampler` and `spacing` left as None are the
+        model's (`sampling_defaults`): the book's DDIM over 20 uniform steps,
+        or a distilled student's own step count.
+
         Args:
             num_images: int. How many images; may be omitted when
                 `initial_noise` is given.
             diffusion_steps: int. Sampling steps (network evaluations).
-                Defaults to 20.
+                Defaults to 20 (a student's own steps).
             initial_noise: array or None. Starting noise `(n, size, size,
                 channels)`; drawn from `seed` when None.
             seed: int or None. Same seed, same images (the fresh noise of
@@ -137,6 +156,7 @@ class Generator:
                 (one, or one per image), instead of the empty prompt.
         """
         self._check_adapted()
+        diffusion_steps, sampler, spacing = self._with_defaults(diffusion_steps, sampler, spacing)
         validate_sampler(sampler, eta)
         validate_spacing(spacing)
         expected = self.model.sample_shape
@@ -167,7 +187,7 @@ class Generator:
 
     def edit(
         self, images, strength=None, mask=None, noise_level=None, resample=1,
-        diffusion_steps=20, seed=None, sampler="ddim", eta=0.0, spacing="uniform",
+        diffusion_steps=None, seed=None, sampler=None, eta=0.0, spacing=None,
         class_labels=None, guidance_scale=1.0, classifier=None, classifier_scale=1.0,
         batch_size=64, progress=False, prompts=None, negative_prompts=None, harmonize=None,
     ):  # fmt: skip
@@ -206,6 +226,7 @@ class Generator:
 
         if self.model.autoencoder is not None:
             raise ValueError("editing works on pixel-space models; this one is a latent model")
+        diffusion_steps, sampler, spacing = self._with_defaults(diffusion_steps, sampler, spacing)
         return edit(
             self.model, images, strength, mask, noise_level, resample, diffusion_steps, seed,
             sampler, eta, spacing, class_labels, guidance_scale, classifier,

@@ -32,6 +32,7 @@ from diffusion_keras.data.datasets import (
 from diffusion_keras.metrics.kid import KIDMonitor, feature_extractor
 from diffusion_keras.models.classifier import NoiseClassifier
 from diffusion_keras.models.diffusion_model import DiffusionModel
+from diffusion_keras.models.distillation import attach_teacher, student_of
 from diffusion_keras.models.saving import load_model
 from diffusion_keras.nn.unet import build_unet
 from diffusion_keras.training.callbacks import (
@@ -109,6 +110,11 @@ def build_model(config, class_names=None, total_steps=None, autoencoder=None, te
         precision=resolve_precision(config.precision),
         autoencoder=autoencoder,
     )
+    return compile_model(model, config, total_steps)
+
+
+def compile_model(model, config, total_steps=None):
+    """Compiles `model` with the run's optimizer (AdamW) and `jit_compile`."""
     model.compile(
         optimizer=keras.optimizers.AdamW(
             learning_rate=learning_rate(config, total_steps or 1),
@@ -202,6 +208,7 @@ class Run:
     nan_guard: object = None
     checkpointer: object = None
     line_log: bool = False
+    teacher: object = None
 
     def dataset(self, first_epoch=0, first_step=0):
         """The training batches from `first_epoch`, `first_step` on."""
@@ -214,7 +221,7 @@ class Run:
 
 
 def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), strategy=None,
-          overwrite=False):  # fmt: skip
+          overwrite=False, teacher=None):  # fmt: skip
     """Trains a model as `config` says and writes the run directory.
 
     Args:
@@ -233,6 +240,11 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
             `distribute.KerasDistribution` (JAX, PyTorch) or None (one device). Under
             `MultiWorkerMirroredStrategy` the chief writes the run directory
             and every other worker writes to `RUN_DIR/.worker_K/`.
+        teacher: a `DiffusionModel` or None. Distil it instead
+            (`diffusion_keras.models.distillation`): the model is a student of
+            `config.student_steps` steps made from the teacher (or the
+            checkpoint's, resuming), trained towards the teacher's two DDIM
+            steps; `diffusion_keras.training.distill.distill` runs the rounds.
 
     Returns:
         The trained `DiffusionModel`.
@@ -251,11 +263,12 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
         claim_run_directory(config.output, resume, overwrite)
     # One writer per run directory: the chief holds its lock until the run ends.
     with RunLock(config.output) if chief else contextlib.nullcontext():
-        return _train(config, resume, verbose, data, extra_callbacks, strategy)
+        return _train(config, resume, verbose, data, extra_callbacks, strategy, teacher)
 
 
-def _train(config, resume, verbose, data, extra_callbacks, strategy):
+def _train(config, resume, verbose, data, extra_callbacks, strategy, teacher=None):
     run = start_run(config, strategy, verbose)
+    run.teacher = teacher
     prepare_data(run, data)
     prepare_text_encoder(run)
     # Built now so that less than a batch of data fails before any model is built.
@@ -317,7 +330,12 @@ def prepare_text_encoder(run):
     captions then train as its tokens."""
     if not run.config.captions:
         return
-    run.text_encoder = text_encoder_for(run.config, run.data, run.run_dir, run.verbose, run.chief)
+    if run.teacher is not None:
+        run.text_encoder = run.teacher.text_encoder  # a student reads the teacher's tokens
+    else:
+        run.text_encoder = text_encoder_for(
+            run.config, run.data, run.run_dir, run.verbose, run.chief
+        )
     run.data = dataclasses.replace(run.data, labels=run.text_encoder.tokenize(run.data.captions))
 
 
@@ -344,6 +362,12 @@ def prepare_model(run, resume):
                     f"--resume: the checkpoint is {run.first_step} steps into an epoch, but an "
                     f"epoch of this data has {steps}; resume with the run's --data"
                 )
+        elif run.teacher is not None:
+            model = student_of(
+                run.teacher, config.student_steps, config.student_guidance, config.prediction,
+                seed=config.seed, precision=config.precision,
+            )  # fmt: skip
+            compile_model(model, config, steps * config.epochs)
         else:
             autoencoder = None
             if config.latent:
@@ -358,7 +382,9 @@ def prepare_model(run, resume):
         if config.latent and not config.flip:
             # Encoded once (flips would need the flipped images' latents too).
             run.data = encoded_once(model, run.data, run.run_dir, config.batch_size)
-        if not resume:
+        if run.teacher is not None:
+            attach_teacher(model, run.teacher)
+        elif not resume:
             model.adapt(image_dataset(run.data, config.batch_size))
     run.model = model
 

@@ -1,0 +1,96 @@
+"""Distillation runs: `DistillConfig`, every setting of `distill.py`, saved as
+`DIR/config.json`. `distill.py`'s flags and the docs' flag reference are
+derived from it, as `train.py`'s are from `TrainConfig`."""
+
+import dataclasses
+import json
+import os
+from typing import ClassVar
+
+from diffusion_keras.config import choices, fields, types
+from diffusion_keras.config.fields import setting
+from diffusion_keras.config.run import DEFAULT_CHECKPOINT_EVERY
+
+
+@dataclasses.dataclass
+class DistillRoundsConfig:
+    TITLE: ClassVar[str] = "rounds"
+
+    steps: int = setting(1, "the student's sampling steps at the end: each round halves "
+                         "the steps, from --from-steps down to this",
+                         type=types.positive_int)  # fmt: skip
+    from_steps: int = setting(0, "the teacher's DDIM steps that the first round distils (0: 64, "
+                              "or a student's own steps)", type=types.non_negative_int)  # fmt: skip
+    guidance_scale: float = setting(1.0, "a conditional teacher's classifier-free guidance, "
+                                    "built into the student",
+                                    type=types.non_negative_float)  # fmt: skip
+    prediction: str = setting("auto", "what the students predict (auto: the teacher's down to "
+                              "the 4-step student, velocity from the 2-step one on, as "
+                              "measured; a noise prediction divides by a signal rate near 0 "
+                              "in one step)", choices=("auto",) + choices.PREDICTIONS)  # fmt: skip
+
+
+@dataclasses.dataclass
+class DistillTrainingConfig:
+    TITLE: ClassVar[str] = "training of each round"
+
+    data: str = setting("", "the teacher's training images (default: the --data of the "
+                        "teacher's run, read from its config.json)")  # fmt: skip
+    center_crop: bool = setting(False, "crop images to a centred square before resizing "
+                                "(default: as the teacher's run)")  # fmt: skip
+    budget: float = setting(0.4, "the images all rounds train on together, as a share of the "
+                            "images the teacher trained on (each student step also runs the "
+                            "teacher twice: 0.4 costs about 0.7 of the teacher's training)",
+                            type=types.positive_float)  # fmt: skip
+    round_epochs: int = setting(0, "epochs of each round (0: from --budget)",
+                                type=types.non_negative_int)  # fmt: skip
+    dataset_repetitions: int = setting(1, "passes over the data per epoch",
+                                       type=types.positive_int)  # fmt: skip
+    batch_size: int = setting(16, "images per step", type=types.positive_int)
+    learning_rate: float = setting(2e-4, "AdamW learning rate (each round decays it to 0 "
+                                   "along a cosine)", type=types.positive_float)  # fmt: skip
+    ema: float = setting(0.999, "EMA decay of the student's sampling network (with warm-up)",
+                         type=types.unit_interval)  # fmt: skip
+    seed: int = setting(42, "seed for the data order and the noise", type=types.any_int)
+    precision: str = setting("auto", "numeric precision (as train.py's)",
+                             choices=("auto",) + choices.PRECISIONS)  # fmt: skip
+
+
+@dataclasses.dataclass
+class DistillOutputConfig:
+    TITLE: ClassVar[str] = "outputs"
+
+    output: str = setting("runs/distilled", "distillation directory: DIR/model.keras is the "
+                          "last student, DIR/rounds/steps_NNN/ each round's run")  # fmt: skip
+    plot_images: int = setting(10, "images in each epoch's sample grid", type=types.positive_int)
+    keep_checkpoints: int = setting(2, "epoch checkpoints kept per round",
+                                    type=types.positive_int)  # fmt: skip
+    checkpoint_every: str = setting(DEFAULT_CHECKPOINT_EVERY, "also checkpoint inside epochs "
+                                    "(as train.py's)", type=types.checkpoint_every)  # fmt: skip
+
+
+DISTILL_GROUPS = (DistillRoundsConfig, DistillTrainingConfig, DistillOutputConfig)
+
+
+@dataclasses.dataclass
+class DistillConfig(DistillOutputConfig, DistillTrainingConfig, DistillRoundsConfig):
+    """Everything that defines a distillation; saved as `DIR/config.json`.
+
+    `teacher` is the model file distilled (the CLI's MODEL)."""
+
+    teacher: str = setting("", "the trained model to distil", flag=fields.NO_FLAG)
+
+    def __post_init__(self):
+        fields.check(self)
+
+    def save(self, path):
+        temporary = path + ".tmp"
+        with open(temporary, "w") as handle:
+            json.dump(fields.config_dict(self), handle, indent=2)
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path):
+        with open(path) as handle:
+            data = json.load(handle)
+        return cls(**fields.known_and_legacy(cls, data, "legacy_run"))

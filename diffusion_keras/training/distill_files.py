@@ -1,0 +1,118 @@
+"""The files of a distillation directory (`diffusion_keras.training.distill`):
+its paths, its rounds, and refusing one that holds a distillation. Nothing
+here imports TensorFlow or Keras, so `distill.py` checks its directory first."""
+
+import csv
+import json
+import os
+
+from diffusion_keras.training.run_files import (
+    existing_run,
+    held_elsewhere,
+    lock_holder,
+    move_aside,
+)
+from diffusion_keras.utils.errors import TrainingError
+
+
+def round_steps(from_steps, steps):
+    """The student steps of each round: from_steps / 2, ..., steps; raises
+    `ValueError` unless from_steps is steps times a power of 2 above 1."""
+    ratio, remainder = divmod(int(from_steps), int(steps))
+    if remainder or ratio < 2 or ratio & (ratio - 1):
+        raise ValueError(
+            f"each round halves the steps: --from-steps {from_steps} must be --steps {steps} "
+            "times 2, 4, 8, ..."
+        )
+    rounds, current = [], int(from_steps)
+    while current > steps:
+        current //= 2
+        rounds.append(current)
+    return rounds
+
+
+def distill_paths(output):
+    return {
+        "config": os.path.join(output, "config.json"),
+        "rounds": os.path.join(output, "rounds"),
+        "rounds_csv": os.path.join(output, "rounds.csv"),
+        "model": os.path.join(output, "model.keras"),
+    }
+
+
+def round_dir(output, student_steps):
+    return os.path.join(distill_paths(output)["rounds"], f"steps_{student_steps:03d}")
+
+
+def teacher_run_settings(teacher_path):
+    """`dict(data, center_crop, batch_size)` of the run that trained
+    `teacher_path`, from the `config.json` beside it, or None."""
+    path = os.path.join(os.path.dirname(os.path.abspath(teacher_path)), "config.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as handle:
+            saved = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if "data" not in saved:
+        return None
+    return dict(
+        data=saved["data"],
+        center_crop=bool(saved.get("center_crop", False)),
+        batch_size=saved.get("batch_size"),
+    )
+
+
+def finished_rounds(path):
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="") as handle:
+        return {int(row["steps"]): row for row in csv.DictReader(handle)}
+
+
+def record_round(path, row):
+    rows = finished_rounds(path)
+    rows[int(row["steps"])] = row
+    temporary = path + ".tmp"
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        writer.writeheader()
+        for steps in sorted(rows, reverse=True):
+            writer.writerow(rows[steps])
+    os.replace(temporary, path)
+
+
+def _holds_distillation(output):
+    """A description of the distillation in `output`, or None."""
+    paths = distill_paths(output)
+    if os.path.exists(paths["model"]):
+        return f"its student {paths['model']}"
+    if os.path.isdir(paths["rounds"]):
+        for name in sorted(os.listdir(paths["rounds"])):
+            where = existing_run(os.path.join(paths["rounds"], name))
+            if where is not None:
+                return f"round {name}: {where}"
+    return None
+
+
+def claim_distill_directory(output, resume, overwrite):
+    """As `claim_run_directory`, for a distillation directory and its rounds."""
+    if resume and overwrite:
+        raise TrainingError("--overwrite starts a new distillation; it does not go with --resume")
+    holder = lock_holder(output)
+    if holder is not None:
+        raise held_elsewhere(output, holder)
+    if resume:
+        if not os.path.exists(distill_paths(output)["config"]):
+            raise TrainingError(f"--resume: {output} holds no distillation (no config.json)")
+        return
+    held = _holds_distillation(output) or existing_run(output)
+    if held is None:
+        return
+    if not overwrite:
+        raise TrainingError(
+            f"{output} already holds a distillation ({held}); --resume continues it, "
+            "--overwrite moves it aside, or choose another --output"
+        )
+    print(f"moved the distillation in {output} aside to {move_aside(output)}")
