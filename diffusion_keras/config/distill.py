@@ -3,8 +3,6 @@
 derived from it, as `train.py`'s are from `TrainConfig`."""
 
 import dataclasses
-import json
-import os
 from typing import ClassVar
 
 from diffusion_keras.config import choices, fields, types
@@ -84,13 +82,10 @@ class DistillConfig(DistillOutputConfig, DistillTrainingConfig, DistillRoundsCon
         fields.check(self)
 
     def save(self, path):
-        temporary = path + ".tmp"
-        with open(temporary, "w") as handle:
-            json.dump(fields.config_dict(self), handle, indent=2)
-        os.replace(temporary, path)
+        """Writes the config as JSON, atomically."""
+        fields.save_json(self, path)
 
     @classmethod
     def load(cls, path):
-        with open(path) as handle:
-            data = json.load(handle)
-        return cls(**fields.known_and_legacy(cls, data, "legacy_run"))
+        """Reads a saved config (`fields.load_json`)."""
+        return fields.load_json(cls, path)

@@ -13,6 +13,8 @@ the idea; nothing here imports TensorFlow, so the CLIs parse without it.
 
 import argparse
 import dataclasses
+import json
+import os
 
 from diffusion_keras.config import types
 
@@ -155,6 +157,23 @@ def known_and_legacy(cls, data, legacy_key):
         if name not in known and legacy is not dataclasses.MISSING:
             known[name] = legacy
     return known
+
+
+def save_json(config, path):
+    """Writes a config's settings as JSON, atomically (a run's or a
+    distillation's `config.json`)."""
+    temporary = path + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump(config_dict(config), handle, indent=2)
+    os.replace(temporary, path)
+
+
+def load_json(cls, path):
+    """Reads a config that `save_json` wrote; a file from before a setting
+    existed gets the value it was run with (`setting(legacy_run=...)`)."""
+    with open(path) as handle:
+        data = json.load(handle)
+    return cls(**known_and_legacy(cls, data, "legacy_run"))
 
 
 def split(cls, kwargs):

@@ -8,7 +8,6 @@ same names, and the docs' flag reference are derived from these classes.
 """
 
 import dataclasses
-import json
 import os
 from typing import ClassVar
 
@@ -180,18 +179,12 @@ class TrainConfig(
 
     def save(self, path):
         """Writes the config as JSON, atomically."""
-        temporary = path + ".tmp"
-        with open(temporary, "w") as handle:
-            json.dump(fields.config_dict(self), handle, indent=2)
-        os.replace(temporary, path)
+        fields.save_json(self, path)
 
     @classmethod
     def load(cls, path):
-        """Reads a saved config; a run from before a setting existed gets the
-        value it was trained with (`setting(legacy_run=...)`)."""
-        with open(path) as handle:
-            data = json.load(handle)
-        return cls(**fields.known_and_legacy(cls, data, "legacy_run"))
+        """Reads a saved config (`fields.load_json`)."""
+        return fields.load_json(cls, path)
 
 
 def run_paths(run_dir):
