@@ -74,6 +74,14 @@ def test_auto_precision_follows_the_rule(monkeypatch):
         resolve_precision("half")
 
 
+def test_a_model_built_with_auto_precision_takes_what_auto_picks():
+    model = tiny_model(precision="auto")
+    assert model.precision == auto_precision()
+    assert model.with_precision("auto") is model
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        tiny_model(precision="half")
+
+
 @pytest.mark.slow
 def test_generate_cli_takes_a_precision(tmp_path):
     model = tiny_model()

@@ -22,10 +22,10 @@ class DistillRoundsConfig:
     guidance_scale: float = setting(1.0, "a conditional teacher's classifier-free guidance, "
                                     "built into the student",
                                     type=types.non_negative_float)  # fmt: skip
-    prediction: str = setting("auto", "what the students predict (auto: the teacher's down to "
-                              "the 4-step student, velocity from the 2-step one on, as "
-                              "measured; a noise prediction divides by a signal rate near 0 "
-                              "in one step)", choices=("auto",) + choices.PREDICTIONS)  # fmt: skip
+    prediction: str = setting("auto", "what the students predict (auto: their teacher's, with "
+                              "which a student starts as its teacher, but velocity for a "
+                              "1-step student of a noise teacher, as measured)",
+                              choices=("auto",) + choices.PREDICTIONS)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -38,15 +38,16 @@ class DistillTrainingConfig:
                                 "(default: as the teacher's run)")  # fmt: skip
     budget: float = setting(0.4, "the images all rounds train on together, as a share of the "
                             "images the teacher trained on (each student step also runs the "
-                            "teacher twice: 0.4 costs about 0.7 of the teacher's training)",
-                            type=types.positive_float)  # fmt: skip
+                            "teacher twice: 0.4 cost 0.78-0.85 of the teacher's training CPU "
+                            "time, measured)", type=types.positive_float)  # fmt: skip
     round_epochs: int = setting(0, "epochs of each round (0: from --budget)",
                                 type=types.non_negative_int)  # fmt: skip
     dataset_repetitions: int = setting(1, "passes over the data per epoch",
                                        type=types.positive_int)  # fmt: skip
     batch_size: int = setting(16, "images per step", type=types.positive_int)
-    learning_rate: float = setting(2e-4, "AdamW learning rate (each round decays it to 0 "
-                                   "along a cosine)", type=types.positive_float)  # fmt: skip
+    learning_rate: float = setting(2e-4, "AdamW learning rate of the 1-step round; a round "
+                                   "of N-step students starts at this x N^(-2/3) and decays "
+                                   "to 0 along a cosine", type=types.positive_float)  # fmt: skip
     ema: float = setting(0.999, "EMA decay of the student's sampling network (with warm-up)",
                          type=types.unit_interval)  # fmt: skip
     seed: int = setting(42, "seed for the data order and the noise", type=types.any_int)

@@ -501,17 +501,27 @@ def split_held_out(data, count, seed=0):
         raise DataError(f"cannot hold out {count} of {len(data.images)} images")
     order = np.random.default_rng([seed, 7]).permutation(len(data.images))
     kept, held = np.sort(order[count:]), np.sort(order[:count])
-
-    def subset(index, rows):
-        labels = None if data.labels is None else data.labels[index]
-        captions = None if data.captions is None else [data.captions[i] for i in index]
-        return ImageData(rows, labels, data.class_names, data.source, captions)
-
     # Mapped images (a folder's cache) stay mapped: the training part reads
     # its rows on demand instead of copying most of the file into memory.
     mapped = isinstance(data.images, (np.memmap, IndexedImages))
     rows = IndexedImages(data.images, kept) if mapped else data.images[kept]
-    return subset(kept, rows), subset(held, np.asarray(data.images[held]))
+    return _rows_of(data, kept, rows), _rows_of(data, held, np.asarray(data.images[held]))
+
+
+def random_subset(data, count, seed):
+    """`count` of `data`'s images (all of them when it has no more), chosen by
+    `seed` (an int or a sequence of ints), in their order, with their labels
+    and captions."""
+    if count >= len(data.images):
+        return data
+    index = np.sort(np.random.default_rng(seed).permutation(len(data.images))[:count])
+    return _rows_of(data, index, np.asarray(data.images[index]))
+
+
+def _rows_of(data, index, rows):
+    labels = None if data.labels is None else data.labels[index]
+    captions = None if data.captions is None else [data.captions[i] for i in index]
+    return ImageData(rows, labels, data.class_names, data.source, captions)
 
 
 class IndexedImages:

@@ -42,7 +42,7 @@ from diffusion_keras.nn.layers import validate_batch_norm
 from diffusion_keras.nn.unet import build_unet, validate_unet_args
 from diffusion_keras.sampling import guidance
 from diffusion_keras.utils import backend
-from diffusion_keras.utils.precision import validate_precision
+from diffusion_keras.utils.precision import resolve_precision
 
 # The settings the model keeps as attributes of another name (Keras's `Model`
 # has a `loss` of its own).
@@ -132,7 +132,7 @@ class DiffusionModel(keras.Model):
     def __init__(self, *, num_classes=0, class_names=None, autoencoder=None, text_encoder=None,
                  train_text_encoder=False, seed=None, precision="float32", **kwargs):  # fmt: skip
         given, kwargs = fields.split(ModelConfig, kwargs)
-        validate_precision(precision)
+        precision = resolve_precision(precision)
         kwargs.pop("dtype", None)
         # The model's own policy makes `compile` wrap the optimizer in a
         # LossScaleOptimizer under mixed_float16.
@@ -257,7 +257,7 @@ class DiffusionModel(keras.Model):
         Returns `self` when the precision is the same; otherwise a new,
         uncompiled model with the same weights.
         """
-        validate_precision(precision)
+        precision = resolve_precision(precision)
         if precision == self.precision:
             return self
         model = type(self).from_config({**self.get_config(), "precision": precision})

@@ -16,6 +16,7 @@ never stopped.
 """
 
 import dataclasses
+import math
 import os
 import time
 
@@ -23,7 +24,7 @@ from diffusion_keras.config import fields
 from diffusion_keras.config.distill import DistillConfig
 from diffusion_keras.config.model import DiffusionConfig, NetworkConfig
 from diffusion_keras.config.run import TrainConfig, run_paths
-from diffusion_keras.data.datasets import load_images, steps_per_epoch
+from diffusion_keras.data.datasets import load_images, random_subset, steps_per_epoch
 from diffusion_keras.models.saving import load_model
 from diffusion_keras.training.callbacks import save_model_atomically
 from diffusion_keras.training.checkpoints import list_checkpoints
@@ -47,28 +48,66 @@ FIRST_TEACHER_STEPS = 64
 
 def round_prediction(config, teacher, student_steps):
     """What the `student_steps` student predicts: `config.prediction`, or for
-    auto the teacher's down to the 4-step student and velocity from the
-    2-step one on. Measured (flowers, 32x32): at 4 steps a noise student of
-    a noise teacher reached an error of 0.018 against its teacher in 90
-    steps, a velocity one 0.061; at 1 step velocity reached 0.067 in 180
-    steps, noise 0.083 (`docs/results/distillation.md`)."""
+    auto its teacher's, except that a noise-predicting 1-step student
+    predicts velocity instead. A student that keeps its teacher's prediction
+    starts as its teacher; one that changes starts far away. But one step
+    from pure noise divides a predicted noise by a signal rate near 0, and
+    the 1-step noise student's images came out speckled. Measured (flowers,
+    32x32, `bench/distill.py`): the 2-step student's KID 0.065 predicting
+    noise, 0.101 switching to velocity; the 1-step student's 0.162
+    predicting noise (speckled), 0.072 predicting velocity
+    (`docs/results/distillation.md`)."""
     if config.prediction != "auto":
         return config.prediction
-    return "velocity" if student_steps <= 2 else teacher.prediction
+    if student_steps == 1 and teacher.prediction == "noise":
+        return "velocity"
+    return teacher.prediction
 
 
-def round_epochs(config, teacher_images, rounds, data):
-    """Epochs of each round: `config.round_epochs`, or for 0 what spreads
-    `config.budget` x `teacher_images` training images over the rounds."""
+def round_weight(student_steps):
+    """A round's share of the budget, relative to the others: the rounds
+    down to the 8-step student start close to their teachers and need
+    little, the last ones most (`docs/results/distillation.md`)."""
+    return 1 if student_steps >= 8 else 2 if student_steps == 4 else 3
+
+
+def round_plan(config, teacher_images, rounds, data):
+    """`{student_steps: (epochs, images)}`: each round's epochs and how many
+    of the training images it goes over. `config.round_epochs` gives every
+    round those epochs of all the images; 0 spreads `config.budget` x
+    `teacher_images` training images over `rounds` by `round_weight`, as
+    whole epochs over a seeded subset of the images where a round needs
+    fewer steps than an epoch of them all."""
     if config.round_epochs:
-        return config.round_epochs
+        return {steps: (config.round_epochs, len(data)) for steps in rounds}
     if not teacher_images:
         raise ValueError(
             "the teacher does not say how many images it trained on; give --round-epochs"
         )
-    per_epoch = max(1, steps_per_epoch(data, config.batch_size, config.dataset_repetitions))
-    steps = config.budget * teacher_images / (rounds * config.batch_size)
-    return max(1, round(steps / per_epoch))
+    batch, repetitions = config.batch_size, config.dataset_repetitions
+    total = config.budget * teacher_images / batch
+    weights = {steps: round_weight(steps) for steps in rounds}
+    per_epoch = max(1, steps_per_epoch(data, batch, repetitions))
+    plan = {}
+    for steps, weight in weights.items():
+        wanted = max(1.0, total * weight / sum(weights.values()))
+        epochs = max(1, math.ceil(wanted / per_epoch - 1e-9))
+        images = math.ceil(wanted / epochs) * batch / repetitions
+        plan[steps] = (epochs, int(min(len(data), max(batch, math.ceil(images)))))
+    return plan
+
+
+def round_learning_rate(config, student_steps):
+    """The peak learning rate of the round that makes a `student_steps`
+    student: `config.learning_rate` x (1 / student_steps)^(2/3), from 2e-4
+    for the 1-step student down to 2e-5 for the 32-step one. A student of
+    many steps starts within a hair of its target and a large rate only
+    shakes it; one of few steps has far to go. Measured (flowers, 32x32, 96
+    steps of 16 from the teacher): the 32-step student's error against its
+    teacher went 0.013 -> 0.039 at 2e-4, -> 0.009 at 6e-5, -> 0.006 at 2e-5;
+    the 1-step velocity student's 0.264 -> 0.229 at 2e-5, -> 0.131 at 2e-4
+    (`docs/results/distillation.md`)."""
+    return config.learning_rate * float(student_steps) ** (-2.0 / 3.0)
 
 
 def round_config(config, teacher, student_steps, output, epochs):
@@ -96,7 +135,7 @@ def round_config(config, teacher, student_steps, output, epochs):
         batch_size=config.batch_size,
         dataset_repetitions=config.dataset_repetitions,
         epochs=epochs,
-        learning_rate=config.learning_rate,
+        learning_rate=round_learning_rate(config, student_steps),
         lr_schedule="cosine",
         seed=config.seed,
         precision=config.precision,
@@ -109,6 +148,11 @@ def round_config(config, teacher, student_steps, output, epochs):
         keep_checkpoints=config.keep_checkpoints,
         checkpoint_every=config.checkpoint_every,
         kid_every=0,
+        # The student's batch norms keep the teacher's statistics
+        # (`models.distillation`); recomputing them for its weights moved
+        # the 32-step student away from its teacher (error 0.012 -> 0.015)
+        # and cost each epoch about 5 CPU seconds at 32x32.
+        precise_bn_batches=0,
     )
 
 
@@ -174,7 +218,7 @@ def distill(config, resume=False, overwrite=False, verbose="auto", data=None,
         config = resolve_config(dataclasses.replace(config, precision=precision), teacher)
         config.save(paths["config"])
         finished = finished_rounds(paths["rounds_csv"])
-        student, epochs = None, None
+        student, plan = None, None
         budget_images = teacher_images(config, teacher)
         rounds = round_steps(config.from_steps, config.steps)
         for student_steps in rounds:
@@ -192,11 +236,13 @@ def distill(config, resume=False, overwrite=False, verbose="auto", data=None,
                     with_labels=bool(teacher.num_classes),
                     with_captions=teacher.text_encoder is not None,
                 )  # fmt: skip
-            if epochs is None:
-                epochs = round_epochs(config, budget_images, len(rounds), data)
+            if plan is None:
+                plan = round_plan(config, budget_images, rounds, data)
+            epochs, images = plan[student_steps]
             student = train(
                 round_config(config, teacher, student_steps, directory, epochs),
-                resume=resume_round, verbose=verbose, data=data,
+                resume=resume_round, verbose=verbose,
+                data=random_subset(data, images, [config.seed, student_steps]),
                 extra_callbacks=extra_callbacks, teacher=teacher,
                 overwrite=not resume_round and existing_run(directory) is not None,
             )  # fmt: skip

@@ -21,7 +21,7 @@ BF16_MIN_SPEEDUP = 1.15
 def validate_precision(precision):
     if precision not in PRECISIONS:
         raise ValueError(
-            f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)} or auto"
+            f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}, or auto"
         )
 
 

@@ -1,0 +1,365 @@
+"""Few-step students against their teacher and the solvers, on the same images.
+
+    python bench/distill.py                                  # flowers and glyphs
+    python bench/distill.py --datasets flowers --save-dir runs/bench_distill
+    python bench/distill.py --save-dir runs/bench_distill --reuse   # finish a bench
+    python bench/distill.py --variant budget0.6 --save-dir runs/bench_distill --reuse
+    python bench/distill.py --speed-only                     # images/s at 64x64 only
+
+For each data set (`builtin:flowers` and the rendered glyphs, `--held-out`
+images kept aside as the KID reference, as `bench/quality.py` does) the bench
+
+1. trains a teacher at 32x32 with train.py's default recipe for about
+   `--teacher-steps` steps of 64, and records its process's CPU seconds;
+2. distils it with `distill.py`'s defaults (or a `--variant` from `VARIANTS`),
+   64 steps down to 1, and takes each round's CPU seconds from `rounds.csv`;
+3. generates `--held-out` images from the same seeded noise with the teacher
+   (DDIM at 20, 50 and 200 uniform steps; DPM-Solver++(2M) at 2, 3, 5 and 10
+   log-SNR steps) and with each student in its own steps, and measures KID
+   against the held-out images in two feature spaces: `--features` (random
+   features offline) and `bench/trained_features.py`'s classifier;
+4. writes a table, a PNG of KID against network evaluations (`--plot`) and a
+   grid of the teacher and each student from the same seeds (`--grid`).
+
+Then, in one process at 64x64 with the book's network, it times the
+images per second of the book's own DDIM-20 loop (`bench/book_baseline.py`),
+our DDIM-20 and our DPM-Solver++ 5, and a 1-, 2- and 4-step student (the
+speed does not depend on the weights), in turns, and prints each against the
+book's loop. Every stage runs in a fresh process; with `--save-dir` each
+stage's result is kept and `--reuse` takes it instead of running it again.
+Run by hand, never by CI.
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from quality import FEATURE_CHOICES, bench_features, kid_between, load, package_first  # noqa: E402
+
+TEACHER_SAMPLINGS = {
+    "DDIM 20": dict(sampler="ddim", diffusion_steps=20, spacing="uniform"),
+    "DDIM 50": dict(sampler="ddim", diffusion_steps=50, spacing="uniform"),
+    "DDIM 200": dict(sampler="ddim", diffusion_steps=200, spacing="uniform"),
+    "DPM++ 2": dict(sampler="dpmpp_2m", diffusion_steps=2, spacing="log_snr"),
+    "DPM++ 3": dict(sampler="dpmpp_2m", diffusion_steps=3, spacing="log_snr"),
+    "DPM++ 5": dict(sampler="dpmpp_2m", diffusion_steps=5, spacing="log_snr"),
+    "DPM++ 10": dict(sampler="dpmpp_2m", diffusion_steps=10, spacing="log_snr"),
+}
+# Distillation settings over distill.py's defaults (`DistillConfig`).
+VARIANTS = {
+    "default": {},
+    "uniform": dict(round_epochs=1),  # every round one epoch: the first default
+    "budget0.6": dict(budget=0.6),
+    "budget0.25": dict(budget=0.25),
+}
+
+
+def stage_dir(args, dataset, *parts):
+    return os.path.join(args.save_dir, dataset, *parts)
+
+
+# -- stages, each in its own process -----------------------------------------
+
+
+def teacher_stage(args):
+    """Trains the teacher; prints its steps and CPU seconds."""
+    package_first()
+    from diffusion_keras.config.run import TrainConfig
+    from diffusion_keras.data.datasets import steps_per_epoch
+    from diffusion_keras.training.run import train
+
+    train_data, _ = load(args.dataset, args.image_size, args.held_out, args.seed)
+    per_epoch = steps_per_epoch(train_data, 64, 1)
+    config = TrainConfig.for_recipe(
+        "default", image_size=args.image_size, seed=args.seed, precision=args.precision,
+        data=f"bench:{args.dataset}", batch_size=64, dataset_repetitions=1,
+        epochs=max(1, round(args.teacher_steps / per_epoch)),
+        output=stage_dir(args, args.dataset, "teacher"),
+    )  # fmt: skip
+    started = time.process_time(), time.monotonic()
+    model = train(config, data=train_data, verbose=0, overwrite=True)
+    print(json.dumps(dict(
+        steps=int(model.train_steps.numpy()),
+        cpu_seconds=time.process_time() - started[0],
+        wall_seconds=time.monotonic() - started[1],
+    )))  # fmt: skip
+
+
+def distill_stage(args):
+    """Distils the teacher as `args.variant` says; prints the rounds."""
+    package_first()
+    from diffusion_keras.config.distill import DistillConfig
+    from diffusion_keras.training.distill import distill, distill_paths
+
+    train_data, _ = load(args.dataset, args.image_size, args.held_out, args.seed)
+    output = stage_dir(args, args.dataset, f"distilled_{args.variant}")
+    config = DistillConfig(
+        teacher=os.path.join(stage_dir(args, args.dataset, "teacher"), "model.keras"),
+        output=output, precision=args.precision, seed=args.seed, **VARIANTS[args.variant],
+    )  # fmt: skip
+    # A distillation left here (stopped, or with rounds removed to run them
+    # again) is continued: its finished rounds are kept.
+    resume = os.path.exists(distill_paths(output)["config"])
+    distill(config, data=train_data, verbose=0, resume=resume, overwrite=not resume)
+    with open(distill_paths(output)["rounds_csv"]) as handle:
+        rounds = list(csv.DictReader(handle))
+    print(json.dumps(rounds))
+
+
+def evaluate_stage(args):
+    """KID of the teacher's samplers, or with `--students` of each student of
+    the variant's distillation; prints them."""
+    package_first()
+    import numpy as np
+
+    from diffusion_keras.models.saving import load_model
+    from diffusion_keras.training.distill_files import round_dir
+
+    _, held_out = load(args.dataset, args.image_size, args.held_out, args.seed)
+    real = held_out.images.astype(np.float32) / 255.0
+    extractors = {
+        "random": bench_features(args.features, args.dataset, args.image_size),
+        "trained": bench_features("trained", args.dataset, args.image_size),
+    }
+    rows, grid = [], {}
+
+    def measure(label, model, nfe, **sampling):
+        model.generate(8, seed=args.seed, **sampling)  # traced outside the timing
+        begin = time.perf_counter()
+        images = model.generate(len(real), seed=args.seed, **sampling)
+        seconds = time.perf_counter() - begin
+        kids = {name: kid_between(extractor, real, images) for name, extractor in
+                extractors.items()}  # fmt: skip
+        rows.append(dict(label=label, nfe=nfe, images_per_second=len(real) / seconds, **kids))
+        grid[label] = images[: args.grid_images]
+        print(f"{args.dataset} {label}: {kids}", file=sys.stderr, flush=True)
+
+    if args.students:
+        output = stage_dir(args, args.dataset, f"distilled_{args.variant}")
+        for steps in (32, 16, 8, 4, 2, 1):
+            path = os.path.join(round_dir(output, steps), "model.keras")
+            if steps <= args.largest_student and os.path.exists(path):
+                measure(f"student {steps}", load_model(path, compile=False), steps)
+    else:
+        teacher = load_model(os.path.join(stage_dir(args, args.dataset, "teacher"),
+                                          "model.keras"), compile=False)  # fmt: skip
+        for label, sampling in TEACHER_SAMPLINGS.items():
+            measure(f"teacher {label}", teacher, sampling["diffusion_steps"], **sampling)
+    np.savez_compressed(args.grid_file, **grid)
+    print(json.dumps(dict(rows=rows, features=extractors["random"].name)))
+
+
+def speed_stage(args):
+    """Images/s at 64x64: the book's DDIM-20 loop, ours, and students, in turns."""
+    package_first()
+    import keras
+    import numpy as np
+    from book_baseline import BookDiffusionModel
+
+    from diffusion_keras import DiffusionModel
+
+    size, count = 64, args.speed_images
+    book = BookDiffusionModel(image_size=size, batch_size=count)
+    images = np.random.default_rng(0).uniform(size=(count, size, size, 3)).astype("float32")
+    book.normalizer.adapt(images)
+    noise = keras.random.normal((count, size, size, 3), seed=0)
+    runs = {"book DDIM 20 loop": lambda: book.generate(count, 20, noise)}
+    ours = DiffusionModel(image_size=size, seed=0, precision=args.precision)
+    ours.adapt(images)
+    runs["ours DDIM 20"] = lambda: ours.generate(count, 20, seed=0, sampler="ddim")
+    runs["ours DPM++ 5"] = lambda: ours.generate(count, 5, seed=0, sampler="dpmpp_2m",
+                                                 spacing="log_snr")  # fmt: skip
+    for steps in (4, 2, 1):
+        student = DiffusionModel(image_size=size, seed=0, precision=args.precision,
+                                 student_steps=steps)  # fmt: skip
+        student.adapt(images)
+        runs[f"student {steps}"] = lambda s=student: s.generate(count, seed=0)
+    for run in runs.values():
+        run()  # built and traced outside the timing
+    seconds = {name: [] for name in runs}
+    for _ in range(args.speed_repeats):
+        for name, run in runs.items():
+            begin = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - begin)
+    print(json.dumps({name: count / float(np.median(s)) for name, s in seconds.items()}))
+
+
+STAGES = dict(teacher=teacher_stage, distill=distill_stage, evaluate=evaluate_stage,
+              speed=speed_stage)  # fmt: skip
+
+
+# -- the orchestrator ---------------------------------------------------------
+
+
+def run_stage(args, stage, dataset="", saved=None, *extra):
+    if saved and args.reuse and os.path.exists(saved):
+        with open(saved) as handle:
+            return json.load(handle)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", DIFFUSION_KERAS_QUIET="1")
+    command = [
+        sys.executable, __file__, "--stage", stage, "--dataset", dataset, "--save-dir",
+        args.save_dir, "--image-size", str(args.image_size), "--held-out", str(args.held_out),
+        "--seed", str(args.seed), "--features", args.features, "--precision", args.precision,
+        "--teacher-steps", str(args.teacher_steps), "--variant", args.variant,
+        "--speed-images", str(args.speed_images), "--speed-repeats", str(args.speed_repeats),
+        "--grid-images", str(args.grid_images), *extra,
+    ]  # fmt: skip
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"stage failed: {' '.join(command)}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if saved:
+        os.makedirs(os.path.dirname(saved), exist_ok=True)
+        with open(saved, "w") as handle:
+            json.dump(result, handle)
+    return result
+
+
+def report(dataset, teacher, rounds, evaluated):
+    rows = evaluated["rows"]
+    print(f"\n{dataset}: teacher {teacher['steps']} steps, {teacher['cpu_seconds'] / 60:.1f} "
+          f"CPU min ({teacher['wall_seconds'] / 60:.1f} wall)")  # fmt: skip
+    total = 0.0
+    for row in rounds:
+        cpu = float(row["cpu_seconds"])
+        total += cpu
+        print(f"  round {row['teacher_steps']:>3} -> {row['steps']:>2} steps: "
+              f"{row['training_steps']} training steps, {cpu / 60:.2f} CPU min")  # fmt: skip
+    print(f"  distillation total: {total / 60:.1f} CPU min = "
+          f"{total / teacher['cpu_seconds']:.2f} x the teacher's training")  # fmt: skip
+    by = {row["label"]: row for row in rows}
+    print(f"  {'sampler':<20} {'NFE':>4} {'KID ' + evaluated['features']:>14} "
+          f"{'KID trained':>12} {'images/s':>9}")  # fmt: skip
+    for row in rows:
+        print(f"  {row['label']:<20} {row['nfe']:>4} {row['random']:>14.4f} "
+              f"{row['trained']:>12.4f} {row['images_per_second']:>9.1f}")  # fmt: skip
+    targets = (("student 4", "teacher DDIM 20", 1.0), ("student 2", "teacher DPM++ 5", 1.0),
+               ("student 1", "teacher DDIM 20", 2.0))  # fmt: skip
+    for student, reference, factor in targets:
+        if student in by and reference in by:
+            verdict = " / ".join(
+                f"{features} {by[student][features]:.4f} <= {factor:g} x "
+                f"{by[reference][features]:.4f}: "
+                f"{'yes' if by[student][features] <= factor * by[reference][features] else 'no'}"
+                for features in ("random", "trained")
+            )
+            print(f"  target {student} vs {reference}: {verdict}")
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(results), 2, figsize=(10, 3.6 * len(results)), squeeze=False)
+    for row_axes, (dataset, evaluated) in zip(axes, results.items()):
+        for axis, features in zip(row_axes, ("random", "trained")):
+            for prefix, marker in (("teacher DDIM", "o-"), ("teacher DPM++", "s-"),
+                                   ("student", "^-")):  # fmt: skip
+                rows = sorted((r for r in evaluated["rows"] if r["label"].startswith(prefix)),
+                              key=lambda r: r["nfe"])  # fmt: skip
+                if rows:
+                    axis.plot([r["nfe"] for r in rows], [r[features] for r in rows], marker,
+                              label=prefix)  # fmt: skip
+            axis.set_xscale("log", base=2)
+            axis.set_yscale("log")
+            axis.set_xlabel("network evaluations per image")
+            axis.set_ylabel(f"KID ({features} features)")
+            axis.set_title(dataset)
+            axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    print(f"\nplot: {path}")
+
+
+def grid_png(grids, path):
+    import numpy as np
+
+    from diffusion_keras.utils.images import save_grid
+
+    rows = []
+    for dataset, (teacher_file, students_file) in grids.items():
+        with np.load(teacher_file) as teacher, np.load(students_file) as students:
+            labels = ["teacher DDIM 200", "teacher DDIM 20", "teacher DPM++ 2"]
+            rows.extend(teacher[label] for label in labels)
+            rows.extend(students[label] for label in students)
+            print(f"grid rows, {dataset}: {', '.join(labels + list(students))}")
+    images = np.concatenate(rows)
+    scale = max(1, 64 // images.shape[1])  # small images drawn larger, pixel for pixel
+    images = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)
+    save_grid(images, path, columns=len(rows[0]))
+    print(f"grid: {path}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="flowers,glyphs")
+    parser.add_argument("--variant", default="default", choices=list(VARIANTS))
+    parser.add_argument("--teacher-steps", type=int, default=392)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--held-out", type=int, default=512)
+    parser.add_argument("--features", default="auto", choices=FEATURE_CHOICES)
+    parser.add_argument("--precision", default="auto",
+                        choices=["float32", "mixed_bfloat16", "auto"])  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-dir", default="runs/bench_distill")
+    parser.add_argument("--reuse", action="store_true", help="take kept stage results")
+    parser.add_argument("--plot", default="runs/bench_distill/kid_by_nfe.png")
+    parser.add_argument("--grid", default="runs/bench_distill/teacher_and_students.png")
+    parser.add_argument("--grid-images", type=int, default=8)
+    parser.add_argument("--speed-images", type=int, default=10)
+    parser.add_argument("--speed-repeats", type=int, default=5)
+    parser.add_argument("--speed-only", action="store_true")
+    parser.add_argument("--no-speed", action="store_true")
+    parser.add_argument("--stage", choices=list(STAGES), help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
+    parser.add_argument("--largest-student", type=int, default=8, help=argparse.SUPPRESS)
+    parser.add_argument("--grid-file", help=argparse.SUPPRESS)
+    parser.add_argument("--students", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stage:
+        return STAGES[args.stage](args)
+    if args.held_out < 128 or args.held_out % 128:
+        raise SystemExit("--held-out: a multiple of 128 (KID averages subsets of 128 images)")
+    flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
+    print(f"{os.cpu_count()} CPUs; AVX-512 flags: {flags or 'none'}; precision {args.precision}",
+          flush=True)  # fmt: skip
+    results, grids = {}, {}
+    for dataset in [] if args.speed_only else args.datasets.split(","):
+        keep = lambda name, d=dataset: stage_dir(args, d, name)  # noqa: E731
+        teacher = run_stage(args, "teacher", dataset, keep("teacher.json"))
+        rounds = run_stage(args, "distill", dataset, keep(f"rounds_{args.variant}.json"))
+        grids[dataset] = [keep("grid_teacher.npz"), keep(f"grid_{args.variant}.npz")]
+        evaluated = run_stage(args, "evaluate", dataset, keep("kid_teacher.json"),
+                              "--grid-file", grids[dataset][0])  # fmt: skip
+        students = run_stage(args, "evaluate", dataset, keep(f"kid_{args.variant}.json"),
+                             "--grid-file", grids[dataset][1], "--students")  # fmt: skip
+        evaluated = dict(evaluated, rows=evaluated["rows"] + students["rows"])
+        results[dataset] = evaluated
+        report(dataset, teacher, rounds, evaluated)
+    if results:
+        os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
+        plot(results, args.plot)
+        package_first()
+        grid_png(grids, args.grid)
+    if not args.no_speed:
+        speed = run_stage(args, "speed", "", os.path.join(args.save_dir, "speed.json"))
+        book = speed["book DDIM 20 loop"]
+        print(f"\nsampling speed at 64x64, the book's network, {args.speed_images} images, "
+              f"precision {args.precision}:")  # fmt: skip
+        for name, rate in speed.items():
+            print(f"  {name:<20} {rate:8.2f} images/s  {rate / book:6.1f} x the book's loop")
+
+
+if __name__ == "__main__":
+    main()
