@@ -57,7 +57,8 @@ TEACHER_SAMPLINGS = {
 VARIANTS = {
     "default": {},
     "uniform": dict(round_epochs=1),  # every round one epoch: the first default
-    "budget0.6": dict(budget=0.6),
+    "from16": dict(from_steps=16),  # rounds from the teacher's DDIM 16, the same budget
+    "budget0.5": dict(budget=0.5),
     "budget0.25": dict(budget=0.25),
 }
 
