@@ -197,3 +197,19 @@ class LineLog(keras.callbacks.Callback):
         print(f"epoch {self.epoch + 1}/{self.epochs} step {step}/{self.steps_per_epoch}: "
               f"{losses}, {rate * self.batch_size:.1f} images/s, {eta}", file=self.stream,
               flush=True)  # fmt: skip
+
+
+class NotedInterrupt(keras.callbacks.Callback):
+    """Raises `KeyboardInterrupt` at the next batch's end once a Ctrl-C was
+    noted (`training.preemption.interrupts_noted`). A Ctrl-C whose
+    KeyboardInterrupt lands where Python prints and ignores exceptions (a
+    garbage-collector callback, such as JAX's `_xla_gc_callback`, or a
+    `__del__`) would otherwise be lost, and the run would go on."""
+
+    def __init__(self, noted):
+        super().__init__()
+        self.noted = noted
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.noted:
+            raise KeyboardInterrupt

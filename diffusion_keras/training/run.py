@@ -38,6 +38,7 @@ from diffusion_keras.nn.unet import build_unet
 from diffusion_keras.training.callbacks import (
     LineLog,
     NanGuard,
+    NotedInterrupt,
     ReleaseFreeMemory,
     SampleGrid,
     StepLog,
@@ -416,6 +417,7 @@ def fit(run, stop, extra_callbacks=()):
     checkpointer.resume_at(run.initial_epoch, run.first_step)
     with interrupts_noted() as interrupts:
         try:
+            callbacks = [*callbacks, NotedInterrupt(interrupts)]
             _fit_phases(run, model, config, steps, multiworker, callbacks, checkpointer, stop)
         except BaseException as error:
             if not (isinstance(error, KeyboardInterrupt) or interrupts):
