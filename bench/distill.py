@@ -56,7 +56,7 @@ TEACHER_SAMPLINGS = {
 # Distillation settings over distill.py's defaults (`DistillConfig`).
 VARIANTS = {
     "default": {},
-    "uniform": dict(round_epochs=1),  # every round one epoch: the first default
+    "uniform": dict(round_epochs=1),  # every round one epoch of all the images, no weights
     "from16": dict(from_steps=16),  # rounds from the teacher's DDIM 16, the same budget
     "budget0.5": dict(budget=0.5),
     "budget0.25": dict(budget=0.25),

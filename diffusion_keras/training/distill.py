@@ -86,11 +86,11 @@ def round_plan(config, teacher_images, rounds, data):
         )
     batch, repetitions = config.batch_size, config.dataset_repetitions
     total = config.budget * teacher_images / batch
-    weights = {steps: round_weight(steps) for steps in rounds}
+    shares = sum(round_weight(steps) for steps in rounds)
     per_epoch = max(1, steps_per_epoch(data, batch, repetitions))
     plan = {}
-    for steps, weight in weights.items():
-        wanted = max(1.0, total * weight / sum(weights.values()))
+    for steps in rounds:
+        wanted = max(1.0, total * round_weight(steps) / shares)
         epochs = max(1, math.ceil(wanted / per_epoch - 1e-9))
         images = math.ceil(wanted / epochs) * batch / repetitions
         plan[steps] = (epochs, int(min(len(data), max(batch, math.ceil(images)))))
