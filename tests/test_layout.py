@@ -13,7 +13,7 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "diffusion_keras")
-LAYERS = ["config", "utils", "diffusion", "nn", "data", "sampling", "editing", "models",
+LAYERS = ["config", "utils", "diffusion", "nn", "data", "sampling", "editing", "models", "export",
           "metrics", "training", "cli"]  # fmt: skip
 HEAVY = {"tensorflow", "keras"}
 

@@ -25,7 +25,7 @@ from diffusion_keras.config.choices import PRECISIONS, SAMPLERS, SPACINGS
 from diffusion_keras.config.sampling import SAMPLING_RECIPES, sampling_settings
 from diffusion_keras.editing.files import image_paths_of, load_edit_images, load_masks
 from diffusion_keras.utils.images import save_grid, save_images, spherical_interpolation
-from diffusion_keras.utils.quiet import import_tensorflow
+from diffusion_keras.utils.quiet import configured_backend, import_tensorflow
 
 # The default guidance for --prompt: prompt following on the flowers' captions
 # peaked at 4-5 and fell at 7 and 10 (bench/prompts.py; docs/results/text-to-image.md).
@@ -114,6 +114,19 @@ def parser():
         help="numeric precision for sampling (default auto: docs/guides/precision.md)",
     )
     add("--no-progress", action="store_true", help="no progress bar")
+    add("--export", metavar="DIR",
+        help="write a TensorFlow SavedModel into DIR (a new folder) instead of images: its "
+             "signature generate(seed, num_images) gives the uint8 images this command writes "
+             "for --seed and --num-images, with this command's sampling (and --sampler, --steps, "
+             "--spacing, --eta) baked in; a class-conditional model also gets "
+             "generate_class(seed, num_images, class_index, guidance_scale) "
+             "(docs/guides/export.md)")  # fmt: skip
+    add("--litert", action="store_true",
+        help="--export: also DIR/generate.tflite, the sampling loop from given noise in "
+             "LiteRT's built-in ops (DIR/noise.py draws a seed's noise)")  # fmt: skip
+    add("--onnx", action="store_true",
+        help="--export: also DIR/generate.onnx (the loop from given noise) and DIR/unet.onnx "
+             "(the network); needs pip install -e .[export]")  # fmt: skip
     edit = p.add_argument_group(
         'editing existing images (image-to-image, inpainting, denoising; docs/guides/editing.md)'
     )
@@ -220,6 +233,43 @@ def sampling_arguments(args, student_defaults=None):
     return settings
 
 
+# Flags that say what to generate now, which an export leaves to its inputs.
+NOT_WITH_EXPORT = ("init_image", "interpolate", "show_steps", "class_label", "prompt",
+                   "negative_prompt", "guidance_scale", "classifier", "classifier_scale",
+                   "output_dir", "seed")  # fmt: skip
+
+
+def check_export_flags(args):
+    if not args.export:
+        if args.litert or args.onnx:
+            raise UsageError(f"--{'litert' if args.litert else 'onnx'} goes with --export DIR")
+        return
+    given = [name for name in NOT_WITH_EXPORT if getattr(args, name) not in (None, False)]
+    if given:
+        flag = "--" + given[0].replace("_", "-").replace("class-label", "class")
+        raise UsageError(f"{flag} does not combine with --export: the exported signatures take "
+                         "the seed, the class and the guidance as inputs (docs/guides/export.md)")
+    if os.path.exists(args.export):
+        raise UsageError(f"--export: {args.export} exists; choose a new folder")
+    if configured_backend() != "tensorflow":
+        raise UsageError("--export writes a TensorFlow SavedModel: run it with "
+                         f"KERAS_BACKEND=tensorflow (this process runs on {configured_backend()})")
+
+
+def export(args, model, settings):
+    from diffusion_keras.export import export_saved_model
+
+    names = export_saved_model(model, args.export, litert=args.litert, onnx=args.onnx,
+                               **settings)  # fmt: skip
+    baked = (f"{settings['sampler']}, {settings['diffusion_steps']} {settings['spacing']} steps, "
+             f"eta {settings['eta']:g}")  # fmt: skip
+    files = [f for f in ("generate.tflite", "generate.onnx", "unet.onnx")
+             if os.path.exists(os.path.join(args.export, f))]  # fmt: skip
+    print(f"exported {args.model} to {args.export} ({baked}; {model.dtype_policy.name}): "
+          f"signatures {', '.join(names)}" + (f"; also {', '.join(files)}" if files else ""))
+    return 0
+
+
 def check_edit_flags(args):
     given = [f for f, v in (("--strength", args.strength), ("--mask", args.mask),
              ("--noise-level", args.noise_level)) if v is not None]  # fmt: skip
@@ -275,6 +325,7 @@ def edit_images(args, model, settings):
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    check_export_flags(args)
     check_edit_flags(args)
     # From here on TensorFlow loads (quietly: its C++ start-up lines go to /dev/null).
     import_tensorflow()
@@ -283,6 +334,8 @@ def main(argv=None):
     model = load_model(args.model, compile=False, precision=args.precision)
     student = model.sampling_defaults() if getattr(model, "student_steps", 0) else None
     settings = sampling_arguments(args, student)
+    if args.export:
+        return export(args, model, settings)
     # A progress bar only at a terminal: in a file its frames are noise.
     progress = not args.no_progress and sys.stdout.isatty()
     generate = dict(

@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from diffusion_keras.diffusion.schedules import log_snrs
+from diffusion_keras.sampling import noise
 from diffusion_keras.sampling.rules import ddim_update, dpmpp_2m_update, sampling_times
 
 
@@ -103,41 +104,25 @@ def reverse_diffusion(
 
 
 # -- seeded noise ------------------------------------------------------------
+# Drawn by `diffusion_keras.sampling.noise` (Philox and Box-Muller in numpy),
+# so that every machine, batch size and Keras backend, and an exported graph,
+# give the same noise for the same seed.
 
 
 def make_noise(sample_shape, num_images, seed=None):
-    """Standard normal noise `(num_images, *sample_shape)` from `seed`, drawn
-    with numpy, so the same seed gives the same noise on every machine and for
-    every batch size."""
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((num_images, *sample_shape), dtype=np.float32)
+    """Standard normal noise `(num_images, *sample_shape)` from `seed`
+    (`noise.initial_noise`): image i's depends only on the seed and i."""
+    return noise.initial_noise(sample_shape, num_images, seed)
 
 
 def step_noises(sample_shape, seed, indices, diffusion_steps):
-    """Fresh noise for stochastic sampling, `(steps, n, *sample_shape)`
-    (numpy), drawn per image from (seed, image index), so that it does not
-    depend on the batch size or the Keras backend."""
-    shape = (diffusion_steps, *sample_shape)
-    base = np.random.SeedSequence(seed).entropy
-    per_image = [
-        np.random.default_rng([base, 1, index]).standard_normal(shape, dtype=np.float32)
-        for index in indices
-    ]
-    return np.stack(per_image, axis=1)
+    """Fresh noise for stochastic sampling, `(steps, n, *sample_shape)`, for
+    the consecutive images numbered `indices` (`noise.step_noises`)."""
+    return noise.step_noises(sample_shape, seed, indices, diffusion_steps)
 
 
 def resample_noises(sample_shape, seed, indices, diffusion_steps, resample):
     """The fresh noise of RePaint's resampling (`inpainting_step`),
-    `(steps * resample, n, *sample_shape)` (numpy): draw `step * resample +
-    repeat` of image i is a function of (seed, i) alone, so that it depends
-    on neither the batch size nor the Keras backend. A single row of zeros
-    when `resample` is 1, which draws none."""
-    if int(resample) <= 1:
-        return np.zeros((1, len(indices), *sample_shape), np.float32)
-    shape = (diffusion_steps * int(resample), *sample_shape)
-    base = np.random.SeedSequence(seed).entropy
-    per_image = [
-        np.random.default_rng([base, 2, index]).standard_normal(shape, dtype=np.float32)
-        for index in indices
-    ]
-    return np.stack(per_image, axis=1)
+    `(steps * resample, n, *sample_shape)` (`noise.resample_noises`); a
+    single row of zeros when `resample` is 1, which draws none."""
+    return noise.resample_noises(sample_shape, seed, indices, diffusion_steps, resample)

@@ -1,0 +1,243 @@
+"""A trained model as a TensorFlow SavedModel that generates images end to end.
+
+`export_saved_model(model, directory)` writes a SavedModel whose serving
+signatures run the whole reverse process in one graph: the seeded noise
+(`graph_normal`, the same numbers as `sampling.noise` draws in numpy), the
+compiled sampling loop of `sampling.loop.Sampler` with the model's weights,
+and the conversion to uint8 pixels of `utils.images.to_uint8`. Loading it
+needs TensorFlow alone, not this package:
+
+    generate = tf.saved_model.load(DIR).signatures["generate"]
+    images = generate(seed=tf.constant(0, tf.int64),
+                      num_images=tf.constant(4, tf.int32))["images"]
+
+Signatures (`endpoints`):
+
+- `generate(seed: int64, num_images: int32) -> images: uint8 [n, h, w, c]`:
+  what `generate.py MODEL --seed S --num-images N` writes, with the sampler,
+  steps, spacing and eta baked in (`generate.py`'s defaults unless chosen).
+- `generate_from_noise(initial_noise, step_noises)`: the same loop from
+  noise given (what LiteRT and ONNX take, `export.portable`).
+- a class-conditional model also has `generate_class(seed, num_images,
+  class_index: int32, guidance_scale: float32)`: `--class C
+  --guidance-scale W` (1 is the conditional model, 0 the unconditional one),
+  and `generate_class_from_noise`.
+"""
+
+import json
+import math
+import os
+import shutil
+
+import keras
+import numpy as np
+
+from diffusion_keras.export import portable
+from diffusion_keras.sampling import noise
+from diffusion_keras.sampling.rules import validate_sampler, validate_spacing
+from diffusion_keras.sampling.steps import visit_times
+from diffusion_keras.utils import backend
+
+SIGNATURES = ("generate", "generate_class")
+
+
+def graph_normal(key, stream_number, count, sample_shape):
+    """`noise.normal(seed, stream_number, (count, *sample_shape))` in a
+    TensorFlow graph: Philox's words from TensorFlow's stateless op (the
+    same counter layout), Box-Muller in float64 rounded to float32, as numpy
+    does it. `key` is the seed's bits, uint64 `(1,)`; `count` a tensor."""
+    import tensorflow as tf
+
+    per_image = int(np.prod(sample_shape))
+    size = tf.cast(count, tf.int64) * per_image
+    blocks = (size + 3) // 4
+    words = tf.raw_ops.StatelessRandomUniformFullIntV2(
+        shape=tf.reshape(blocks * 4, [1]), key=key,
+        counter=tf.constant([0, stream_number], tf.uint64), alg=1, dtype=tf.uint32,
+    )  # fmt: skip
+    pairs = tf.reshape(tf.cast(words, tf.float64), [-1, 2])
+    radius = tf.sqrt(-2.0 * tf.math.log((pairs[:, 0] + 0.5) * 2.0**-32))
+    angle = (2.0 * math.pi * 2.0**-32) * pairs[:, 1]
+    normals = tf.reshape(tf.stack([radius * tf.cos(angle), radius * tf.sin(angle)], 1), [-1])
+    shape = tf.concat([tf.reshape(tf.cast(count, tf.int32), [1]), list(sample_shape)], 0)
+    return tf.reshape(tf.cast(normals[:size], tf.float32), shape)
+
+
+def graph_uint8(images):
+    """`utils.images.to_uint8` in a graph: clip, scale, round half to even."""
+    import tensorflow as tf
+
+    images = tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 1.0) * 255.0
+    return tf.cast(tf.round(images), tf.uint8)
+
+
+class _Graph:
+    """The pieces of one export: the model and its baked-in sampling."""
+
+    def __init__(self, model, sampler, diffusion_steps, spacing, eta):
+        validate_sampler(sampler, eta)
+        validate_spacing(spacing)
+        if int(diffusion_steps) < 1:
+            raise ValueError(f"diffusion_steps must be >= 1, got {diffusion_steps}")
+        self.model, self.sampler, self.spacing = model, sampler, spacing
+        self.steps, self.eta = int(diffusion_steps), float(eta)
+        self.stochastic = self.eta > 0.0
+        self.shape = tuple(int(d) for d in model.sample_shape)
+        times = visit_times(model, self.steps, spacing)
+        self.times = np.zeros((1,), np.float32) if times is None else np.asarray(times, "float32")
+
+    def noise(self, seed, num_images):
+        """The noise `generate` draws for `seed`: the initial noise, and each
+        step's fresh noise (one row of zeros, unread, for a deterministic
+        sampler)."""
+        import tensorflow as tf
+
+        key = tf.bitcast(tf.reshape(tf.cast(seed, tf.int64), [1]), tf.uint64)
+        initial = graph_normal(key, noise.stream("initial"), num_images, self.shape)
+        if not self.stochastic:
+            return initial, tf.zeros(tf.concat([[1, num_images], list(self.shape)], 0))
+        return initial, tf.stack([
+            graph_normal(key, noise.stream("step", step), num_images, self.shape)
+            for step in range(self.steps)
+        ])  # fmt: skip
+
+    def run(self, seed, num_images):
+        """`generate(num_images, seed=seed)`."""
+        import tensorflow as tf
+
+        num_images = tf.convert_to_tensor(num_images, tf.int32)
+        tf.debugging.assert_positive(num_images, "num_images must be >= 1")
+        return self.run_from_noise(*self.noise(seed, num_images))
+
+    def run_from_noise(self, initial, noises, labels=None, nulls=None, guidance="none",
+                       scale=1.0):  # fmt: skip
+        """The loop from given noise: `initial` `(n, *sample_shape)` and, for a
+        stochastic sampler, `noises` `(steps, n, *sample_shape)` (else one
+        row, unread): the noise `sampling.noise` draws for a seed."""
+        import tensorflow as tf
+
+        num_images = tf.shape(initial)[0]
+        label_shape = tuple(getattr(self.model, "label_shape", ()))
+        zeros = tf.zeros(tf.concat([[num_images], tf.constant(label_shape, tf.int32)], 0), tf.int32)
+        labels = zeros if labels is None else labels
+        nulls = zeros if nulls is None else nulls
+        loop = self.model.generator.sampler._function(
+            "loop", self.sampler, self.stochastic, guidance, None, self.spacing
+        )  # fmt: skip
+        samples = loop(
+            initial, tf.constant(self.steps, tf.int32), tf.constant(self.eta, tf.float32), noises,
+            tf.constant(self.times), labels, nulls, tf.cast(scale, tf.float32),
+            tf.constant(1.0, tf.float32),
+        )  # fmt: skip
+        images = self.model.space.denormalize(samples)
+        if self.model.autoencoder is not None:
+            images = self.model.autoencoder.decode(images)
+        return {"images": graph_uint8(images)}
+
+    def run_class(self, seed, num_images, class_index, guidance_scale):
+        """`generate(class_labels=c, guidance_scale=w)` from a seed, its
+        inputs checked (`run_class_from_noise`)."""
+        import tensorflow as tf
+
+        count = tf.convert_to_tensor(num_images, tf.int32)
+        tf.debugging.assert_positive(count, "num_images must be >= 1")
+        classes = self.model.num_classes
+        tf.debugging.assert_less(class_index, classes, f"class_index must be < {classes}")
+        tf.debugging.assert_non_negative(class_index, "class_index must be >= 0")
+        tf.debugging.assert_greater_equal(guidance_scale, 0.0, "guidance_scale must be >= 0")
+        initial, noises = self.noise(seed, count)
+        return self.run_class_from_noise(initial, noises, class_index, guidance_scale)
+
+    def run_class_from_noise(self, initial, noises, class_index, guidance_scale):
+        """`generate(class_labels=c, guidance_scale=w)` from given noise: w = 1
+        the conditional model, 0 the unconditional one (the null class), else
+        classifier-free guidance; the three paths `guidance.steering` takes."""
+        import tensorflow as tf
+
+        count = tf.shape(initial)[0]
+        labels = tf.fill([count], tf.cast(class_index, tf.int32))
+        nulls = tf.cast(self.model.null_labels(count), tf.int32)
+        scale = tf.cast(guidance_scale, tf.float32)
+
+        def run(labels, guidance):
+            return self.run_from_noise(initial, noises, labels, nulls, guidance, scale)
+
+        return tf.case(
+            [(tf.equal(scale, 1.0), lambda: run(labels, "labels")),
+             (tf.equal(scale, 0.0), lambda: run(nulls, "labels"))],
+            default=lambda: run(labels, "cfg"), exclusive=True,
+        )  # fmt: skip
+
+
+def endpoints(graph):
+    """`{signature name: (function, input specs)}` of an export of `graph`'s
+    model: from a seed, and from given noise (what LiteRT and ONNX take)."""
+    import tensorflow as tf
+
+    seed = [tf.TensorSpec((), tf.int64, "seed"), tf.TensorSpec((), tf.int32, "num_images")]
+    noise_specs = [tf.TensorSpec((None, *graph.shape), tf.float32, "initial_noise"),
+                   tf.TensorSpec((None, None, *graph.shape), tf.float32, "step_noises")]
+    found = {
+        "generate": (lambda seed, num_images: graph.run(seed, num_images), seed),
+        "generate_from_noise": (lambda initial_noise, step_noises: graph.run_from_noise(
+            initial_noise, step_noises), noise_specs),
+    }  # fmt: skip
+    if graph.model.num_classes:
+        steer = [tf.TensorSpec((), tf.int32, "class_index"),
+                 tf.TensorSpec((), tf.float32, "guidance_scale")]  # fmt: skip
+        found["generate_class"] = (graph.run_class, seed + steer)
+        found["generate_class_from_noise"] = (graph.run_class_from_noise, noise_specs + steer)
+    return found
+
+
+def export_saved_model(model, directory, sampler="dpmpp_2m", diffusion_steps=10,
+                       spacing="log_snr", eta=1.0, litert=False, onnx=False,
+                       overwrite=False):  # fmt: skip
+    """Writes `model` as a SavedModel into `directory` (see the module's
+    docstring for its signatures) and returns the signature names.
+
+    The sampling settings are baked in; `generate.py --export` passes its
+    own defaults (the model's, for a distilled student). With `litert` and
+    `onnx`, `generate.tflite` and `generate.onnx`/`unet.onnx` go beside it
+    (`export.portable`), with `noise.py`. A text-conditional model is not
+    exported yet, and neither are the editing signatures. `directory` must
+    not exist unless `overwrite`; it appears only when everything is written."""
+
+    backend.require_tensorflow("exporting a SavedModel")
+    if model.text_encoder is not None:
+        raise ValueError("exporting a text-conditional model is not supported yet")
+    if os.path.exists(directory) and not overwrite:
+        raise ValueError(f"{directory} exists; choose a new folder for the export")
+    if not int(model.normalizer_adapted.numpy()):
+        raise ValueError("this model's normalizer was never adapted; it has not been trained")
+    graph = _Graph(model, sampler, diffusion_steps, spacing, eta)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    found = endpoints(graph)
+    for name, (function, specs) in found.items():
+        archive.add_endpoint(name, function, specs)
+    partial = directory.rstrip(os.sep) + ".partial"
+    if os.path.exists(partial):
+        shutil.rmtree(partial)
+    archive.write_out(partial, verbose=False)
+    _write_settings(partial, model, graph)
+    portable.write_noise_module(partial)
+    if litert:
+        portable.write_litert(partial, os.path.join(partial, "generate.tflite"), list(found))
+    if onnx:
+        portable.write_onnx(graph, partial, found)
+    if os.path.exists(directory):  # overwrite
+        shutil.rmtree(directory)
+    os.replace(partial, directory)
+    return list(found)
+
+
+def _write_settings(directory, model, graph):
+    """`DIR/generation.json`: what the signatures bake in, for people and tools."""
+    settings = dict(
+        sampler=graph.sampler, diffusion_steps=graph.steps, spacing=graph.spacing, eta=graph.eta,
+        image_size=int(model.image_size), channels=int(model.channels),
+        class_names=list(model.class_names or []), noise="philox4x32-10, box-muller float64",
+    )  # fmt: skip
+    with open(os.path.join(directory, "generation.json"), "w") as handle:
+        json.dump(settings, handle, indent=2)

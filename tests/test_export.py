@@ -1,0 +1,255 @@
+"""Exporting: `generate.py MODEL --export DIR` writes a SavedModel that generates alone.
+
+A process with TensorFlow and without this package (or Keras) loads it, and
+its `generate(seed, num_images)` gives the very pixels that `generate.py
+MODEL --seed S --num-images N --output-dir D` writes: the noise is the same
+numbers (`sampling.noise`), and the loop is the same compiled function.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, in_process_error, one_line_error, run_script, tensorflow_only
+
+pytestmark = tensorflow_only("a SavedModel is a TensorFlow graph")
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+
+# Loads an export with TensorFlow alone: importing this package or Keras fails.
+STANDALONE = """
+import sys
+sys.modules["diffusion_keras"] = None
+sys.modules["keras"] = None
+import numpy as np
+import tensorflow as tf
+
+folder, seed, count, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+signature = sys.argv[5] if len(sys.argv) > 5 else "generate"
+inputs = dict(seed=tf.constant(seed, tf.int64), num_images=tf.constant(count, tf.int32))
+if signature == "generate_class":
+    inputs.update(class_index=tf.constant(int(sys.argv[6])),
+                  guidance_scale=tf.constant(float(sys.argv[7])))
+images = tf.saved_model.load(folder).signatures[signature](**inputs)["images"]
+assert images.dtype == tf.uint8, images.dtype
+assert not any(name.startswith(("diffusion_keras", "keras")) for name in sys.modules
+               if sys.modules[name] is not None)
+np.save(out, images.numpy())
+"""
+
+
+# Runs an export's LiteRT or ONNX file on the noise of a seed that the
+# export's own `noise.py` draws, without this package or Keras.
+PORTABLE = """
+import sys
+sys.modules["diffusion_keras"] = None
+sys.modules["keras"] = None
+import json
+import numpy as np
+
+folder, seed, count, out, kind = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:]
+sys.path.insert(0, folder)
+from noise import initial_noise, step_noises
+
+settings = json.load(open(folder + "/generation.json"))
+shape = (settings["image_size"], settings["image_size"], settings["channels"])
+steps = settings["diffusion_steps"] if settings["eta"] > 0 else 1
+inputs = dict(initial_noise=initial_noise(shape, count, seed),
+              step_noises=step_noises(shape, seed, range(count), steps))
+if kind == "onnx":
+    import onnxruntime
+    images = onnxruntime.InferenceSession(folder + "/generate.onnx").run(None, inputs)[0]
+else:
+    import tensorflow as tf
+    interpreter = tf.lite.Interpreter(model_path=folder + "/generate.tflite")
+    images = interpreter.get_signature_runner("generate_from_noise")(**inputs)["images"]
+assert images.dtype == np.uint8, images.dtype
+np.save(out, images)
+"""
+
+
+def run_portable(tmp_path, folder, seed, count, kind):
+    script = tmp_path / "portable.py"
+    script.write_text(PORTABLE)
+    out = tmp_path / f"{kind}.npy"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(
+        [sys.executable, str(script), str(folder), str(seed), str(count), str(out), kind],
+        capture_output=True, text=True, timeout=600, cwd=str(tmp_path), env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return np.load(out)
+
+
+def standalone(tmp_path, folder, seed, count, *signature):
+    script = tmp_path / "serve.py"
+    script.write_text(STANDALONE)
+    out = tmp_path / "images.npy"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(
+        [sys.executable, str(script), str(folder), str(seed), str(count), str(out),
+         *map(str, signature)],
+        capture_output=True, text=True, timeout=600, cwd=str(tmp_path), env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return np.load(out)
+
+
+def written_pngs(folder):
+    names = sorted(os.listdir(folder))
+    return np.stack([np.asarray(Image.open(os.path.join(folder, n)).convert("RGB")) for n in names])
+
+
+def export_and_generate(tmp_path, model, *flags):
+    exported = tmp_path / "export"
+    done = run_script("generate.py", model, "--export", exported, "--precision", "float32",
+                      *flags)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "signatures generate" in done.stdout
+    return exported
+
+
+@pytest.mark.parametrize("name", ["pixel", pytest.param("latent", marks=pytest.mark.slow)])
+def test_an_export_gives_generate_pys_pixels_in_a_process_without_the_package(tmp_path, name):
+    model = os.path.join(FIXTURES, f"{name}.keras")
+    exported = export_and_generate(tmp_path, model)
+    written = tmp_path / "written"
+    done = run_script("generate.py", model, "--seed", 12, "--num-images", 3, "--output-dir",
+                      written, "--output", tmp_path / "grid.png",
+                      "--precision", "float32")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(standalone(tmp_path, exported, 12, 3), written_pngs(written))
+    settings = json.loads((exported / "generation.json").read_text())
+    assert settings["sampler"] == "dpmpp_2m" and settings["eta"] == 1.0
+
+
+@pytest.mark.slow
+def test_a_class_conditional_export_takes_the_class_and_the_guidance(tmp_path):
+    model = os.path.join(FIXTURES, "classes.keras")
+    exported = export_and_generate(tmp_path, model, "--steps", 4)
+    for guidance in (1.0, 0.0, 2.5):
+        written = tmp_path / f"written{guidance}"
+        done = run_script("generate.py", model, "--seed", 3, "--num-images", 2, "--steps", 4,
+                          "--class", "blue", "--guidance-scale", guidance, "--output-dir",
+                          written, "--output", tmp_path / "grid.png", "--precision",
+                          "float32")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        served = standalone(tmp_path, exported, 3, 2, "generate_class", 1, guidance)
+        np.testing.assert_array_equal(served, written_pngs(written))
+
+
+def test_export_bakes_in_the_sampling_it_is_given(tmp_path):
+    import tensorflow as tf
+
+    import diffusion_keras as dk
+    from diffusion_keras.export import export_saved_model
+    from diffusion_keras.utils.images import to_uint8
+
+    model = dk.load_model(os.path.join(FIXTURES, "pixel.keras"))
+    book = dict(sampler="ddim", diffusion_steps=5, spacing="uniform", eta=0.0)
+    assert export_saved_model(model, str(tmp_path / "book"), **book) == [
+        "generate", "generate_from_noise"]
+    served = tf.saved_model.load(str(tmp_path / "book")).signatures["generate"](
+        seed=tf.constant(-4, tf.int64), num_images=tf.constant(2, tf.int32))["images"]
+    np.testing.assert_array_equal(served.numpy(), to_uint8(model.generate(2, seed=-4, **book)))
+    default = to_uint8(model.generate(2, seed=-4, sampler="dpmpp_2m", diffusion_steps=10,
+                                      spacing="log_snr", eta=1.0))  # fmt: skip
+    assert not np.array_equal(served.numpy(), default)
+
+
+@pytest.mark.slow
+def test_the_book_model_exports_and_gives_the_same_images(tmp_path):
+    import tensorflow as tf
+
+    from diffusion_keras import DiffusionModel
+    from diffusion_keras.export import export_saved_model
+    from diffusion_keras.utils.images import to_uint8
+
+    model = DiffusionModel(image_size=64, seed=2)  # the book's network
+    assert model.network.count_params() == 1_953_507
+    model.adapt(np.random.default_rng(0).uniform(size=(8, 64, 64, 3)))
+    settings = dict(sampler="dpmpp_2m", diffusion_steps=3, spacing="log_snr", eta=1.0)
+    export_saved_model(model, str(tmp_path / "book"), **settings)
+    served = tf.saved_model.load(str(tmp_path / "book")).signatures["generate"](
+        seed=tf.constant(1, tf.int64), num_images=tf.constant(2, tf.int32))["images"]
+    assert served.shape == (2, 64, 64, 3)
+    np.testing.assert_array_equal(served.numpy(), to_uint8(model.generate(2, seed=1, **settings)))
+
+
+def test_export_never_overwrites_and_says_what_it_cannot_do(tmp_path):
+    model = os.path.join(FIXTURES, "pixel.keras")
+    (tmp_path / "taken").mkdir()
+    line = in_process_error([model, "--export", tmp_path / "taken"])
+    assert "exists; choose a new folder" in line
+    line = in_process_error([model, "--export", tmp_path / "new", "--seed", 3])
+    assert line.endswith("--seed does not combine with --export: the exported signatures take "
+                         "the seed, the class and the guidance as inputs (docs/guides/export.md)")
+    line = in_process_error([os.path.join(FIXTURES, "text.keras"), "--export", tmp_path / "t"])
+    assert "text-conditional model is not supported yet" in line
+    assert not (tmp_path / "new").exists() and not (tmp_path / "t").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_export_on_another_backend_is_one_clear_line(tmp_path):
+    env_model = os.path.join(FIXTURES, "pixel.keras")
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "generate.py"), env_model, "--export",
+         str(tmp_path / "x")], capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3"),
+    )  # fmt: skip
+    assert "run it with KERAS_BACKEND=tensorflow (this process runs on jax)" in one_line_error(done)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("tf2onnx") is None
+                    or importlib.util.find_spec("onnxruntime") is None,
+                    reason="ONNX export needs pip install -e .[export]")  # fmt: skip
+def test_litert_and_onnx_files_give_generate_pys_pixels_without_the_package(tmp_path):
+    model = os.path.join(FIXTURES, "pixel.keras")
+    exported = export_and_generate(tmp_path, model, "--litert", "--onnx")
+    assert {"generate.tflite", "generate.onnx", "unet.onnx", "noise.py"} <= set(
+        os.listdir(exported))
+    written = tmp_path / "written"
+    done = run_script("generate.py", model, "--seed", 5, "--num-images", 3, "--output-dir",
+                      written, "--output", tmp_path / "grid.png",
+                      "--precision", "float32")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    expected = written_pngs(written)
+    # onnxruntime runs TensorFlow's arithmetic on this model bit for bit.
+    np.testing.assert_array_equal(run_portable(tmp_path, exported, 5, 3, "onnx"), expected)
+    # LiteRT's kernels (XNNPACK) add in another order: float32 rounding, which
+    # can move a pixel across a rounding boundary of the 8-bit scale, by one level.
+    litert = run_portable(tmp_path, exported, 5, 3, "litert").astype(int)
+    difference = np.abs(litert - expected.astype(int))
+    assert difference.max() <= 1 and np.mean(difference > 0) < 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("tf2onnx") is None
+                    or importlib.util.find_spec("onnxruntime") is None,
+                    reason="ONNX export needs pip install -e .[export]")  # fmt: skip
+def test_the_onnx_network_is_the_models_network(tmp_path):
+    import onnxruntime
+
+    import diffusion_keras as dk
+    from diffusion_keras.export import export_saved_model
+
+    model = dk.load_model(os.path.join(FIXTURES, "classes.keras"))
+    export_saved_model(model, str(tmp_path / "e"), onnx=True)
+    session = onnxruntime.InferenceSession(str(tmp_path / "e" / "unet.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["noisy_images", "noise_variances",
+                                                      "class_labels"]  # fmt: skip
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((3, 16, 16, 3)).astype("float32"),
+              rng.uniform(0.05, 0.95, (3, 1, 1, 1)).astype("float32"),
+              np.array([0, 1, 2], "int32")]  # fmt: skip
+    expected = model.ema_network(inputs, training=False).numpy()
+    got = session.run(None, dict(zip(["noisy_images", "noise_variances", "class_labels"],
+                                     inputs)))[0]  # fmt: skip
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
