@@ -34,7 +34,7 @@ from diffusion_keras.utils.runtime import configure_before_tensorflow
 
 configure_before_tensorflow()  # oneDNN kernels on x86 CPUs: read once, at TensorFlow's import
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # Public name -> the module that defines it.
 _API = {
