@@ -14,7 +14,7 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "diffusion_keras")
 LAYERS = ["config", "utils", "diffusion", "nn", "data", "sampling", "editing", "models", "export",
-          "metrics", "training", "cli"]  # fmt: skip
+          "metrics", "training", "cli", "app"]  # fmt: skip
 HEAVY = {"tensorflow", "keras"}
 
 

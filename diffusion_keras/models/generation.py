@@ -126,7 +126,8 @@ class Generator:
                 `eta` > 0 included).
             batch_size: int. Images denoised at once. The result does not depend
                 on it. Defaults to 64.
-            progress: bool. Show a progress bar over the diffusion steps.
+            progress: bool. Show a progress bar over the diffusion steps; or a
+                callable `report(steps_done, steps_total)`, called after each step.
             sampler: str. `"ddim"` (the book's) or `"dpmpp_2m"` (second order,
                 one network evaluation per step,
                 closer to the exact ODE solution in few steps). Defaults to `"ddim"`.

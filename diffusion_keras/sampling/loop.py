@@ -182,7 +182,9 @@ class Sampler:
         `labels` are int32 `(n,)` (or a text model's tokens `(n, words)`, or
         None), `null_labels` the same for classifier-free guidance's other
         half (None: the denoiser's `null_labels`), and `guidance` is
-        `"none"`, `"labels"` (the conditional model) or `"cfg"`. `times` overrides the
+        `"none"`, `"labels"` (the conditional model) or `"cfg"`. `progress` is
+        a bool (a Keras progress bar) or a callable `report(steps_done,
+        steps_total)` called after each step. `times` overrides the
         times `spacing` gives (editing starts later). `edit` is None or a dict
         of numpy arrays `known` and `mask` `(n, *sample_shape)` and ints
         `resample` and `harmonize` (`diffusion_keras.editing.edits`). The
@@ -213,7 +215,9 @@ class Sampler:
         editing = None if edit is None else "inpaint"
         chunks = range(0, count, batch_size)
         bar = None
-        if progress:
+        if callable(progress):
+            bar = _Reporter(progress, len(chunks) * diffusion_steps)
+        elif progress:
             bar = keras.utils.Progbar(len(chunks) * diffusion_steps, unit_name="step")
         steps_arg, eta_arg = np.int32(diffusion_steps), np.float32(eta)
         outputs = []
@@ -259,6 +263,17 @@ class Sampler:
                     bar.add(1)
             outputs.append(ops.convert_to_numpy(pred_images))
         return np.concatenate(outputs, axis=0)
+
+
+class _Reporter:
+    """A progress bar that calls `report(done, total)` after each step (the web page's)."""
+
+    def __init__(self, report, total):
+        self.report, self.total, self.done = report, total, 0
+
+    def add(self, steps):
+        self.done += steps
+        self.report(self.done, self.total)
 
 
 def _tensors(*arrays):
