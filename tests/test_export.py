@@ -35,6 +35,9 @@ inputs = dict(seed=tf.constant(seed, tf.int64), num_images=tf.constant(count, tf
 if signature == "generate_class":
     inputs.update(class_index=tf.constant(int(sys.argv[6])),
                   guidance_scale=tf.constant(float(sys.argv[7])))
+if signature == "generate_prompt":
+    inputs.update(prompt=tf.constant(sys.argv[6]), negative_prompt=tf.constant(sys.argv[7]),
+                  guidance_scale=tf.constant(float(sys.argv[8])))
 images = tf.saved_model.load(folder).signatures[signature](**inputs)["images"]
 assert images.dtype == tf.uint8, images.dtype
 assert not any(name.startswith(("diffusion_keras", "keras")) for name in sys.modules
@@ -143,6 +146,24 @@ def test_a_class_conditional_export_takes_the_class_and_the_guidance(tmp_path):
         np.testing.assert_array_equal(served, written_pngs(written))
 
 
+@pytest.mark.slow
+def test_a_text_model_export_takes_the_prompt_as_text(tmp_path):
+    model = os.path.join(FIXTURES, "text.keras")
+    exported = export_and_generate(tmp_path, model, "--steps", 4)
+    for prompt, negative, guidance in (("a red flower", "", 1.0),
+                                       ("a blue flower", "a red flower", 3.0)):  # fmt: skip
+        written = tmp_path / f"written{guidance}"
+        flags = ["--negative-prompt", negative] if negative else []
+        done = run_script("generate.py", model, "--seed", 3, "--num-images", 2, "--steps", 4,
+                          "--prompt", prompt, "--guidance-scale", guidance, *flags,
+                          "--output-dir", written, "--output", tmp_path / "grid.png",
+                          "--precision", "float32")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        served = standalone(tmp_path, exported, 3, 2, "generate_prompt", prompt, negative,
+                            guidance)  # fmt: skip
+        np.testing.assert_array_equal(served, written_pngs(written))
+
+
 def test_export_bakes_in_the_sampling_it_is_given(tmp_path):
     import tensorflow as tf
 
@@ -189,9 +210,9 @@ def test_export_never_overwrites_and_says_what_it_cannot_do(tmp_path):
     line = in_process_error([model, "--export", tmp_path / "new", "--seed", 3])
     assert line.endswith("--seed does not combine with --export: the exported signatures take "
                          "the seed, the class and the guidance as inputs (docs/guides/export.md)")
-    line = in_process_error([os.path.join(FIXTURES, "text.keras"), "--export", tmp_path / "t"])
-    assert "text-conditional model is not supported yet" in line
-    assert not (tmp_path / "new").exists() and not (tmp_path / "t").exists()
+    line = in_process_error([model, "--onnx"])
+    assert line.endswith("--onnx goes with --export DIR")
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.slow

@@ -22,6 +22,10 @@ Signatures (`endpoints`):
   class_index: int32, guidance_scale: float32)`: `--class C
   --guidance-scale W` (1 is the conditional model, 0 the unconditional one),
   and `generate_class_from_noise`.
+- a text model also has `generate_prompt(seed, num_images, prompt: string,
+  negative_prompt: string, guidance_scale: float32)`: `--prompt P
+  --negative-prompt N --guidance-scale W`, the text tokenized in the graph
+  ("" is the empty prompt).
 """
 
 import json
@@ -169,6 +173,35 @@ class _Graph:
         )  # fmt: skip
 
 
+    def run_prompt(self, seed, num_images, prompt, negative_prompt, guidance_scale):
+        """`generate(prompts=p, negative_prompts=n, guidance_scale=w)` of a
+        text model, the text tokenized in the graph (the encoder's own
+        `TextVectorization`); "" is the empty prompt. The three paths of
+        `guidance.text_steering`."""
+        import tensorflow as tf
+
+        count = tf.convert_to_tensor(num_images, tf.int32)
+        tf.debugging.assert_positive(count, "num_images must be >= 1")
+        tf.debugging.assert_greater_equal(guidance_scale, 0.0, "guidance_scale must be >= 0")
+        initial, noises = self.noise(seed, count)
+        tokenizer = self.model.text_encoder.tokenizer
+
+        def tokens(text):
+            return tf.tile(tf.cast(tokenizer(tf.reshape(text, [1])), tf.int32), [count, 1])
+
+        labels, nulls = tokens(prompt), tokens(negative_prompt)
+        scale = tf.cast(guidance_scale, tf.float32)
+
+        def run(labels, guidance):
+            return self.run_from_noise(initial, noises, labels, nulls, guidance, scale)
+
+        return tf.case(
+            [(tf.equal(scale, 1.0), lambda: run(labels, "labels")),
+             (tf.equal(scale, 0.0), lambda: run(nulls, "labels"))],
+            default=lambda: run(labels, "cfg"), exclusive=True,
+        )  # fmt: skip
+
+
 def endpoints(graph):
     """`{signature name: (function, input specs)}` of an export of `graph`'s
     model: from a seed, and from given noise (what LiteRT and ONNX take)."""
@@ -187,6 +220,11 @@ def endpoints(graph):
                  tf.TensorSpec((), tf.float32, "guidance_scale")]  # fmt: skip
         found["generate_class"] = (graph.run_class, seed + steer)
         found["generate_class_from_noise"] = (graph.run_class_from_noise, noise_specs + steer)
+    if graph.model.text_encoder is not None:
+        text = [tf.TensorSpec((), tf.string, "prompt"),
+                tf.TensorSpec((), tf.string, "negative_prompt"),
+                tf.TensorSpec((), tf.float32, "guidance_scale")]  # fmt: skip
+        found["generate_prompt"] = (graph.run_prompt, seed + text)
     return found
 
 
@@ -199,13 +237,11 @@ def export_saved_model(model, directory, sampler="dpmpp_2m", diffusion_steps=10,
     The sampling settings are baked in; `generate.py --export` passes its
     own defaults (the model's, for a distilled student). With `litert` and
     `onnx`, `generate.tflite` and `generate.onnx`/`unet.onnx` go beside it
-    (`export.portable`), with `noise.py`. A text-conditional model is not
-    exported yet, and neither are the editing signatures. `directory` must
+    (`export.portable`), with `noise.py`. The editing signatures are not
+    exported yet. `directory` must
     not exist unless `overwrite`; it appears only when everything is written."""
 
     backend.require_tensorflow("exporting a SavedModel")
-    if model.text_encoder is not None:
-        raise ValueError("exporting a text-conditional model is not supported yet")
     if os.path.exists(directory) and not overwrite:
         raise ValueError(f"{directory} exists; choose a new folder for the export")
     if not int(model.normalizer_adapted.numpy()):
