@@ -195,6 +195,7 @@ def click_generate_and_wait(browser, results_before):
     images = [decode(img.get_attribute("src"))
               for img in newest.find_elements("css selector", "img.generated")]  # fmt: skip
     settings = json.loads(newest.find_element("css selector", ".settings").text.rsplit(" (", 1)[0])
+    assert float(newest.get_attribute("data-seconds")) > 0
     return np.stack(images), settings
 
 

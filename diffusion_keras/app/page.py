@@ -177,12 +177,15 @@ function fields() {
   return f;
 }
 
-function addResult(job) {
+function addResult(job, clicked) {
   const entry = document.createElement("div");
   entry.className = "result";
   const settings = document.createElement("div");
   settings.className = "settings";
-  settings.textContent = JSON.stringify(job.settings) + ` (${job.seconds} s)`;
+  const shown = ((performance.now() - clicked) / 1000).toFixed(3);
+  entry.dataset.seconds = shown;  // from the click to the images
+  settings.textContent = JSON.stringify(job.settings) +
+    ` (${job.seconds} s sampling, ${shown} s from the click)`;
   entry.appendChild(settings);
   job.images.forEach((url, index) => {
     const figure = document.createElement("figure");
@@ -201,7 +204,7 @@ function addResult(job) {
   $("gallery").prepend(entry);
 }
 
-async function follow(id) {
+async function follow(id, clicked) {
   for (;;) {
     const job = await (await fetch(`/api/jobs/${id}`)).json();
     if (job.state === "queued") {
@@ -211,7 +214,7 @@ async function follow(id) {
       $("status").textContent = `step ${job.done} of ${job.total || "?"}`;
     } else if (job.state === "done") {
       $("progress").value = $("progress").max; $("status").textContent = "done";
-      addResult(job); return;
+      addResult(job, clicked); return;
     } else {
       $("status").textContent = ""; fail(job.error || "the job failed"); return;
     }
@@ -220,6 +223,7 @@ async function follow(id) {
 }
 
 $("generate").addEventListener("click", async () => {
+  const clicked = performance.now();
   fail("");
   let body;
   try { body = JSON.stringify(fields()); } catch (error) { fail(error.message); return; }
@@ -228,7 +232,7 @@ $("generate").addEventListener("click", async () => {
   const reply = await answer.json();
   if (!answer.ok) { fail(reply.error); return; }
   $("status").textContent = "queued";
-  follow(reply.id).catch((error) => fail(error.message));
+  follow(reply.id, clicked).catch((error) => fail(error.message));
 });
 
 showMode();
