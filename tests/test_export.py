@@ -274,3 +274,22 @@ def test_the_onnx_network_is_the_models_network(tmp_path):
     got = session.run(None, dict(zip(["noisy_images", "noise_variances", "class_labels"],
                                      inputs)))[0]  # fmt: skip
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_bfloat16_export_gives_bfloat16_pixels_and_refuses_litert(tmp_path):
+    import tensorflow as tf
+
+    import diffusion_keras as dk
+    from diffusion_keras.export import export_saved_model
+    from diffusion_keras.utils.images import to_uint8
+
+    model = dk.load_model(os.path.join(FIXTURES, "pixel.keras"), precision="mixed_bfloat16")
+    settings = dict(sampler="dpmpp_2m", diffusion_steps=4, spacing="log_snr", eta=1.0)
+    with pytest.raises(ValueError, match="LiteRT and ONNX have no mixed_bfloat16 convolutions"):
+        export_saved_model(model, str(tmp_path / "portable"), litert=True, **settings)
+    assert not os.listdir(tmp_path)
+    export_saved_model(model, str(tmp_path / "bf16"), **settings)
+    served = tf.saved_model.load(str(tmp_path / "bf16")).signatures["generate"](
+        seed=tf.constant(9, tf.int64), num_images=tf.constant(2, tf.int32))["images"]
+    np.testing.assert_array_equal(served.numpy(), to_uint8(model.generate(2, seed=9, **settings)))

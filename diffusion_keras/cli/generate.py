@@ -118,12 +118,14 @@ def parser():
         help="write a TensorFlow SavedModel into DIR (a new folder) instead of images: its "
              "signature generate(seed, num_images) gives the uint8 images this command writes "
              "for --seed and --num-images, with this command's sampling (and --sampler, --steps, "
-             "--spacing, --eta) baked in; a class-conditional model also gets "
-             "generate_class(seed, num_images, class_index, guidance_scale) "
+             "--spacing, --eta, --precision) baked in; a class-conditional model also gets "
+             "generate_class(seed, num_images, class_index, guidance_scale), a text model "
+             "generate_prompt(seed, num_images, prompt, negative_prompt, guidance_scale) "
              "(docs/guides/export.md)")  # fmt: skip
     add("--litert", action="store_true",
         help="--export: also DIR/generate.tflite, the sampling loop from given noise in "
-             "LiteRT's built-in ops (DIR/noise.py draws a seed's noise)")  # fmt: skip
+             "LiteRT's built-in ops (DIR/noise.py draws a seed's noise); float32 unless "
+             "--precision says otherwise")  # fmt: skip
     add("--onnx", action="store_true",
         help="--export: also DIR/generate.onnx (the loop from given noise) and DIR/unet.onnx "
              "(the network); needs pip install -e .[export]")  # fmt: skip
@@ -331,7 +333,10 @@ def main(argv=None):
     import_tensorflow()
     from diffusion_keras.models.saving import load_model
 
-    model = load_model(args.model, compile=False, precision=args.precision)
+    precision = args.precision
+    if args.export and (args.litert or args.onnx) and precision == "auto":
+        precision = "float32"  # LiteRT and ONNX have no bfloat16 convolutions
+    model = load_model(args.model, compile=False, precision=precision)
     student = model.sampling_defaults() if getattr(model, "student_steps", 0) else None
     settings = sampling_arguments(args, student)
     if args.export:

@@ -41,8 +41,15 @@ def write_litert(saved_model, path, signatures):
     keys = [name for name in signatures if name in FROM_NOISE]
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=keys)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    try:
+        flat = converter.convert()
+    except Exception as error:  # the converter's errors are pages of MLIR
+        first = next((line.strip() for line in str(error).splitlines() if "error:" in line),
+                     str(error).strip().splitlines()[0] if str(error).strip() else "")
+        raise ValueError(f"the LiteRT converter failed: {first.split('error:')[-1].strip()}"
+                         ) from None  # fmt: skip
     with open(path, "wb") as handle:
-        handle.write(converter.convert())
+        handle.write(flat)
 
 
 def write_onnx(graph, directory, endpoints):

@@ -246,6 +246,10 @@ def export_saved_model(model, directory, sampler="dpmpp_2m", diffusion_steps=10,
         raise ValueError(f"{directory} exists; choose a new folder for the export")
     if not int(model.normalizer_adapted.numpy()):
         raise ValueError("this model's normalizer was never adapted; it has not been trained")
+    policy = model.dtype_policy.name
+    if (litert or onnx) and policy != "float32":
+        raise ValueError(f"LiteRT and ONNX have no {policy} convolutions: export a float32 "
+                         "model for them (generate.py --precision float32)")  # fmt: skip
     graph = _Graph(model, sampler, diffusion_steps, spacing, eta)
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -255,13 +259,17 @@ def export_saved_model(model, directory, sampler="dpmpp_2m", diffusion_steps=10,
     partial = directory.rstrip(os.sep) + ".partial"
     if os.path.exists(partial):
         shutil.rmtree(partial)
-    archive.write_out(partial, verbose=False)
-    _write_settings(partial, model, graph)
-    portable.write_noise_module(partial)
-    if litert:
-        portable.write_litert(partial, os.path.join(partial, "generate.tflite"), list(found))
-    if onnx:
-        portable.write_onnx(graph, partial, found)
+    try:
+        archive.write_out(partial, verbose=False)
+        _write_settings(partial, model, graph)
+        portable.write_noise_module(partial)
+        if litert:
+            portable.write_litert(partial, os.path.join(partial, "generate.tflite"), list(found))
+        if onnx:
+            portable.write_onnx(graph, partial, found)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing half-written is left
+        raise
     if os.path.exists(directory):  # overwrite
         shutil.rmtree(directory)
     os.replace(partial, directory)
