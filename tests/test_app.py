@@ -1,7 +1,8 @@
 """The web page: `python -m diffusion_keras.app MODEL` serves generation and editing.
 
 The requests are checked into one-line errors; generation runs on one worker thread in
-order, and a second request waits in the queue while the page shows progress. In a real
+order, and a second request waits in the queue while the page shows progress (long
+polling: a status request waits for the job to move on). In a real
 browser (headless Chromium driven by Selenium; skipped, saying why, where none is
 installed), a fixed seed shows generate.py's pixels, a mask drawn with the mouse reaches
 the inpainting call, and an upload that is not an image gives one line, not a trace.
@@ -142,7 +143,14 @@ def test_a_second_request_waits_in_the_queue_and_progress_is_reported(model, mon
         time.sleep(0.01)
     assert work.status(first)["done"] == 3 and work.status(first)["total"] == 10
     assert work.status(second)["state"] == "queued" and work.status(second)["place"] == 1
+    # Long polling: asked for news after the version it has, a caller waits...
+    seen = work.status(second)["version"]
+    begin = time.time()
+    assert work.status(second, after=seen, timeout=0.3)["version"] == seen
+    assert time.time() - begin >= 0.25
     release.set()
+    # ...and hears at once when the job moves on.
+    assert work.status(second, after=seen, timeout=60)["version"] > seen
     while work.status(second)["state"] != "done" and time.time() < deadline:
         time.sleep(0.01)
     assert work.status(first)["state"] == "done" and work.status(second)["state"] == "done"

@@ -215,12 +215,13 @@ class Jobs:
         self._jobs = {}
         self._order = []
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a job moved on
         self._ids = itertools.count(1)
         self._worker = threading.Thread(target=self._work, name="generate", daemon=True)
         self._worker.start()
 
     def submit(self, request):
-        job = dict(id=str(next(self._ids)), state="queued", done=0, total=0,
+        job = dict(id=str(next(self._ids)), state="queued", done=0, total=0, version=0,
                    submitted=time.time())  # fmt: skip
         with self._lock:
             self._jobs[job["id"]] = job
@@ -233,9 +234,17 @@ class Jobs:
         self._queue.put((job["id"], request))
         return job["id"]
 
-    def status(self, job_id):
-        """The job's state as the page shows it, or None for an unknown id."""
+    def status(self, job_id, after=None, timeout=10.0):
+        """The job's state as the page shows it, or None for an unknown id.
+        With `after` (a `version` the caller has seen), waits up to `timeout`
+        seconds for the job to move on first (long polling: the page hears of
+        each step and of the end at once, without asking many times)."""
         with self._lock:
+            if after is not None:
+                self._changed.wait_for(
+                    lambda: job_id not in self._jobs or self._jobs[job_id]["version"] > after,
+                    timeout,
+                )  # fmt: skip
             job = self._jobs.get(job_id)
             if job is None:
                 return None
@@ -251,20 +260,22 @@ class Jobs:
             job = self._jobs[job_id]
 
             def report(done, total, job=job):
-                job.update(done=done, total=total)
+                self._update(job, done=done, total=total)
 
-            with self._lock:
-                job["state"] = "running"
+            self._update(job, state="running")
             try:
                 begin = time.time()
                 images, shown = run_request(self.model, request, report)
-                job.update(images=[png_data_url(image) for image in images], settings=shown,
-                           seconds=round(time.time() - begin, 3))  # fmt: skip
-                state = "done"
+                self._update(job, state="done", settings=shown,
+                             images=[png_data_url(image) for image in images],
+                             seconds=round(time.time() - begin, 3))  # fmt: skip
             except Exception as error:  # any failure is the page's one line, never a trace
                 text = str(error).strip().splitlines()
-                job["error"] = text[0] if text else type(error).__name__
-                state = "failed"
-            with self._lock:
-                job["state"] = state
+                self._update(job, state="failed",
+                             error=text[0] if text else type(error).__name__)  # fmt: skip
             self._queue.task_done()
+
+    def _update(self, job, **changes):
+        with self._changed:
+            job.update(changes, version=job["version"] + 1)
+            self._changed.notify_all()

@@ -204,9 +204,12 @@ function addResult(job, clicked) {
   $("gallery").prepend(entry);
 }
 
+// Long polling: the server answers when the job has moved on from `version`.
 async function follow(id, clicked) {
+  let version = -1;
   for (;;) {
-    const job = await (await fetch(`/api/jobs/${id}`)).json();
+    const job = await (await fetch(`/api/jobs/${id}?after=${version}`)).json();
+    version = job.version;
     if (job.state === "queued") {
       $("status").textContent = `queued: ${job.place} ahead of it, counting itself`;
     } else if (job.state === "running") {
@@ -218,7 +221,6 @@ async function follow(id, clicked) {
     } else {
       $("status").textContent = ""; fail(job.error || "the job failed"); return;
     }
-    await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
 

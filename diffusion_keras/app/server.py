@@ -5,12 +5,14 @@
 Routes: `GET /` the page (`app.page`); `GET /api/model` what the model takes
 (size, classes, prompts, default sampling); `POST /api/jobs` a request (JSON, the
 page's fields), answered at once with its job id; `GET /api/jobs/ID` the job's
-state (`app.jobs`). Generation runs on one worker thread; requests that come
-while it works wait in a queue, and the page shows their place and progress.
+state (`app.jobs`; `?after=VERSION` waits until it moves on). Generation runs on one
+worker thread; requests that come while it works wait in a queue, and the page shows
+their place and progress.
 """
 
 import json
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from diffusion_keras.app.jobs import MAX_IMAGES, Jobs, Request
@@ -57,7 +59,13 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/api/model":
             return self._json(200, self.server.info)
         if self.path.startswith("/api/jobs/"):
-            status = self.server.jobs.status(self.path.rsplit("/", 1)[1])
+            path, _, query = self.path.partition("?")
+            after = dict(urllib.parse.parse_qsl(query)).get("after")
+            try:
+                after = None if after is None else int(after)
+            except ValueError:
+                return self._json(400, {"error": f"after must be a whole number, got {after!r}"})
+            status = self.server.jobs.status(path.rsplit("/", 1)[1], after)
             if status is None:
                 return self._json(404, {"error": "no such job"})
             return self._json(200, status)
