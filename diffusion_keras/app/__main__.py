@@ -6,6 +6,7 @@ See docs/guides/web-page.md.
 import os
 import sys
 
+from diffusion_keras.app.server import PageServer
 from diffusion_keras.cli.common import OneLineParser, UsageError, positive_int, run
 from diffusion_keras.config.choices import PRECISIONS
 from diffusion_keras.utils.quiet import import_tensorflow
@@ -29,7 +30,6 @@ def main(argv=None):
     if not os.path.exists(args.model):
         raise UsageError(f"no such model file: {args.model}")
     import_tensorflow()
-    from diffusion_keras.app.server import PageServer
     from diffusion_keras.models.saving import load_model
 
     model = load_model(args.model, compile=False, precision=args.precision)
