@@ -161,6 +161,14 @@ class _Graph:
         count = tf.shape(initial)[0]
         labels = tf.fill([count], tf.cast(class_index, tf.int32))
         nulls = tf.cast(self.model.null_labels(count), tf.int32)
+        return self.run_guided(initial, noises, labels, nulls, guidance_scale)
+
+    def run_guided(self, initial, noises, labels, nulls, guidance_scale):
+        """The loop steered by `labels` against `nulls` at weight w: w = 1 the
+        labels alone, w = 0 the nulls alone, else classifier-free guidance
+        (the paths of `guidance.steering` and `guidance.text_steering`)."""
+        import tensorflow as tf
+
         scale = tf.cast(guidance_scale, tf.float32)
 
         def run(labels, guidance):
@@ -171,7 +179,6 @@ class _Graph:
              (tf.equal(scale, 0.0), lambda: run(nulls, "labels"))],
             default=lambda: run(labels, "cfg"), exclusive=True,
         )  # fmt: skip
-
 
     def run_prompt(self, seed, num_images, prompt, negative_prompt, guidance_scale):
         """`generate(prompts=p, negative_prompts=n, guidance_scale=w)` of a
@@ -189,17 +196,8 @@ class _Graph:
         def tokens(text):
             return tf.tile(tf.cast(tokenizer(tf.reshape(text, [1])), tf.int32), [count, 1])
 
-        labels, nulls = tokens(prompt), tokens(negative_prompt)
-        scale = tf.cast(guidance_scale, tf.float32)
-
-        def run(labels, guidance):
-            return self.run_from_noise(initial, noises, labels, nulls, guidance, scale)
-
-        return tf.case(
-            [(tf.equal(scale, 1.0), lambda: run(labels, "labels")),
-             (tf.equal(scale, 0.0), lambda: run(nulls, "labels"))],
-            default=lambda: run(labels, "cfg"), exclusive=True,
-        )  # fmt: skip
+        return self.run_guided(initial, noises, tokens(prompt), tokens(negative_prompt),
+                               guidance_scale)  # fmt: skip
 
 
 def endpoints(graph):
