@@ -12,9 +12,11 @@ and as the median of `--repeats` after a warm-up each:
 - LiteRT's `generate_from_noise` under `tf.lite.Interpreter`,
 - ONNX's `generate.onnx` under onnxruntime,
 
-the last two on the noise that the export's `noise.py` draws for the seed.
-Prints each one's time over the baseline's and how far its uint8 pixels are
-from the baseline's. Also says whether the `generate` signature itself (the
+the last two on the noise that the export's `noise.py` draws for the seed;
+and for a pixel model the two edits (strength 0.6, a square mask), the
+package's `model.edit` (their baseline) against the `image_to_image` and
+`inpaint` signatures. Prints each one's time over its baseline's and how far
+its uint8 pixels are from the baseline's. Also says whether the `generate` signature itself (the
 noise in the graph) converts to LiteRT's built-in ops. Run by hand, never by CI.
 """
 
@@ -108,6 +110,7 @@ def main():
     interpreter = tf.lite.Interpreter(model_path=os.path.join(folder, "generate.tflite"))
     litert = interpreter.get_signature_runner("generate_from_noise")
     session = onnxruntime.InferenceSession(os.path.join(folder, "generate.onnx"))
+    signatures = tf.saved_model.load(folder).signatures
     runs = {
         "generate": lambda: to_uint8(model.generate(count, seed=seed, **settings)),
         "saved model": lambda: served(seed=tf.constant(seed, tf.int64),
@@ -115,6 +118,29 @@ def main():
         "litert": lambda: litert(**noises)["images"],
         "onnx": lambda: session.run(None, noises)[0],
     }  # fmt: skip
+    baselines = dict.fromkeys(runs, "generate")
+    if "inpaint" in signatures:
+        rng = np.random.default_rng(seed)
+        photos = (rng.uniform(size=(count, *shape)) * 255).astype(np.uint8)
+        masks = np.zeros((count, *shape[:2], 1), np.uint8)
+        masks[:, shape[0] // 4 : 3 * shape[0] // 4, shape[1] // 4 : 3 * shape[1] // 4] = 255
+        image_to_image = dict(settings, eta=0.0)
+        inpaint = dict(SAMPLING_RECIPES["inpaint"])
+        edit_inputs = dict(seed=tf.constant(seed, tf.int64), init_image=tf.constant(photos),
+                           strength=tf.constant(0.6))  # fmt: skip
+        runs.update({
+            "edit": lambda: to_uint8(model.edit(photos / np.float32(255), strength=0.6,
+                                                seed=seed, **image_to_image)),
+            "image_to_image": lambda: signatures["image_to_image"](**edit_inputs)[
+                "images"].numpy(),
+            "inpaint (edit)": lambda: to_uint8(model.edit(
+                photos / np.float32(255), strength=0.6, mask=masks > 127, seed=seed,
+                **inpaint)),
+            "inpaint": lambda: signatures["inpaint"](mask=tf.constant(masks), **edit_inputs)[
+                "images"].numpy(),
+        })  # fmt: skip
+        baselines.update({"edit": "edit", "image_to_image": "edit",
+                          "inpaint (edit)": "inpaint (edit)", "inpaint": "inpaint (edit)"})
     outputs = {name: run() for name, run in runs.items()}  # warm-up: traces and compiles
     times = {name: [] for name in runs}
     for _ in range(args.repeats):
@@ -122,13 +148,12 @@ def main():
             begin = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - begin)
-    baseline = statistics.median(times["generate"])
-    expected = outputs["generate"].astype(int)
     for name in runs:
-        seconds = statistics.median(times[name])
-        difference = np.abs(outputs[name].astype(int) - expected)
-        print(f"{name:12s} {seconds:7.3f} s for {count} images (median of {args.repeats}), "
-              f"{seconds / baseline:.3f}x generate; max difference {difference.max()} levels, "
+        seconds, against = statistics.median(times[name]), baselines[name]
+        baseline = statistics.median(times[against])
+        difference = np.abs(outputs[name].astype(int) - outputs[against].astype(int))
+        print(f"{name:14s} {seconds:7.3f} s for {count} images (median of {args.repeats}), "
+              f"{seconds / baseline:.3f}x {against}; max difference {difference.max()} levels, "
               f"{np.mean(difference > 0):.5f} of values differ")  # fmt: skip
     print(f"LiteRT, the generate signature (noise in the graph): "
           f"{whole_signature_in_builtins(folder)}")  # fmt: skip

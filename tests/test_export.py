@@ -32,6 +32,11 @@ import tensorflow as tf
 folder, seed, count, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 signature = sys.argv[5] if len(sys.argv) > 5 else "generate"
 inputs = dict(seed=tf.constant(seed, tf.int64), num_images=tf.constant(count, tf.int32))
+if signature in ("image_to_image", "inpaint"):  # uint8 images (and masks) in .npy files
+    inputs = dict(seed=inputs["seed"], init_image=tf.constant(np.load(sys.argv[6])),
+                  strength=tf.constant(float(sys.argv[7])))
+    if signature == "inpaint":
+        inputs["mask"] = tf.constant(np.load(sys.argv[8]))
 if signature == "generate_class":
     inputs.update(class_index=tf.constant(int(sys.argv[6])),
                   guidance_scale=tf.constant(float(sys.argv[7])))
@@ -132,6 +137,58 @@ def test_an_export_gives_generate_pys_pixels_in_a_process_without_the_package(tm
 
 
 @pytest.mark.slow
+def test_an_exports_edits_give_generate_pys_edits_in_a_process_without_the_package(tmp_path):
+    """`image_to_image` is `--init-image --strength`, `inpaint` is `--mask`
+    too: the same pixels, each sampled as generate.py samples that edit."""
+    model = os.path.join(FIXTURES, "pixel.keras")
+    exported = export_and_generate(tmp_path, model)
+    rng = np.random.default_rng(0)
+    images = (rng.uniform(size=(2, 16, 16, 3)) * 255).astype(np.uint8)
+    masks = np.zeros((2, 16, 16, 1), np.uint8)
+    masks[0, 4:12, 4:12], masks[1, :, 8:] = 255, 255
+    for folder, arrays in (("images", images), ("masks", masks[..., 0])):
+        (tmp_path / folder).mkdir()
+        for i, array in enumerate(arrays):
+            Image.fromarray(array).save(tmp_path / folder / f"{i}.png")
+    np.save(tmp_path / "init.npy", images)
+    np.save(tmp_path / "masks.npy", masks)
+    for strength, mask in ((0.35, False), (1.0, False), (0.6, True), (1.0, True)):
+        written = tmp_path / f"written{strength}{mask}"
+        flags = ["--mask", tmp_path / "masks"] if mask else []
+        done = run_script("generate.py", model, "--init-image", tmp_path / "images",
+                          "--strength", strength, *flags, "--seed", 7, "--output-dir", written,
+                          "--output", tmp_path / "grid.png", "--precision", "float32")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        signature = ["inpaint", strength, tmp_path / "masks.npy"] if mask else [
+            "image_to_image", strength]
+        served = standalone(tmp_path, exported, 7, 2, signature[0], tmp_path / "init.npy",
+                            *signature[1:])  # fmt: skip
+        np.testing.assert_array_equal(served, written_pngs(written))
+        if mask:
+            np.testing.assert_array_equal(served[masks[..., 0] == 0], images[masks[..., 0] == 0])
+    settings = json.loads((exported / "generation.json").read_text())
+    assert settings["image_to_image"]["eta"] == 0.0 and settings["inpaint"]["sampler"] == "ddim"
+
+
+def test_an_edit_strength_must_be_a_whole_number_of_hundredths(tmp_path):
+    import tensorflow as tf
+
+    import diffusion_keras as dk
+    from diffusion_keras.export import export_saved_model
+
+    model = dk.load_model(os.path.join(FIXTURES, "pixel.keras"))
+    export_saved_model(model, str(tmp_path / "e"), diffusion_steps=2)
+    edit = tf.saved_model.load(str(tmp_path / "e")).signatures["image_to_image"]
+    images = tf.zeros((1, 16, 16, 3), tf.uint8)
+    for strength in (0.555, 0.0, 1.5):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="a whole number of hundredths"):
+            edit(seed=tf.constant(0, tf.int64), init_image=images, strength=tf.constant(strength))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"init_image must be uint8 \[n, 16"):
+        edit(seed=tf.constant(0, tf.int64), init_image=tf.zeros((1, 8, 8, 3), tf.uint8),
+             strength=tf.constant(0.5))  # fmt: skip
+
+
+@pytest.mark.slow
 def test_a_class_conditional_export_takes_the_class_and_the_guidance(tmp_path):
     model = os.path.join(FIXTURES, "classes.keras")
     exported = export_and_generate(tmp_path, model, "--steps", 4)
@@ -174,7 +231,7 @@ def test_export_bakes_in_the_sampling_it_is_given(tmp_path):
     model = dk.load_model(os.path.join(FIXTURES, "pixel.keras"))
     book = dict(sampler="ddim", diffusion_steps=5, spacing="uniform", eta=0.0)
     assert export_saved_model(model, str(tmp_path / "book"), **book) == [
-        "generate", "generate_from_noise"]
+        "generate", "generate_from_noise", "image_to_image", "inpaint"]
     served = tf.saved_model.load(str(tmp_path / "book")).signatures["generate"](
         seed=tf.constant(-4, tf.int64), num_images=tf.constant(2, tf.int32))["images"]
     np.testing.assert_array_equal(served.numpy(), to_uint8(model.generate(2, seed=-4, **book)))

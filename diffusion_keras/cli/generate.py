@@ -4,6 +4,7 @@
 TensorFlow is imported, so `--help`, `--version` and argument errors answer at once.
 """
 
+import argparse
 import os
 import sys
 
@@ -120,7 +121,9 @@ def parser():
              "for --seed and --num-images, with this command's sampling (and --sampler, --steps, "
              "--spacing, --eta, --precision) baked in; a class-conditional model also gets "
              "generate_class(seed, num_images, class_index, guidance_scale), a text model "
-             "generate_prompt(seed, num_images, prompt, negative_prompt, guidance_scale) "
+             "generate_prompt(seed, num_images, prompt, negative_prompt, guidance_scale), a "
+             "pixel model image_to_image(seed, init_image, strength) and inpaint(seed, "
+             "init_image, mask, strength), sampled as --init-image and --mask sample "
              "(docs/guides/export.md)")  # fmt: skip
     add("--litert", action="store_true",
         help="--export: also DIR/generate.tflite, the sampling loop from given noise in "
@@ -258,11 +261,15 @@ def check_export_flags(args):
                          f"KERAS_BACKEND=tensorflow (this process runs on {configured_backend()})")
 
 
-def export(args, model, settings):
+def export(args, model, settings, student=None):
     from diffusion_keras.export import export_saved_model
 
+    # The edit signatures sample as generate.py edits: --init-image, and --mask too.
+    edits = {name: sampling_arguments(argparse.Namespace(**{**vars(args), "init_image": "IMAGE",
+                                                            "mask": mask}), student)
+             for name, mask in (("image_to_image", None), ("inpaint", "MASK"))}  # fmt: skip
     names = export_saved_model(model, args.export, litert=args.litert, onnx=args.onnx,
-                               **settings)  # fmt: skip
+                               **settings, **edits)  # fmt: skip
     baked = (f"{settings['sampler']}, {settings['diffusion_steps']} {settings['spacing']} steps, "
              f"eta {settings['eta']:g}")  # fmt: skip
     files = [f for f in ("generate.tflite", "generate.onnx", "unet.onnx")
@@ -340,7 +347,7 @@ def main(argv=None):
     student = model.sampling_defaults() if getattr(model, "student_steps", 0) else None
     settings = sampling_arguments(args, student)
     if args.export:
-        return export(args, model, settings)
+        return export(args, model, settings, student)
     # A progress bar only at a terminal: in a file its frames are noise.
     progress = not args.no_progress and sys.stdout.isatty()
     generate = dict(

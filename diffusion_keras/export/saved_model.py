@@ -36,7 +36,9 @@ import shutil
 import keras
 import numpy as np
 
+from diffusion_keras.config.sampling import sampling_settings
 from diffusion_keras.export import portable
+from diffusion_keras.export.edits import EditGraph
 from diffusion_keras.sampling import noise
 from diffusion_keras.sampling.rules import validate_sampler, validate_spacing
 from diffusion_keras.sampling.steps import visit_times
@@ -90,6 +92,9 @@ class _Graph:
         times = visit_times(model, self.steps, spacing)
         self.times = np.zeros((1,), np.float32) if times is None else np.asarray(times, "float32")
 
+    def to_uint8(self, images):
+        return graph_uint8(images)
+
     def noise(self, seed, num_images):
         """The noise `generate` draws for `seed`: the initial noise, and each
         step's fresh noise (one row of zeros, unread, for a deterministic
@@ -118,6 +123,18 @@ class _Graph:
         """The loop from given noise: `initial` `(n, *sample_shape)` and, for a
         stochastic sampler, `noises` `(steps, n, *sample_shape)` (else one
         row, unread): the noise `sampling.noise` draws for a seed."""
+        images = self.model.space.denormalize(self.samples(initial, noises, labels, nulls,
+                                                           guidance, scale))  # fmt: skip
+        if self.model.autoencoder is not None:
+            images = self.model.autoencoder.decode(images)
+        return {"images": graph_uint8(images)}
+
+    def samples(self, initial, noises, labels=None, nulls=None, guidance="none", scale=1.0,
+                times=None, edit=None):  # fmt: skip
+        """The compiled loop of `Sampler.run` from `initial`, still normalised:
+        at the baked-in times, or at `times` given (an edit's), and with
+        `edit`, the inpainting loop's `(known, masks, renoises, resample,
+        harmonize)`."""
         import tensorflow as tf
 
         num_images = tf.shape(initial)[0]
@@ -125,18 +142,17 @@ class _Graph:
         zeros = tf.zeros(tf.concat([[num_images], tf.constant(label_shape, tf.int32)], 0), tf.int32)
         labels = zeros if labels is None else labels
         nulls = zeros if nulls is None else nulls
+        spacing = self.spacing if times is None else "given"
+        times = tf.constant(self.times) if times is None else times
         loop = self.model.generator.sampler._function(
-            "loop", self.sampler, self.stochastic, guidance, None, self.spacing
+            "loop", self.sampler, self.stochastic, guidance, None, spacing,
+            None if edit is None else "inpaint",
         )  # fmt: skip
-        samples = loop(
+        return loop(
             initial, tf.constant(self.steps, tf.int32), tf.constant(self.eta, tf.float32), noises,
-            tf.constant(self.times), labels, nulls, tf.cast(scale, tf.float32),
-            tf.constant(1.0, tf.float32),
+            times, labels, nulls, tf.cast(scale, tf.float32), tf.constant(1.0, tf.float32),
+            *(edit or ()),
         )  # fmt: skip
-        images = self.model.space.denormalize(samples)
-        if self.model.autoencoder is not None:
-            images = self.model.autoencoder.decode(images)
-        return {"images": graph_uint8(images)}
 
     def run_class(self, seed, num_images, class_index, guidance_scale):
         """`generate(class_labels=c, guidance_scale=w)` from a seed, its
@@ -200,9 +216,10 @@ class _Graph:
                                guidance_scale)  # fmt: skip
 
 
-def endpoints(graph):
+def endpoints(graph, edits=None):
     """`{signature name: (function, input specs)}` of an export of `graph`'s
-    model: from a seed, and from given noise (what LiteRT and ONNX take)."""
+    model: from a seed, and from given noise (what LiteRT and ONNX take);
+    and `edits`' signatures (`{name: export.edits.EditGraph}`)."""
     import tensorflow as tf
 
     seed = [tf.TensorSpec((), tf.int64, "seed"), tf.TensorSpec((), tf.int32, "num_images")]
@@ -223,21 +240,41 @@ def endpoints(graph):
                 tf.TensorSpec((), tf.string, "negative_prompt"),
                 tf.TensorSpec((), tf.float32, "guidance_scale")]  # fmt: skip
         found["generate_prompt"] = (graph.run_prompt, seed + text)
+    for name, edit in (edits or {}).items():
+        found[name] = edit.endpoint()
     return found
+
+
+def edit_graphs(model, graph, image_to_image=None, inpaint=None):
+    """`{signature name: EditGraph}` of a pixel model that is not
+    text-conditional (`edit`'s kind): image-to-image sampled as `graph` but
+    deterministic, inpainting with the `inpaint` recipe, unless the settings
+    are given (dicts of sampler, diffusion_steps, spacing, eta)."""
+    if model.autoencoder is not None or model.text_encoder is not None:
+        return {}
+    if image_to_image is None:
+        image_to_image = dict(sampler=graph.sampler, diffusion_steps=graph.steps,
+                              spacing=graph.spacing, eta=0.0)  # fmt: skip
+    inpaint = sampling_settings("inpaint") if inpaint is None else inpaint
+    return {"image_to_image": EditGraph(_Graph(model, **image_to_image), masked=False),
+            "inpaint": EditGraph(_Graph(model, **inpaint), masked=True)}  # fmt: skip
 
 
 def export_saved_model(model, directory, sampler="dpmpp_2m", diffusion_steps=10,
                        spacing="log_snr", eta=1.0, litert=False, onnx=False,
-                       overwrite=False):  # fmt: skip
+                       overwrite=False, image_to_image=None, inpaint=None):  # fmt: skip
     """Writes `model` as a SavedModel into `directory` (see the module's
     docstring for its signatures) and returns the signature names.
 
     The sampling settings are baked in; `generate.py --export` passes its
-    own defaults (the model's, for a distilled student). With `litert` and
-    `onnx`, `generate.tflite` and `generate.onnx`/`unet.onnx` go beside it
-    (`export.portable`), with `noise.py`. The editing signatures are not
-    exported yet. `directory` must
-    not exist unless `overwrite`; it appears only when everything is written."""
+    own defaults (the model's, for a distilled student). A pixel model that
+    is not text-conditional also gets `image_to_image` and `inpaint`
+    (`export.edits`), sampled as `image_to_image` and `inpaint` say (dicts
+    of sampler, diffusion_steps, spacing and eta; None: as `generate.py`
+    edits). With `litert` and `onnx`, `generate.tflite` and
+    `generate.onnx`/`unet.onnx` go beside it (`export.portable`), with
+    `noise.py`. `directory` must not exist unless `overwrite`; it appears
+    only when everything is written."""
 
     backend.require_tensorflow("exporting a SavedModel")
     if os.path.exists(directory) and not overwrite:
@@ -251,7 +288,8 @@ def export_saved_model(model, directory, sampler="dpmpp_2m", diffusion_steps=10,
     graph = _Graph(model, sampler, diffusion_steps, spacing, eta)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    found = endpoints(graph)
+    edits = edit_graphs(model, graph, image_to_image, inpaint)
+    found = endpoints(graph, edits)
     for name, (function, specs) in found.items():
         archive.add_endpoint(name, function, specs)
     partial = directory.rstrip(os.sep) + ".partial"
@@ -259,7 +297,7 @@ def export_saved_model(model, directory, sampler="dpmpp_2m", diffusion_steps=10,
         shutil.rmtree(partial)
     try:
         archive.write_out(partial, verbose=False)
-        _write_settings(partial, model, graph)
+        _write_settings(partial, model, graph, edits)
         portable.write_noise_module(partial)
         if litert:
             portable.write_litert(partial, os.path.join(partial, "generate.tflite"), list(found))
@@ -274,12 +312,13 @@ def export_saved_model(model, directory, sampler="dpmpp_2m", diffusion_steps=10,
     return list(found)
 
 
-def _write_settings(directory, model, graph):
+def _write_settings(directory, model, graph, edits):
     """`DIR/generation.json`: what the signatures bake in, for people and tools."""
     settings = dict(
         sampler=graph.sampler, diffusion_steps=graph.steps, spacing=graph.spacing, eta=graph.eta,
         image_size=int(model.image_size), channels=int(model.channels),
         class_names=list(model.class_names or []), noise="philox4x32-10, box-muller float64",
     )  # fmt: skip
+    settings.update({name: edit.settings() for name, edit in edits.items()})
     with open(os.path.join(directory, "generation.json"), "w") as handle:
         json.dump(settings, handle, indent=2)
