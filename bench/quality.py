@@ -111,7 +111,8 @@ RECIPES = {
     # Adam's beta_2 as lucidrains' trainer, twice the learning rate, and
     # min-SNR-5 weighted MSE on the noise.
     "default_beta2": dict(recipe="default", adam_beta_2=0.99),
-    "default_lr2e-3": dict(recipe="default", learning_rate=2e-3),
+    "default_lr2e-3": dict(recipe="default", learning_rate=2e-3),  # the default since 2026-12-05
+    "default_lr1e-3": dict(recipe="default", learning_rate=1e-3),  # the default before
     "default_min_snr_mse": dict(recipe="default", loss="mse", loss_weighting="min_snr"),
     "edm_noisiest": dict(
         recipe="default", prediction="velocity", loss="mse", time_sampling="log_normal",

@@ -43,7 +43,8 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     schedule = learning_rate(config, total_steps=110)
     rates = [float(schedule(step)) for step in (0, 5, 10, 60, 110, 200)]
     np.testing.assert_allclose(rates, [0.0, 1e-3, 2e-3, 1e-3, 0.0, 0.0], atol=1e-9)
-    assert learning_rate(TrainConfig(), 110) == 1e-3
+    assert learning_rate(TrainConfig(), 110) == 2e-3  # the default: constant
+    assert learning_rate(TrainConfig.for_recipe("book"), 110) == 1e-3
     with pytest.raises(ValueError, match="unknown lr_schedule 'step'"):
         learning_rate(TrainConfig(lr_schedule="step"), 10)
 
