@@ -15,13 +15,14 @@ from diffusion_keras.diffusion.schedules import get_schedule
 from diffusion_keras.models.distillation import student_of, student_times, two_step_target
 from diffusion_keras.models.saving import load_model
 from diffusion_keras.training.distill import (
+    claim_distill_directory,
     distill,
     round_learning_rate,
     round_plan,
     round_steps,
 )
 from diffusion_keras.training.run import TrainConfig, train
-from diffusion_keras.utils.errors import Preempted
+from diffusion_keras.utils.errors import Preempted, TrainingError
 
 ROUND = dict(round_epochs=1, dataset_repetitions=1, batch_size=16, plot_images=2)
 
@@ -190,6 +191,25 @@ def test_distill_py_writes_a_student_that_generate_py_samples_in_its_steps(teach
     result = run_script("distill.py", teacher, *flags, "--overwrite")
     assert result.returncode == 0, result.stderr
     assert any(name.startswith("student.old-") for name in os.listdir(tmp_path))
+
+
+def test_a_distillation_directory_is_claimed_as_a_run_directory_is(tmp_path):
+    output = tmp_path / "student"
+    claim_distill_directory(str(output), resume=False, overwrite=False)  # nothing there yet
+    with pytest.raises(TrainingError, match="--resume: .* holds no distillation"):
+        claim_distill_directory(str(output), resume=True, overwrite=False)
+    # A finished round's checkpoint is a distillation, before any student is written.
+    checkpoints = output / "rounds" / "steps_032" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "epoch_0001.keras").write_bytes(b"weights")
+    with pytest.raises(TrainingError, match="already holds a distillation .*round steps_032"):
+        claim_distill_directory(str(output), resume=False, overwrite=False)
+    with pytest.raises(TrainingError, match="does not go with --resume"):
+        claim_distill_directory(str(output), resume=True, overwrite=True)
+    claim_distill_directory(str(output), resume=False, overwrite=True)
+    assert not output.exists()
+    (moved,) = [p for p in tmp_path.iterdir() if p.name.startswith("student.old-")]
+    assert (moved / "rounds" / "steps_032" / "checkpoints" / "epoch_0001.keras").exists()
 
 
 def test_distill_py_refuses_bad_input_in_one_line(teacher, tmp_path):

@@ -6,13 +6,7 @@ import csv
 import json
 import os
 
-from diffusion_keras.training.run_files import (
-    existing_run,
-    held_elsewhere,
-    lock_holder,
-    move_aside,
-)
-from diffusion_keras.utils.errors import TrainingError
+from diffusion_keras.training.run_files import claim_run_directory, existing_run
 
 
 def round_steps(from_steps, steps):
@@ -97,22 +91,9 @@ def _holds_distillation(output):
 
 
 def claim_distill_directory(output, resume, overwrite):
-    """As `claim_run_directory`, for a distillation directory and its rounds."""
-    if resume and overwrite:
-        raise TrainingError("--overwrite starts a new distillation; it does not go with --resume")
-    holder = lock_holder(output)
-    if holder is not None:
-        raise held_elsewhere(output, holder)
-    if resume:
-        if not os.path.exists(distill_paths(output)["config"]):
-            raise TrainingError(f"--resume: {output} holds no distillation (no config.json)")
-        return
-    held = _holds_distillation(output) or existing_run(output)
-    if held is None:
-        return
-    if not overwrite:
-        raise TrainingError(
-            f"{output} already holds a distillation ({held}); --resume continues it, "
-            "--overwrite moves it aside, or choose another --output"
-        )
-    print(f"moved the distillation in {output} aside to {move_aside(output)}")
+    """`claim_run_directory` for a distillation directory and its rounds."""
+    claim_run_directory(
+        output, resume, overwrite, kind="distillation",
+        holds=lambda path: _holds_distillation(path) or existing_run(path),
+        resume_from=distill_paths(output)["config"],
+    )  # fmt: skip

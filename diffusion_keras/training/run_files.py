@@ -42,12 +42,13 @@ def existing_run(run_dir):
     return None
 
 
-def refuse_existing(run_dir):
-    """Raises `TrainingError` in one line when `run_dir` holds a run."""
-    where = existing_run(run_dir)
+def refuse_existing(run_dir, kind="run", holds=existing_run):
+    """Raises `TrainingError` in one line when `run_dir` holds a run (or what
+    `holds(run_dir)` describes: a `kind`, such as a distillation)."""
+    where = holds(run_dir)
     if where is not None:
         raise TrainingError(
-            f"{run_dir} already holds a run ({where}); --resume continues it, another "
+            f"{run_dir} already holds a {kind} ({where}); --resume continues it, another "
             "--output starts a new one, or --overwrite moves it aside to "
             f"{run_dir}.old-<time>"
         )
@@ -231,18 +232,28 @@ def trim_logs(run_dir, epoch, global_step):
         _trim_events(events, epoch, global_step)
 
 
-def claim_run_directory(output, resume, overwrite):
+def claim_run_directory(output, resume, overwrite, kind="run", holds=existing_run,
+                        resume_from=None):  # fmt: skip
     """Refuses a run directory another process is writing, and one that holds
-    a run unless resuming it or told to move it aside (`--overwrite`)."""
+    a run unless resuming it or told to move it aside (`--overwrite`).
+
+    A distillation directory is claimed the same way: `kind` names what the
+    directory holds in messages, `holds(output)` describes it (or None), and
+    `resume_from` is the file a resumed one must have.
+    """
     if resume and overwrite:
-        raise TrainingError("--overwrite starts a new run; it does not go with --resume")
+        raise TrainingError(f"--overwrite starts a new {kind}; it does not go with --resume")
     holder = lock_holder(output)
     if holder is not None:
         raise held_elsewhere(output, holder)
     if resume:
+        if resume_from is not None and not os.path.exists(resume_from):
+            raise TrainingError(
+                f"--resume: {output} holds no {kind} (no {os.path.basename(resume_from)})"
+            )
         return
-    if overwrite and existing_run(output) is not None:
+    if overwrite and holds(output) is not None:
         moved = move_aside(output)
-        print(f"moved the run in {output} aside to {moved}")
+        print(f"moved the {kind} in {output} aside to {moved}")
     else:
-        refuse_existing(output)
+        refuse_existing(output, kind, holds)
