@@ -118,6 +118,7 @@ RECIPES = {
     # beta_2 at the new rate.
     "default_lr3e-3": dict(recipe="default", learning_rate=3e-3),
     "default_lr4e-3": dict(recipe="default", learning_rate=4e-3),
+    "default_lr4e-3_beta2": dict(recipe="default", learning_rate=4e-3, adam_beta_2=0.99),
     "default_lr2e-3_beta2": dict(recipe="default", learning_rate=2e-3, adam_beta_2=0.99),
     "edm_noisiest": dict(
         recipe="default", prediction="velocity", loss="mse", time_sampling="log_normal",
