@@ -114,9 +114,8 @@ RECIPES = {
     "default_lr2e-3": dict(recipe="default", learning_rate=2e-3),  # the default since 2026-12-05
     "default_lr1e-3": dict(recipe="default", learning_rate=1e-3),  # the default before
     "default_min_snr_mse": dict(recipe="default", loss="mse", loss_weighting="min_snr"),
-    # Over the 2e-3 default (stop 48): a higher peak still, and lucidrains'
-    # beta_2 at the new rate.
-    "default_lr3e-3": dict(recipe="default", learning_rate=3e-3),
+    # Over the 2e-3 default (stop 48): twice the peak, lucidrains' beta_2
+    # at the new rate, and both.
     "default_lr4e-3": dict(recipe="default", learning_rate=4e-3),
     "default_lr4e-3_beta2": dict(recipe="default", learning_rate=4e-3, adam_beta_2=0.99),
     "default_lr2e-3_beta2": dict(recipe="default", learning_rate=2e-3, adam_beta_2=0.99),
