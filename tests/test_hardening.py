@@ -25,6 +25,7 @@ from conftest import (
 from diffusion_keras import DiffusionModel
 from diffusion_keras.data.datasets import load_images
 from diffusion_keras.models.saving import load_model
+from diffusion_keras.training.preemption import interrupts_noted
 from diffusion_keras.training.run import TrainConfig, train
 from diffusion_keras.utils.errors import ModelFileError, TrainingError
 
@@ -306,15 +307,46 @@ class CtrlCWherePythonIgnoresIt(keras.callbacks.Callback):
         assert fired
 
 
-def test_ctrl_c_that_python_ignores_still_stops_the_run_and_saves_the_weights(tmp_path):
+def test_ctrl_c_that_python_ignores_still_stops_the_run_and_saves_the_weights(
+    tmp_path, monkeypatch
+):
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         pytest.skip("this test process handles SIGINT itself")
+    printed = []  # what Python would print as "Exception ignored in ..."
+    monkeypatch.setattr(sys, "unraisablehook", printed.append)
     run_dir = tmp_path / "run"
     config = TrainConfig(data="builtin:flowers:32", output=str(run_dir), **_tiny_config())
     with pytest.raises(KeyboardInterrupt):
         train(config, verbose=0, extra_callbacks=[CtrlCWherePythonIgnoresIt()])
     assert load_model(str(run_dir / "interrupted.keras")).generate(1, 2, seed=0).shape[0] == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert printed == []  # the noted Ctrl-C is not printed as an ignored exception
+    assert sys.unraisablehook == printed.append
+
+
+class RaisesWhenCollected:
+    def __init__(self, error):
+        self.error = error
+
+    def __del__(self):
+        raise self.error
+
+
+def test_only_a_noted_ctrl_c_is_kept_from_the_ignored_exceptions_printout(monkeypatch):
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("this test process handles SIGINT itself")
+    printed = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: printed.append(u.exc_type))
+    with interrupts_noted() as noted:
+        RaisesWhenCollected(KeyboardInterrupt())  # no Ctrl-C noted yet: printed
+        RaisesWhenCollected(ValueError("a bug"))  # not a Ctrl-C: printed
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        assert noted == [signal.SIGINT]
+        RaisesWhenCollected(KeyboardInterrupt())  # the noted Ctrl-C: not printed
+        RaisesWhenCollected(ValueError("a bug"))  # still printed
+    RaisesWhenCollected(KeyboardInterrupt())  # outside the block: printed
+    assert printed == [KeyboardInterrupt, ValueError, ValueError, KeyboardInterrupt]
 
 
 def test_other_errors_are_not_taken_for_ctrl_c(tmp_path):

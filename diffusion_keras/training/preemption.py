@@ -17,6 +17,7 @@ This module does not import TensorFlow.
 
 import contextlib
 import signal
+import sys
 import threading
 
 EXIT_PREEMPTED = 128 + signal.SIGTERM
@@ -104,7 +105,9 @@ def interrupts_noted():
     library (say, while TensorFlow traces a function) can come out as another
     error; the caller then still knows that the user asked to stop. Outside
     the main thread, or when a program has its own SIGINT handler, the
-    handler is left alone."""
+    handler is left alone. A noted Ctrl-C that lands where Python can only
+    print an exception (a garbage-collector callback, a `__del__`) is not
+    printed."""
     noted = []
     if threading.current_thread() is not threading.main_thread():
         yield noted
@@ -118,8 +121,20 @@ def interrupts_noted():
         noted.append(signum)
         raise KeyboardInterrupt
 
+    previous_hook = sys.unraisablehook
+
+    def quiet_noted_interrupt(unraisable):
+        # A noted Ctrl-C whose KeyboardInterrupt Python could not raise (it
+        # landed in a garbage-collector callback or a `__del__`) is not an
+        # error to print: the caller acts on `noted` (`NotedInterrupt`).
+        if noted and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            return
+        previous_hook(unraisable)
+
     signal.signal(signal.SIGINT, handle)
+    sys.unraisablehook = quiet_noted_interrupt
     try:
         yield noted
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
