@@ -12,7 +12,8 @@ images kept aside as the KID reference, as `bench/quality.py` does) the bench
 1. trains a teacher at 32x32 with train.py's default recipe for about
    `--teacher-steps` steps of 64, and records its process's CPU seconds;
 2. distils it with `distill.py`'s defaults (or a `--variant` from `VARIANTS`),
-   64 steps down to 1, and takes each round's CPU seconds from `rounds.csv`;
+   16 steps down to 1 (64 with `--variant from64`), and takes each round's
+   CPU seconds from `rounds.csv`;
 3. generates `--held-out` images from the same seeded noise with the teacher
    (DDIM at 20, 50 and 200 uniform steps; DPM-Solver++(2M) at 2, 3, 5 and 10
    log-SNR steps) and with each student in its own steps, and measures KID
@@ -57,7 +58,9 @@ TEACHER_SAMPLINGS = {
 VARIANTS = {
     "default": {},
     "uniform": dict(round_epochs=1),  # every round one epoch of all the images, no weights
-    "from16": dict(from_steps=16),  # rounds from the teacher's DDIM 16, the same budget
+    # Rounds from the teacher's DDIM 64, the same budget (the default until
+    # 2026-12-06; save dirs of before then hold it as "default").
+    "from64": dict(from_steps=64),
     "budget0.5": dict(budget=0.5),
     "budget0.25": dict(budget=0.25),
 }

@@ -3,6 +3,7 @@ takes two, as normal model files, with the run folder's guarantees."""
 
 import os
 import signal
+import types
 
 import keras
 import numpy as np
@@ -17,6 +18,7 @@ from diffusion_keras.models.saving import load_model
 from diffusion_keras.training.distill import (
     claim_distill_directory,
     distill,
+    resolve_config,
     round_learning_rate,
     round_plan,
     round_steps,
@@ -68,6 +70,17 @@ def test_rounds_halve_the_steps_down_to_the_students():
     for bad in ((64, 3), (6, 1), (2, 2), (4, 8)):
         with pytest.raises(ValueError, match="halves the steps"):
             round_steps(*bad)
+
+
+def test_the_first_round_distils_the_teachers_ddim_16_unless_told(tmp_path):
+    teacher = types.SimpleNamespace(student_steps=0)
+    given = dict(teacher=str(tmp_path / "model.keras"), data="builtin:flowers", steps=1)
+    assert resolve_config(DistillConfig(**given), teacher).from_steps == 16
+    assert resolve_config(DistillConfig(**given, from_steps=64), teacher).from_steps == 64
+    student = types.SimpleNamespace(student_steps=4)
+    assert resolve_config(DistillConfig(**given), student).from_steps == 4
+    with pytest.raises(ValueError, match="--from-steps must be 4"):
+        resolve_config(DistillConfig(**given, from_steps=16), student)
 
 
 def test_the_budget_is_spread_over_the_rounds_with_most_for_the_last():

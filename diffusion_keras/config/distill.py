@@ -17,8 +17,9 @@ class DistillRoundsConfig:
     steps: int = setting(1, "the student's sampling steps at the end: each round halves "
                          "the steps, from --from-steps down to this",
                          type=types.positive_int)  # fmt: skip
-    from_steps: int = setting(0, "the teacher's DDIM steps that the first round distils (0: 64, "
-                              "or a student's own steps)", type=types.non_negative_int)  # fmt: skip
+    from_steps: int = setting(0, "the teacher's DDIM steps that the first round distils (0: 16, "
+                              "as measured, or a student's own steps)",
+                              type=types.non_negative_int)  # fmt: skip
     guidance_scale: float = setting(1.0, "a conditional teacher's classifier-free guidance, "
                                     "built into the student",
                                     type=types.non_negative_float)  # fmt: skip
