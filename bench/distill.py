@@ -61,6 +61,7 @@ VARIANTS = {
     # Rounds from the teacher's DDIM 64, the same budget (the default until
     # 2026-12-06; save dirs of before then hold it as "default").
     "from64": dict(from_steps=64),
+    "from8": dict(from_steps=8),  # rounds 8 -> 4 -> 2 -> 1 only, the same budget
     "budget0.5": dict(budget=0.5),
     "budget0.25": dict(budget=0.25),
 }
