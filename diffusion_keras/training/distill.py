@@ -22,7 +22,7 @@ import os
 import time
 
 from diffusion_keras.config import fields
-from diffusion_keras.config.distill import DistillConfig
+from diffusion_keras.config.distill import FIRST_TEACHER_STEPS, DistillConfig
 from diffusion_keras.config.model import DiffusionConfig, NetworkConfig
 from diffusion_keras.config.run import TrainConfig, run_paths
 from diffusion_keras.data.datasets import load_images, random_subset, steps_per_epoch
@@ -42,13 +42,6 @@ from diffusion_keras.training.run import train
 from diffusion_keras.training.run_files import RunLock, existing_run
 from diffusion_keras.utils.errors import TrainingError
 from diffusion_keras.utils.precision import resolve_precision
-
-# The teacher steps of the first round, unless the teacher is a student. From
-# 16, the 8-, 4-, 2- and 1-step students beat those from 64 in trained-feature
-# KID in 15 of 16 comparisons (two teachers, flowers and glyphs, the same
-# budget; docs/results/distillation.md), as real-image classifiers rank a
-# teacher's DDIM 20 over its many-step DDIM.
-FIRST_TEACHER_STEPS = 16
 
 
 def round_prediction(config, teacher, student_steps):
