@@ -188,6 +188,22 @@ def test_an_edit_strength_must_be_a_whole_number_of_hundredths(tmp_path):
              strength=tf.constant(0.5))  # fmt: skip
 
 
+def test_an_export_told_no_sampler_bakes_in_generate_pys_default(tmp_path):
+    import diffusion_keras as dk
+    from diffusion_keras.config.sampling import SAMPLING_RECIPES
+    from diffusion_keras.export import export_saved_model
+
+    model = dk.load_model(os.path.join(FIXTURES, "pixel.keras"))
+    export_saved_model(model, str(tmp_path / "default"))
+    export_saved_model(model, str(tmp_path / "told"), diffusion_steps=3)
+    baked = {name: json.loads((tmp_path / name / "generation.json").read_text())
+             for name in ("default", "told")}  # fmt: skip
+    fields = list(SAMPLING_RECIPES["default"])
+    assert {f: baked["default"][f] for f in fields} == SAMPLING_RECIPES["default"]
+    assert {f: baked["told"][f] for f in fields} == {**SAMPLING_RECIPES["default"],
+                                                     "diffusion_steps": 3}  # fmt: skip
+
+
 @pytest.mark.slow
 def test_a_class_conditional_export_takes_the_class_and_the_guidance(tmp_path):
     model = os.path.join(FIXTURES, "classes.keras")
@@ -225,6 +241,7 @@ def test_export_bakes_in_the_sampling_it_is_given(tmp_path):
     import tensorflow as tf
 
     import diffusion_keras as dk
+    from diffusion_keras.config.sampling import SAMPLING_RECIPES
     from diffusion_keras.export import export_saved_model
     from diffusion_keras.utils.images import to_uint8
 
@@ -235,8 +252,7 @@ def test_export_bakes_in_the_sampling_it_is_given(tmp_path):
     served = tf.saved_model.load(str(tmp_path / "book")).signatures["generate"](
         seed=tf.constant(-4, tf.int64), num_images=tf.constant(2, tf.int32))["images"]
     np.testing.assert_array_equal(served.numpy(), to_uint8(model.generate(2, seed=-4, **book)))
-    default = to_uint8(model.generate(2, seed=-4, sampler="dpmpp_2m", diffusion_steps=10,
-                                      spacing="log_snr", eta=1.0))  # fmt: skip
+    default = to_uint8(model.generate(2, seed=-4, **SAMPLING_RECIPES["default"]))
     assert not np.array_equal(served.numpy(), default)
 
 

@@ -260,14 +260,16 @@ def edit_graphs(model, graph, image_to_image=None, inpaint=None):
             "inpaint": EditGraph(_Graph(model, **inpaint), masked=True)}  # fmt: skip
 
 
-def export_saved_model(model, directory, sampler="dpmpp_2m", diffusion_steps=10,
-                       spacing="log_snr", eta=1.0, litert=False, onnx=False,
-                       overwrite=False, image_to_image=None, inpaint=None):  # fmt: skip
+def export_saved_model(model, directory, sampler=None, diffusion_steps=None, spacing=None,
+                       eta=None, litert=False, onnx=False, overwrite=False,
+                       image_to_image=None, inpaint=None):  # fmt: skip
     """Writes `model` as a SavedModel into `directory` (see the module's
     docstring for its signatures) and returns the signature names.
 
-    The sampling settings are baked in; `generate.py --export` passes its
-    own defaults (the model's, for a distilled student). A pixel model that
+    The sampling settings are baked in: `sampler`, `diffusion_steps`,
+    `spacing` and `eta`, each None for `generate.py`'s default
+    (`config.sampling.SAMPLING_RECIPES`); `generate.py --export` passes its
+    own (the model's, for a distilled student). A pixel model that
     is not text-conditional also gets `image_to_image` and `inpaint`
     (`export.edits`), sampled as `image_to_image` and `inpaint` say (dicts
     of sampler, diffusion_steps, spacing and eta; None: as `generate.py`
@@ -285,7 +287,10 @@ def export_saved_model(model, directory, sampler="dpmpp_2m", diffusion_steps=10,
     if (litert or onnx) and policy != "float32":
         raise ValueError(f"LiteRT and ONNX have no {policy} convolutions: export a float32 "
                          "model for them (generate.py --precision float32)")  # fmt: skip
-    graph = _Graph(model, sampler, diffusion_steps, spacing, eta)
+    chosen = sampling_settings(sampler=sampler, diffusion_steps=diffusion_steps,
+                               spacing=spacing, eta=eta)  # fmt: skip
+    graph = _Graph(model, chosen["sampler"], chosen["diffusion_steps"], chosen["spacing"],
+                   chosen["eta"])  # fmt: skip
     archive = keras.export.ExportArchive()
     archive.track(model)
     edits = edit_graphs(model, graph, image_to_image, inpaint)
