@@ -4,10 +4,11 @@
 # that scored best per network evaluation on the real-data benches
 # (`bench/recipe_race.py`, docs/results/real-data.md): SDE-DPM-Solver++(2M),
 # whose fresh noise corrects the errors of a briefly trained model, over 10
-# steps uniform in time. Its steps spaced in log-SNR (the default until
-# 2026-12-06) scored worse by the landscapes' and photos' held-out
-# classifiers on 9 of 9 models and drew a third of the quick start's flowers
-# as empty backgrounds. Before it, DPM-Solver++(2M) at 5 log-SNR steps
+# steps uniform in time. With the default recipe, its steps spaced in
+# log-SNR (the default until 2026-12-06) lost 8 of 9 comparisons on the
+# real-data benches (three models, three scorers), doubled the flowers'
+# trained-feature KID and drew a third of the quick start as empty
+# backgrounds. Before it, DPM-Solver++(2M) at 5 log-SNR steps
 # (docs/results/samplers.md). "book" is the book's loop.
 SAMPLING_RECIPES = {
     "default": dict(sampler="dpmpp_2m", diffusion_steps=10, spacing="uniform", eta=1.0),
