@@ -50,35 +50,42 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 
 
 @pytest.mark.parametrize("prediction", ["noise", "velocity", "image"])
-def test_min_snr_weights_the_clean_image_loss_by_min_snr_gamma(prediction):
-    """Whatever is predicted, min-SNR's weight on that loss equals min(SNR, 5)
-    on the clean-image loss it is equivalent to (Hang et al. 2023, eq. 8)."""
+@pytest.mark.parametrize("weighting", ["min_snr", "edm"])
+def test_loss_weightings_weight_the_clean_image_loss_as_their_papers_say(weighting, prediction):
+    """Whatever is predicted, the weight on that loss equals the paper's weight
+    on the clean-image loss it is equivalent to: min(SNR, 5) for min-SNR (Hang
+    et al. 2023, eq. 8), SNR + 1 for EDM with unit-variance data (Karras et al.
+    2022: (sigma^2 + 1) / sigma^2 with sigma = noise / signal)."""
     times = np.linspace(0.0, 1.0, 11, dtype="float32").reshape(-1, 1, 1, 1)
     noise_rates, signal_rates = offset_cosine_schedule(times)
     noise_rates, signal_rates = np.asarray(noise_rates), np.asarray(signal_rates)
     snrs = signal_rates**2 / noise_rates**2
-    weights = np.asarray(loss_weights("min_snr", noise_rates, signal_rates, prediction))
+    weights = np.asarray(loss_weights(weighting, noise_rates, signal_rates, prediction))
     # The image error is its prediction's error times this factor.
     image_error_per_unit = {
         "noise": noise_rates / signal_rates,
         "velocity": noise_rates,
         "image": np.ones_like(noise_rates),
     }[prediction]
-    np.testing.assert_allclose(weights / image_error_per_unit**2, np.minimum(snrs, 5.0), rtol=1e-5)
+    expected = np.minimum(snrs, 5.0) if weighting == "min_snr" else snrs + 1.0
+    np.testing.assert_allclose(weights / image_error_per_unit**2, expected, rtol=1e-4)
+    if weighting == "edm" and prediction == "velocity":
+        np.testing.assert_allclose(weights, 1.0, rtol=1e-5)  # EDM's loss is plain MSE on velocity
     np.testing.assert_array_equal(
         np.asarray(loss_weights("none", noise_rates, signal_rates, prediction)), 1.0
     )
 
 
-def test_min_snr_model_trains_saves_and_reloads(tmp_path):
-    model = tiny_model(prediction="velocity", loss="mse", loss_weighting="min_snr",
+@pytest.mark.parametrize("weighting,prediction", [("min_snr", "velocity"), ("edm", "noise")])
+def test_weighted_model_trains_saves_and_reloads(tmp_path, weighting, prediction):
+    model = tiny_model(prediction=prediction, loss="mse", loss_weighting=weighting,
                        min_snr_gamma=2.0)  # fmt: skip
     _, history = fit_on_blobs(model, steps_per_epoch=4)
     assert np.isfinite(history.history["n_loss"]).all()
     path = str(tmp_path / "m.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
-    assert (loaded.loss_weighting, loaded.min_snr_gamma) == ("min_snr", 2.0)
+    assert (loaded.loss_weighting, loaded.min_snr_gamma) == (weighting, 2.0)
     with pytest.raises(ValueError, match="unknown loss weighting 'p2'"):
         DiffusionModel(**TINY, loss_weighting="p2")
 

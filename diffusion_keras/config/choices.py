@@ -7,7 +7,7 @@ flags of `train.py` and `generate.py` offer the same set.
 SCHEDULES = ("linear", "cosine", "offset_cosine")
 PREDICTIONS = ("noise", "image", "velocity")
 LOSSES = ("mae", "mse")
-LOSS_WEIGHTINGS = ("none", "min_snr")
+LOSS_WEIGHTINGS = ("none", "min_snr", "edm")
 TIME_SAMPLINGS = ("uniform", "log_normal")
 BATCH_NORMS = ("fused", "keras")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")

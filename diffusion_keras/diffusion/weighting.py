@@ -10,6 +10,14 @@ predicts. With SNR = signal_rates**2 / noise_rates**2:
   huge, from dominating the gradient. Expressed on the prediction actually
   trained: min(SNR, gamma) / SNR for noise, min(SNR, gamma) / (SNR + 1) for
   velocity, and min(SNR, gamma) for the image.
+- `"edm"`: EDM's weighting (Karras et al. 2022, eq. 8 and table 1) for data of
+  unit variance: SNR + 1 on the clean-image loss, the weighting under which
+  EDM's preconditioned network sees unit-weighted targets. On the prediction
+  trained it is 1 for velocity (so velocity with "none" is already EDM's),
+  (SNR + 1) / SNR for noise and SNR + 1 for the image.
+
+Both are derived for the squared error; with `loss="mae"` the same weights
+apply to the absolute error.
 
 Where the noise levels are drawn weighs them too (`time_sampler`):
 
@@ -56,12 +64,17 @@ def loss_weights(name, noise_rates, signal_rates, prediction, gamma=5.0):
     if name == "none":
         return ops.ones_like(noise_rates)
     snrs = ops.square(signal_rates) / ops.maximum(ops.square(noise_rates), 1e-12)
-    clipped = ops.minimum(snrs, gamma)
+    # The weight on the clean image's squared error ...
+    image_weights = ops.minimum(snrs, gamma) if name == "min_snr" else snrs + 1.0
+    # ... moved onto the prediction's: the image error is the noise error
+    # times noise / signal (a factor 1 / SNR squared) and the velocity error
+    # times the noise rate (1 / (SNR + 1) squared, the rates being
+    # variance-preserving).
     if prediction == "noise":
-        return clipped / snrs
+        return image_weights / snrs
     if prediction == "velocity":
-        return clipped / (snrs + 1.0)
-    return clipped
+        return image_weights / (snrs + 1.0)
+    return image_weights
 
 
 def validate_time_sampling(name, log_snr_std=LOG_SNR_STD):
