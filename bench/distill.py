@@ -4,6 +4,7 @@
     python bench/distill.py --datasets flowers --save-dir runs/bench_distill
     python bench/distill.py --save-dir runs/bench_distill --reuse   # finish a bench
     python bench/distill.py --variant budget0.6 --save-dir runs/bench_distill --reuse
+    python bench/distill.py --student-etas 0,0.5,1 --save-dir runs/bench_distill --reuse
     python bench/distill.py --speed-only                     # images/s at 64x64 only
 
 For each data set (`builtin:flowers` and the rendered glyphs, `--held-out`
@@ -16,7 +17,8 @@ images kept aside as the KID reference, as `bench/quality.py` does) the bench
    CPU seconds from `rounds.csv`;
 3. generates `--held-out` images from the same seeded noise with the teacher
    (DDIM at 20, 50 and 200 uniform steps; DPM-Solver++(2M) at 2, 3, 5 and 10
-   log-SNR steps) and with each student in its own steps, and measures KID
+   log-SNR steps) and with each student in its own steps (deterministic, and
+   with each `--student-etas` share of fresh noise per step), and measures KID
    against the held-out images in two feature spaces: `--features` (random
    features offline) and `bench/trained_features.py`'s classifier;
 4. writes a table, a PNG of KID against network evaluations (`--plot`) and a
@@ -65,6 +67,16 @@ VARIANTS = {
     "budget0.5": dict(budget=0.5),
     "budget0.25": dict(budget=0.25),
 }
+
+
+def student_etas(args):
+    return [float(eta) for eta in args.student_etas.split(",")]
+
+
+def students_name(args):
+    """The students' kept results: the variant's, and the etas' unless only 0."""
+    etas = student_etas(args)
+    return args.variant + ("" if etas == [0.0] else "_eta" + "_".join(f"{e:g}" for e in etas))
 
 
 def stage_dir(args, dataset, *parts):
@@ -152,7 +164,12 @@ def evaluate_stage(args):
         for steps in (32, 16, 8, 4, 2, 1):
             path = os.path.join(round_dir(output, steps), "model.keras")
             if steps <= args.largest_student and os.path.exists(path):
-                measure(f"student {steps}", load_model(path, compile=False), steps)
+                student = load_model(path, compile=False)
+                for eta in student_etas(args):
+                    # A 1-step student's only step ends at the image: no fresh noise.
+                    if eta == 0 or steps > 1:
+                        label = f"student {steps}" + (f" eta {eta:g}" if eta else "")
+                        measure(label, student, steps, eta=eta)
     else:
         teacher = load_model(os.path.join(stage_dir(args, args.dataset, "teacher"),
                                           "model.keras"), compile=False)  # fmt: skip
@@ -216,7 +233,7 @@ def run_stage(args, stage, dataset="", saved=None, *extra):
         "--seed", str(args.seed), "--features", args.features, "--precision", args.precision,
         "--teacher-steps", str(args.teacher_steps), "--variant", args.variant,
         "--speed-images", str(args.speed_images), "--speed-repeats", str(args.speed_repeats),
-        "--grid-images", str(args.grid_images), *extra,
+        "--grid-images", str(args.grid_images), "--student-etas", args.student_etas, *extra,
     ]  # fmt: skip
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
     if done.returncode != 0:
@@ -249,8 +266,11 @@ def report(dataset, teacher, rounds, evaluated):
               f"{row['trained']:>12.4f} {row['images_per_second']:>9.1f}")  # fmt: skip
     targets = (("student 4", "teacher DDIM 20", 1.0), ("student 2", "teacher DPM++ 5", 1.0),
                ("student 1", "teacher DDIM 20", 2.0))  # fmt: skip
-    for student, reference, factor in targets:
-        if student in by and reference in by:
+    for row in rows:
+        student = row["label"].split(" eta ")[0]
+        matches = [(reference, factor) for s, reference, factor in targets if s == student]
+        if matches and matches[0][0] in by:
+            (reference, factor), student = matches[0], row["label"]
             verdict = " / ".join(
                 f"{features} {by[student][features]:.4f} <= {factor:g} x "
                 f"{by[reference][features]:.4f}: "
@@ -271,7 +291,8 @@ def plot(results, path):
         for axis, features in zip(row_axes, ("random", "trained")):
             for prefix, marker in (("teacher DDIM", "o-"), ("teacher DPM++", "s-"),
                                    ("student", "^-")):  # fmt: skip
-                rows = sorted((r for r in evaluated["rows"] if r["label"].startswith(prefix)),
+                rows = sorted((r for r in evaluated["rows"]
+                               if r["label"].startswith(prefix) and " eta " not in r["label"]),
                               key=lambda r: r["nfe"])  # fmt: skip
                 if rows:
                     axis.plot([r["nfe"] for r in rows], [r[features] for r in rows], marker,
@@ -310,6 +331,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="flowers,glyphs")
     parser.add_argument("--variant", default="default", choices=list(VARIANTS))
+    parser.add_argument(
+        "--student-etas",
+        default="0",
+        help="shares of fresh noise per step the students also sample with, "
+        "comma-separated (0: deterministic DDIM, as they were taught)",
+    )
     parser.add_argument("--teacher-steps", type=int, default=392)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--held-out", type=int, default=512)
@@ -344,10 +371,10 @@ def main():
         keep = lambda name, d=dataset: stage_dir(args, d, name)  # noqa: E731
         teacher = run_stage(args, "teacher", dataset, keep("teacher.json"))
         rounds = run_stage(args, "distill", dataset, keep(f"rounds_{args.variant}.json"))
-        grids[dataset] = [keep("grid_teacher.npz"), keep(f"grid_{args.variant}.npz")]
+        grids[dataset] = [keep("grid_teacher.npz"), keep(f"grid_{students_name(args)}.npz")]
         evaluated = run_stage(args, "evaluate", dataset, keep("kid_teacher.json"),
                               "--grid-file", grids[dataset][0])  # fmt: skip
-        students = run_stage(args, "evaluate", dataset, keep(f"kid_{args.variant}.json"),
+        students = run_stage(args, "evaluate", dataset, keep(f"kid_{students_name(args)}.json"),
                              "--grid-file", grids[dataset][1], "--students")  # fmt: skip
         evaluated = dict(evaluated, rows=evaluated["rows"] + students["rows"])
         results[dataset] = evaluated
