@@ -264,20 +264,19 @@ def report(dataset, teacher, rounds, evaluated):
     for row in rows:
         print(f"  {row['label']:<20} {row['nfe']:>4} {row['random']:>14.4f} "
               f"{row['trained']:>12.4f} {row['images_per_second']:>9.1f}")  # fmt: skip
-    targets = (("student 4", "teacher DDIM 20", 1.0), ("student 2", "teacher DPM++ 5", 1.0),
-               ("student 1", "teacher DDIM 20", 2.0))  # fmt: skip
+    # Each student's target: (the reference row, the factor it may be off by).
+    targets = {"student 4": ("teacher DDIM 20", 1.0), "student 2": ("teacher DPM++ 5", 1.0),
+               "student 1": ("teacher DDIM 20", 2.0)}  # fmt: skip
     for row in rows:
-        student = row["label"].split(" eta ")[0]
-        matches = [(reference, factor) for s, reference, factor in targets if s == student]
-        if matches and matches[0][0] in by:
-            (reference, factor), student = matches[0], row["label"]
-            verdict = " / ".join(
-                f"{features} {by[student][features]:.4f} <= {factor:g} x "
-                f"{by[reference][features]:.4f}: "
-                f"{'yes' if by[student][features] <= factor * by[reference][features] else 'no'}"
-                for features in ("random", "trained")
-            )
-            print(f"  target {student} vs {reference}: {verdict}")
+        reference, factor = targets.get(row["label"].split(" eta ")[0], (None, None))
+        if reference not in by:
+            continue
+        verdict = " / ".join(
+            f"{features} {row[features]:.4f} <= {factor:g} x {by[reference][features]:.4f}: "
+            f"{'yes' if row[features] <= factor * by[reference][features] else 'no'}"
+            for features in ("random", "trained")
+        )
+        print(f"  target {row['label']} vs {reference}: {verdict}")
 
 
 def plot(results, path):

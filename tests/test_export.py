@@ -188,6 +188,52 @@ def test_an_edit_strength_must_be_a_whole_number_of_hundredths(tmp_path):
              strength=tf.constant(0.5))  # fmt: skip
 
 
+def _unchecked_readers(graph):
+    """The ops of a traced signature `graph` that compute on an input its
+    checks read, without waiting for them. A check is an `Assert` op, or the
+    cond that guards one when its message holds tensors (an `AssertGuard`)."""
+    ops = graph.get_operations()
+
+    def ancestors(op, control=False):
+        seen, stack = set(), [op]
+        while stack:
+            current = stack.pop()
+            parents = [tensor.op for tensor in current.inputs]
+            for parent in parents + (list(current.control_inputs) if control else []):
+                if parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+        return seen
+
+    checks = {op for op in ops if op.type == "Assert" or op.name.endswith("/AssertGuard")}
+    checking = checks.union(*(ancestors(op) for op in checks))
+    inputs = {op for op in checking if op.type == "Placeholder"}
+    return [op.name for op in ops if op not in checking and inputs & ancestors(op)
+            and not checks & ancestors(op, control=True)]  # fmt: skip
+
+
+@pytest.mark.parametrize("fixture", ["pixel", "classes", "text"])
+def test_every_signature_checks_its_inputs_before_computing_on_them(fixture):
+    # A graph orders an Assert only among stateful ops: an unchecked strength
+    # of 0 once reached the strength table's gather first and failed there
+    # ("indices = -1 is not in [0, 100)") instead of saying what is wrong.
+    import tensorflow as tf
+
+    import diffusion_keras as dk
+    from diffusion_keras.config.sampling import sampling_settings
+    from diffusion_keras.export.saved_model import _Graph, edit_graphs, endpoints
+
+    model = dk.load_model(os.path.join(FIXTURES, f"{fixture}.keras"))
+    chosen = sampling_settings(diffusion_steps=2)
+    graph = _Graph(model, chosen["sampler"], 2, chosen["spacing"], chosen["eta"])
+    checked = 0
+    for name, (function, specs) in endpoints(graph, edit_graphs(model, graph)).items():
+        traced = tf.function(function).get_concrete_function(*specs).graph
+        checked += any(op.type == "Assert" for op in traced.get_operations())
+        assert _unchecked_readers(traced) == [], name
+    assert checked >= 2
+
+
 def test_an_export_told_no_sampler_bakes_in_generate_pys_default(tmp_path):
     import diffusion_keras as dk
     from diffusion_keras.config.sampling import SAMPLING_RECIPES

@@ -31,6 +31,17 @@ from diffusion_keras.editing.edits import HARMONIZE, edit_times, model_zero_time
 STRENGTHS = 100
 
 
+def checked(value, *checks):
+    """`value` once `checks` (`tf.debugging` assertions) have passed. A graph
+    orders an assertion only among other stateful ops, so an input it refuses
+    could otherwise reach a gather or a convolution first and fail there with
+    that op's message; what reads `value` waits for the checks."""
+    import tensorflow as tf
+
+    with tf.control_dependencies([check for check in checks if check is not None]):
+        return tf.identity(value)
+
+
 class EditGraph:
     """The edits of one export, sampled as `graph` (a `saved_model._Graph`
     with the edit's settings) says."""
@@ -56,19 +67,25 @@ class EditGraph:
         scaled = strength * STRENGTHS
         row = tf.cast(tf.round(scaled), tf.int32)
         message = "strength must be one of 0.01, 0.02, ..., 1 (a whole number of hundredths)"
-        tf.debugging.assert_less_equal(tf.abs(scaled - tf.cast(row, tf.float32)), 1e-3, message)
-        tf.debugging.assert_greater_equal(row, 1, message)
-        tf.debugging.assert_less_equal(row, STRENGTHS, message)
-        return row - 1
+        return checked(
+            row,
+            tf.debugging.assert_less_equal(tf.abs(scaled - tf.cast(row, tf.float32)), 1e-3,
+                                           message),
+            tf.debugging.assert_greater_equal(row, 1, message),
+            tf.debugging.assert_less_equal(row, STRENGTHS, message),
+        ) - 1  # fmt: skip
 
     def _images(self, init_image):
         import tensorflow as tf
 
         shape = self.graph.shape
-        tf.debugging.assert_equal(tf.shape(init_image)[1:], tf.constant(shape, tf.int32),
-                                  f"init_image must be uint8 [n, {shape[0]}, {shape[1]}, "
-                                  f"{shape[2]}], the model's size")  # fmt: skip
-        tf.debugging.assert_positive(tf.shape(init_image)[0], "init_image holds no images")
+        init_image = checked(
+            init_image,
+            tf.debugging.assert_equal(tf.shape(init_image)[1:], tf.constant(shape, tf.int32),
+                                      f"init_image must be uint8 [n, {shape[0]}, {shape[1]}, "
+                                      f"{shape[2]}], the model's size"),
+            tf.debugging.assert_positive(tf.shape(init_image)[0], "init_image holds no images"),
+        )  # fmt: skip
         return tf.cast(init_image, tf.float32) / 255.0
 
     def run(self, seed, init_image, strength, mask=None):
@@ -93,9 +110,12 @@ class EditGraph:
             )  # fmt: skip
             return {"images": graph.to_uint8(model.denormalize(samples))}
         shape = graph.shape
-        tf.debugging.assert_equal(tf.shape(mask), tf.stack([count, shape[0], shape[1], 1]),
-                                  f"mask must be uint8 [n, {shape[0]}, {shape[1]}, 1] like "
-                                  "init_image")  # fmt: skip
+        mask = checked(
+            mask,
+            tf.debugging.assert_equal(tf.shape(mask), tf.stack([count, shape[0], shape[1], 1]),
+                                      f"mask must be uint8 [n, {shape[0]}, {shape[1]}, 1] like "
+                                      "init_image"),
+        )  # fmt: skip
         regenerate = tf.broadcast_to(mask > 127, tf.shape(images))
         masks = tf.cast(regenerate, tf.float32)
         start = tf.where(full, initial_noise, noised)

@@ -38,7 +38,7 @@ import numpy as np
 
 from diffusion_keras.config.sampling import sampling_settings
 from diffusion_keras.export import portable
-from diffusion_keras.export.edits import EditGraph
+from diffusion_keras.export.edits import EditGraph, checked
 from diffusion_keras.sampling import noise
 from diffusion_keras.sampling.rules import validate_sampler, validate_spacing
 from diffusion_keras.sampling.steps import visit_times
@@ -115,7 +115,8 @@ class _Graph:
         import tensorflow as tf
 
         num_images = tf.convert_to_tensor(num_images, tf.int32)
-        tf.debugging.assert_positive(num_images, "num_images must be >= 1")
+        num_images = checked(num_images,
+                             tf.debugging.assert_positive(num_images, "num_images must be >= 1"))
         return self.run_from_noise(*self.noise(seed, num_images))
 
     def run_from_noise(self, initial, noises, labels=None, nulls=None, guidance="none",
@@ -160,11 +161,15 @@ class _Graph:
         import tensorflow as tf
 
         count = tf.convert_to_tensor(num_images, tf.int32)
-        tf.debugging.assert_positive(count, "num_images must be >= 1")
+        count = checked(count, tf.debugging.assert_positive(count, "num_images must be >= 1"))
         classes = self.model.num_classes
-        tf.debugging.assert_less(class_index, classes, f"class_index must be < {classes}")
-        tf.debugging.assert_non_negative(class_index, "class_index must be >= 0")
-        tf.debugging.assert_greater_equal(guidance_scale, 0.0, "guidance_scale must be >= 0")
+        class_index = checked(
+            class_index,
+            tf.debugging.assert_less(class_index, classes, f"class_index must be < {classes}"),
+            tf.debugging.assert_non_negative(class_index, "class_index must be >= 0"),
+        )  # fmt: skip
+        guidance_scale = checked(guidance_scale, tf.debugging.assert_greater_equal(
+            guidance_scale, 0.0, "guidance_scale must be >= 0"))  # fmt: skip
         initial, noises = self.noise(seed, count)
         return self.run_class_from_noise(initial, noises, class_index, guidance_scale)
 
@@ -204,8 +209,9 @@ class _Graph:
         import tensorflow as tf
 
         count = tf.convert_to_tensor(num_images, tf.int32)
-        tf.debugging.assert_positive(count, "num_images must be >= 1")
-        tf.debugging.assert_greater_equal(guidance_scale, 0.0, "guidance_scale must be >= 0")
+        count = checked(count, tf.debugging.assert_positive(count, "num_images must be >= 1"))
+        guidance_scale = checked(guidance_scale, tf.debugging.assert_greater_equal(
+            guidance_scale, 0.0, "guidance_scale must be >= 0"))  # fmt: skip
         initial, noises = self.noise(seed, count)
         tokenizer = self.model.text_encoder.tokenizer
 
