@@ -234,6 +234,30 @@ def test_every_signature_checks_its_inputs_before_computing_on_them(fixture):
     assert checked >= 2
 
 
+def test_a_class_export_refuses_a_bad_input_with_its_own_message(tmp_path):
+    import tensorflow as tf
+
+    import diffusion_keras as dk
+    from diffusion_keras.export import export_saved_model
+
+    model = dk.load_model(os.path.join(FIXTURES, "classes.keras"))
+    export_saved_model(model, str(tmp_path / "e"), diffusion_steps=2)
+    signatures = tf.saved_model.load(str(tmp_path / "e")).signatures
+    classes = model.num_classes
+    good = dict(seed=tf.constant(0, tf.int64), num_images=tf.constant(1),
+                class_index=tf.constant(0), guidance_scale=tf.constant(1.0))  # fmt: skip
+    refused = [(dict(class_index=tf.constant(classes)), f"class_index must be < {classes}"),
+               (dict(class_index=tf.constant(-1)), "class_index must be >= 0"),
+               (dict(num_images=tf.constant(0)), "num_images must be >= 1"),
+               (dict(guidance_scale=tf.constant(-1.0)), "guidance_scale must be >= 0")]
+    for bad, message in refused:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            signatures["generate_class"](**{**good, **bad})
+    with pytest.raises(tf.errors.InvalidArgumentError, match="num_images must be >= 1"):
+        signatures["generate"](seed=good["seed"], num_images=tf.constant(0))
+    assert signatures["generate_class"](**good)["images"].shape[0] == 1
+
+
 def test_an_export_told_no_sampler_bakes_in_generate_pys_default(tmp_path):
     import diffusion_keras as dk
     from diffusion_keras.config.sampling import SAMPLING_RECIPES
