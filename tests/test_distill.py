@@ -105,7 +105,9 @@ def test_a_round_of_fewer_steps_learns_faster():
     config = DistillConfig(learning_rate=2e-4)
     rates = [round_learning_rate(config, steps) for steps in (32, 16, 8, 4, 2, 1)]
     assert rates == sorted(rates) and rates[-1] == 2e-4
-    assert rates[0] == pytest.approx(2e-5, rel=0.05)  # measured best for the 32-step round
+    # Measured best by KID: the rate falls as 1 / N (not N^(-2/3)), 1e-4 at 1 step.
+    assert rates[0] == pytest.approx(2e-4 / 32)
+    assert round_learning_rate(DistillConfig(), 4) == pytest.approx(2.5e-5)
 
 
 def test_a_round_over_fewer_images_takes_a_seeded_subset_with_its_labels():

@@ -16,7 +16,8 @@ from diffusion_keras.config.run import DEFAULT_CHECKPOINT_EVERY
 # teacher's DDIM 20 over its many-step DDIM.
 FIRST_TEACHER_STEPS = 16
 
-# The 1-step round's learning rate. Against 2e-4 (the default before
+# The 1-step round's learning rate; an N-step round's is this / N
+# (`training.distill.ROUND_RATE_POWER`). Against 2e-4 (the default before
 # 2026-12-06), 1e-4 gave better trained-feature KID at every step count, on
 # flowers and glyphs, with two teachers each: 16 of 16 comparisons
 # (docs/results/distillation.md).
@@ -53,7 +54,7 @@ class DistillTrainingConfig:
                                 "(default: as the teacher's run)")  # fmt: skip
     budget: float = setting(0.4, "the images all rounds train on together, as a share of the "
                             "images the teacher trained on (each student step also runs the "
-                            "teacher twice: 0.4 cost 0.77-0.89 of the teacher's training CPU "
+                            "teacher twice: 0.4 cost 0.70-0.89 of the teacher's training CPU "
                             "time, measured)", type=types.positive_float)  # fmt: skip
     round_epochs: int = setting(0, "epochs of each round (0: from --budget)",
                                 type=types.non_negative_int)  # fmt: skip
@@ -61,7 +62,7 @@ class DistillTrainingConfig:
                                        type=types.positive_int)  # fmt: skip
     batch_size: int = setting(16, "images per step", type=types.positive_int)
     learning_rate: float = setting(LEARNING_RATE, "AdamW learning rate of the 1-step round; "
-                                   "a round of N-step students starts at this x N^(-2/3) and "
+                                   "a round of N-step students starts at this / N and "
                                    "decays to 0 along a cosine",
                                    type=types.positive_float)  # fmt: skip
     ema: float = setting(0.999, "EMA decay of the student's sampling network, at most (1 + n) "
