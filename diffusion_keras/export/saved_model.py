@@ -110,14 +110,25 @@ class _Graph:
             for step in range(self.steps)
         ])  # fmt: skip
 
-    def run(self, seed, num_images):
-        """`generate(num_images, seed=seed)`."""
+    @staticmethod
+    def _count(num_images):
+        """`num_images` as int32, once checked to be at least 1."""
         import tensorflow as tf
 
-        num_images = tf.convert_to_tensor(num_images, tf.int32)
-        num_images = checked(num_images,
-                             tf.debugging.assert_positive(num_images, "num_images must be >= 1"))
-        return self.run_from_noise(*self.noise(seed, num_images))
+        count = tf.convert_to_tensor(num_images, tf.int32)
+        return checked(count, tf.debugging.assert_positive(count, "num_images must be >= 1"))
+
+    @staticmethod
+    def _guidance(guidance_scale):
+        """`guidance_scale`, once checked to be at least 0."""
+        import tensorflow as tf
+
+        return checked(guidance_scale, tf.debugging.assert_greater_equal(
+            guidance_scale, 0.0, "guidance_scale must be >= 0"))  # fmt: skip
+
+    def run(self, seed, num_images):
+        """`generate(num_images, seed=seed)`."""
+        return self.run_from_noise(*self.noise(seed, self._count(num_images)))
 
     def run_from_noise(self, initial, noises, labels=None, nulls=None, guidance="none",
                        scale=1.0):  # fmt: skip
@@ -160,16 +171,14 @@ class _Graph:
         inputs checked (`run_class_from_noise`)."""
         import tensorflow as tf
 
-        count = tf.convert_to_tensor(num_images, tf.int32)
-        count = checked(count, tf.debugging.assert_positive(count, "num_images must be >= 1"))
+        count = self._count(num_images)
         classes = self.model.num_classes
         class_index = checked(
             class_index,
             tf.debugging.assert_less(class_index, classes, f"class_index must be < {classes}"),
             tf.debugging.assert_non_negative(class_index, "class_index must be >= 0"),
         )  # fmt: skip
-        guidance_scale = checked(guidance_scale, tf.debugging.assert_greater_equal(
-            guidance_scale, 0.0, "guidance_scale must be >= 0"))  # fmt: skip
+        guidance_scale = self._guidance(guidance_scale)
         initial, noises = self.noise(seed, count)
         return self.run_class_from_noise(initial, noises, class_index, guidance_scale)
 
@@ -208,10 +217,8 @@ class _Graph:
         `guidance.text_steering`."""
         import tensorflow as tf
 
-        count = tf.convert_to_tensor(num_images, tf.int32)
-        count = checked(count, tf.debugging.assert_positive(count, "num_images must be >= 1"))
-        guidance_scale = checked(guidance_scale, tf.debugging.assert_greater_equal(
-            guidance_scale, 0.0, "guidance_scale must be >= 0"))  # fmt: skip
+        count = self._count(num_images)
+        guidance_scale = self._guidance(guidance_scale)
         initial, noises = self.noise(seed, count)
         tokenizer = self.model.text_encoder.tokenizer
 
