@@ -52,6 +52,21 @@ SAMPLERS = {
                                     eta=1.0),  # fmt: skip
     "sde-dpmpp_2m 10 uniform": dict(sampler="dpmpp_2m", diffusion_steps=10, spacing="uniform",
                                     eta=1.0),  # fmt: skip
+    # EDM's sampler (Karras et al. 2022): Heun's steps, 2 x steps - 1 evaluations, on
+    # its own spacing or the default's, with a share of its largest churn (eta).
+    "heun 5 karras": dict(sampler="heun", diffusion_steps=5, spacing="karras"),
+    "heun 5 karras eta 0.5": dict(sampler="heun", diffusion_steps=5, spacing="karras",
+                                  eta=0.5),  # fmt: skip
+    "heun 5 karras eta 1": dict(sampler="heun", diffusion_steps=5, spacing="karras", eta=1.0),
+    "heun 5 uniform eta 1": dict(sampler="heun", diffusion_steps=5, spacing="uniform",
+                                 eta=1.0),  # fmt: skip
+    "heun 4 karras eta 1": dict(sampler="heun", diffusion_steps=4, spacing="karras", eta=1.0),
+    "heun 6 karras eta 1": dict(sampler="heun", diffusion_steps=6, spacing="karras", eta=1.0),
+    "sde-dpmpp_2m 10 karras": dict(sampler="dpmpp_2m", diffusion_steps=10, spacing="karras",
+                                   eta=1.0),  # fmt: skip
+    "heun 8 karras eta 1": dict(sampler="heun", diffusion_steps=8, spacing="karras", eta=1.0),
+    "heun 10 karras eta 1": dict(sampler="heun", diffusion_steps=10, spacing="karras",
+                                 eta=1.0),  # fmt: skip
 }
 RACE_SAMPLERS = "book (ddim 20),dpmpp_2m 5 log_snr,ddim 20 eta 1,sde-dpmpp_2m 10 log_snr"
 
@@ -161,6 +176,8 @@ def spearman(a, b):
 
 def markdown(results):
     """The race as Markdown tables, one per set, for docs/results/."""
+    from diffusion_keras.sampling.rules import network_evaluations
+
     lines = []
     for name in dict.fromkeys(r["set"] for r in results):
         lines += [f"**{name}**", "",
@@ -172,8 +189,9 @@ def markdown(results):
             if result["set"] != name:
                 continue
             for label, s in result["samplers"].items():
-                settings = SAMPLERS[label] or {}
-                evaluations = settings.get("diffusion_steps", "")
+                settings = sampler_settings(label)
+                evaluations = network_evaluations(settings["sampler"],
+                                                  settings["diffusion_steps"])  # fmt: skip
                 lines.append(
                     f"| {result['recipe']} ({result.get('precision', 'float32')}) | "
                     f"{result['steps']} | {result['cpu_minutes']:.1f} | {label} | {evaluations} | "
@@ -184,6 +202,29 @@ def markdown(results):
                 )
         lines.append("")
     return "\n".join(lines)
+
+
+def samples_png(results, args):
+    """`args.grid`: a row of each (set, recipe, sampler of `--samplers`)'s kept
+    samples (the first 16 of each, `*.keras.LABEL.npy` in `--save-dir`),
+    the rows in the order of `--sets`, `--recipes` and `--samplers`."""
+    import numpy as np
+
+    from diffusion_keras.utils.images import save_grid
+
+    rows = []
+    for result in results:
+        stem = f"{result['set']}_{result['recipe']}_{result.get('precision', 'float32')}"
+        for label in args.samplers.split(","):
+            path = os.path.join(args.save_dir, f"{stem}.keras.{label.replace(' ', '_')}.npy")
+            if os.path.exists(path):
+                rows.append(np.load(path)[: args.grid_columns])
+                print(f"grid row {len(rows)}: {result['set']} {result['recipe']} {label}")
+    images = np.concatenate(rows)
+    scale = max(1, 64 // images.shape[1])  # small images drawn larger, pixel for pixel
+    images = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)
+    save_grid(images, args.grid, columns=len(rows[0]))
+    print(f"grid: {args.grid}")
 
 
 def plain(scores, name):
@@ -241,6 +282,10 @@ def main():
     parser.add_argument("--sweep", action="store_true",
                         help="score every sampler (or --samplers) on the models kept in "
                         "--save-dir instead of training; results in *.sweep.json")  # fmt: skip
+    parser.add_argument("--grid", metavar="PNG",
+                        help="with --report: also a PNG of the kept samples, a row per set, "
+                        "recipe and sampler")  # fmt: skip
+    parser.add_argument("--grid-columns", type=int, default=12)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--set", help=argparse.SUPPRESS)
     parser.add_argument("--recipe", help=argparse.SUPPRESS)
@@ -296,6 +341,8 @@ def main():
         print(markdown(results))
     else:
         report(results, args)
+    if args.grid:
+        samples_png(results, args)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def test_the_api_generates_generate_pys_pixels(server, tmp_path):
         ({"mode": "paint"}, "mode must be one of generate, image-to-image, inpaint"),
         ({"class_label": "red"}, "this model is not class-conditional; it takes no class"),
         ({"mode": "image-to-image"}, "the image to edit: expected an uploaded file"),
-        ({"sampler": "euler"}, "sampler must be one of ddim, dpmpp_2m, got 'euler'"),
+        ({"sampler": "euler"}, "sampler must be one of ddim, dpmpp_2m, heun, got 'euler'"),
     ],
 )  # fmt: skip
 def test_bad_requests_get_one_line(server, fields, message):

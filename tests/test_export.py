@@ -361,7 +361,47 @@ def test_export_never_overwrites_and_says_what_it_cannot_do(tmp_path):
                          "the seed, the class and the guidance as inputs (docs/guides/export.md)")
     line = in_process_error([model, "--onnx"])
     assert line.endswith("--onnx goes with --export DIR")
+    line = in_process_error([model, "--export", tmp_path / "new", "--onnx", "--sampler", "heun",
+                             "--precision", "float32"])  # fmt: skip
+    assert "ONNX export takes the ddim and dpmpp_2m samplers, not heun" in line
     assert not (tmp_path / "new").exists()
+
+
+def test_a_model_trained_long_exports_with_edms_sampler_unless_told(tmp_path):
+    """generate.py's default for a model trained LONG_RUN_STEPS or more is
+    the edm recipe; --recipe default still gives the default."""
+    from diffusion_keras.config.sampling import LONG_RUN_STEPS, SAMPLING_RECIPES
+    from diffusion_keras.models.saving import load_model
+
+    model = load_model(os.path.join(FIXTURES, "pixel.keras"), compile=False)
+    model.train_steps.assign(LONG_RUN_STEPS)
+    path = tmp_path / "long.keras"
+    model.save(path)
+    for name, flags in (("edm", []), ("default", ["--recipe", "default"])):
+        exported = export_and_generate(tmp_path / name, path, *flags)
+        settings = json.loads((exported / "generation.json").read_text())
+        wanted = SAMPLING_RECIPES[name]
+        assert {k: settings[k] for k in wanted} == wanted
+
+
+@pytest.mark.slow
+def test_a_heun_export_gives_generate_pys_pixels_as_a_saved_model_and_in_litert(tmp_path):
+    """EDM's sampler skips its second evaluation in the last step by a
+    conditional inside the loop; the SavedModel and LiteRT run it."""
+    model = os.path.join(FIXTURES, "pixel.keras")
+    flags = ["--sampler", "heun", "--steps", "3", "--eta", "1"]
+    exported = export_and_generate(tmp_path, model, "--litert", *flags)
+    settings = json.loads((exported / "generation.json").read_text())
+    assert (settings["sampler"], settings["spacing"], settings["eta"]) == ("heun", "karras", 1.0)
+    written = tmp_path / "written"
+    done = run_script("generate.py", model, "--seed", 5, "--num-images", 3, "--output-dir",
+                      written, "--output", tmp_path / "grid.png", "--precision", "float32",
+                      *flags)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    expected = written_pngs(written)
+    np.testing.assert_array_equal(standalone(tmp_path, exported, 5, 3), expected)
+    litert = run_portable(tmp_path, exported, 5, 3, "litert").astype(int)
+    assert np.abs(litert - expected.astype(int)).max() <= 1  # measured: 0
 
 
 @pytest.mark.slow

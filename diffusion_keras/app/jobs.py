@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from diffusion_keras.cli.generate import PROMPT_GUIDANCE, sampling_arguments
+from diffusion_keras.cli.generate import PROMPT_GUIDANCE, sampling_arguments, trained_steps
 from diffusion_keras.config.choices import SAMPLERS
 from diffusion_keras.editing.files import load_edit_images, load_masks
 from diffusion_keras.utils.images import to_uint8
@@ -124,7 +124,7 @@ class Request:
             init_image=True if self.mode != "generate" else None,
         )  # fmt: skip
         student = model.sampling_defaults() if getattr(model, "student_steps", 0) else None
-        return sampling_arguments(flags, student)
+        return sampling_arguments(flags, student, trained_steps(model))
 
     def guidance(self):
         """`--guidance-scale`'s default, as `generate.py` has it."""

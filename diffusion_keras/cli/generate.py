@@ -23,7 +23,13 @@ from diffusion_keras.cli.common import (
     strength,
 )
 from diffusion_keras.config.choices import PRECISIONS, SAMPLERS, SPACINGS
-from diffusion_keras.config.sampling import SAMPLING_RECIPES, sampling_settings
+from diffusion_keras.config.sampling import (
+    LONG_RUN_STEPS,
+    OWN_SPACINGS,
+    SAMPLING_RECIPES,
+    default_recipe,
+    sampling_settings,
+)
 from diffusion_keras.editing.files import image_paths_of, load_edit_images, load_masks
 from diffusion_keras.utils.images import save_grid, save_images, spherical_interpolation
 from diffusion_keras.utils.quiet import configured_backend, import_tensorflow
@@ -53,8 +59,11 @@ def parser():
         choices=list(SAMPLING_RECIPES),
         default=None,
         help="sampling defaults: the measured best (default: {sampler}, {diffusion_steps} "
-        "{spacing} steps, eta {eta}), the book's (book: ddim, 20 uniform steps) or the one for "
-        "masks (inpaint: ddim, 20 uniform steps, eta 1; the default with --mask); --sampler, "
+        "{spacing} steps, eta {eta}), EDM's (edm: heun, 5 karras steps, eta 1: 9 network "
+        "evaluations; the measured best, and so the default, for a model trained "
+        f"{LONG_RUN_STEPS} steps or more), the book's (book: ddim, 20 uniform steps) or the "
+        "one for masks (inpaint: ddim, 20 uniform steps, eta 1; the default with "
+        "--mask); --sampler, "
         "--steps, --spacing and --eta still win; a distilled student's default is its own DDIM "
         "steps".format(**default),
     )
@@ -85,14 +94,18 @@ def parser():
         help="comma-separated step counts: the same noise denoised with each, one row each",
     )
     add("--sampler", choices=SAMPLERS, default=None,
-        help=f"ddim (the book's) or dpmpp_2m (second order; default {default['sampler']})",
+        help=f"ddim (the book's), dpmpp_2m (second order; default {default['sampler']}) or "
+        "heun (EDM's: second order, 2 x steps - 1 network evaluations, on karras spacing "
+        "unless --spacing is given)",
     )  # fmt: skip
     add("--spacing", choices=SPACINGS, default=None,
-        help="where the steps fall: uniform in time (the book's) or in log-SNR "
-             f"(better images in few steps; default {default['spacing']})")  # fmt: skip
+        help="where the steps fall: uniform in time (the book's), in log-SNR "
+             "(better images in few steps) or karras (EDM's, equal in sigma^(1/7)); default "
+             f"{default['spacing']}")  # fmt: skip
     add("--eta", type=closed_unit_interval, default=None,
         help="fresh noise per step, 0 (deterministic) to 1 (ddim: DDPM's ancestral "
-        "sampling; dpmpp_2m: SDE-DPM-Solver++(2M)); default the recipe's (default: "
+        "sampling; dpmpp_2m: SDE-DPM-Solver++(2M); heun: the share of EDM's largest "
+        "churn); default the recipe's (default: "
         f"{default.get('eta', 0.0)}), 0 with --interpolate and --show-steps")  # fmt: skip
     add("--class", dest="class_label", metavar="NAME|INDEX",
         help="generate this class: a conditional model's, or the classifier's")  # fmt: skip
@@ -212,16 +225,28 @@ def classifier_guidance(args, model):
     return {"classifier": load_classifier(path), "classifier_scale": scale}
 
 
-def sampling_arguments(args, student_defaults=None):
+def trained_steps(model):
+    """How many steps `model` trained (0 where it does not say)."""
+    from keras import ops
+
+    steps = getattr(model, "train_steps", None)
+    return 0 if steps is None else int(ops.convert_to_numpy(steps))
+
+
+def sampling_arguments(args, student_defaults=None, train_steps=0):
     """Sampler, steps, spacing and eta from --recipe and the flags that win over it.
 
     A distilled student's own sampling (`student_defaults`, its
-    `sampling_defaults()`) takes the place of the default recipe."""
+    `sampling_defaults()`) takes the place of the default recipe; so does
+    `edm` for a model trained `train_steps` >= `LONG_RUN_STEPS`
+    (`config.sampling.default_recipe`)."""
 
-    recipe = args.recipe or ("inpaint" if args.mask else "default")
+    recipe = args.recipe or ("inpaint" if args.mask else default_recipe(train_steps))
     given = dict(sampler=args.sampler, diffusion_steps=args.steps, spacing=args.spacing)
     if student_defaults and args.recipe is None and not args.mask:
         settings = dict(student_defaults)
+        if args.sampler not in (None, settings["sampler"]) and args.spacing is None:
+            settings["spacing"] = OWN_SPACINGS.get(args.sampler, settings["spacing"])
         settings.update({name: value for name, value in given.items() if value is not None})
         settings["eta"] = 0.0 if args.eta is None else args.eta
         return settings
@@ -232,7 +257,7 @@ def sampling_arguments(args, student_defaults=None):
     # Interpolations and step rows show where one noise leads, and
     # image-to-image and denoising keep to their image: a deterministic path
     # there, unless --eta asks for fresh noise (inpainting's recipe has its own).
-    if args.interpolate or args.show_steps or (args.init_image and recipe == "default"):
+    if args.interpolate or args.show_steps or (args.init_image and recipe in ("default", "edm")):
         eta = 0.0
     settings["eta"] = eta if args.eta is None else args.eta
     return settings
@@ -266,7 +291,8 @@ def export(args, model, settings, student=None):
 
     # The edit signatures sample as generate.py edits: --init-image, and --mask too.
     edits = {name: sampling_arguments(argparse.Namespace(**{**vars(args), "init_image": "IMAGE",
-                                                            "mask": mask}), student)
+                                                            "mask": mask}), student,
+                                    trained_steps(model))
              for name, mask in (("image_to_image", None), ("inpaint", "MASK"))}  # fmt: skip
     names = export_saved_model(model, args.export, litert=args.litert, onnx=args.onnx,
                                **settings, **edits)  # fmt: skip
@@ -345,7 +371,7 @@ def main(argv=None):
         precision = "float32"  # LiteRT and ONNX have no bfloat16 convolutions
     model = load_model(args.model, compile=False, precision=precision)
     student = model.sampling_defaults() if getattr(model, "student_steps", 0) else None
-    settings = sampling_arguments(args, student)
+    settings = sampling_arguments(args, student, trained_steps(model))
     if args.export:
         return export(args, model, settings, student)
     # A progress bar only at a terminal: in a file its frames are noise.

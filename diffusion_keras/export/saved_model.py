@@ -36,7 +36,7 @@ import shutil
 import keras
 import numpy as np
 
-from diffusion_keras.config.sampling import sampling_settings
+from diffusion_keras.config.sampling import default_recipe, sampling_settings
 from diffusion_keras.export import portable
 from diffusion_keras.export.edits import EditGraph, checked
 from diffusion_keras.sampling import noise
@@ -281,7 +281,8 @@ def export_saved_model(model, directory, sampler=None, diffusion_steps=None, spa
 
     The sampling settings are baked in: `sampler`, `diffusion_steps`,
     `spacing` and `eta`, each None for `generate.py`'s default
-    (`config.sampling.SAMPLING_RECIPES`); `generate.py --export` passes its
+    (`config.sampling.SAMPLING_RECIPES`, by `default_recipe` of the model's
+    training steps); `generate.py --export` passes its
     own (the model's, for a distilled student). A pixel model that
     is not text-conditional also gets `image_to_image` and `inpaint`
     (`export.edits`), sampled as `image_to_image` and `inpaint` say (dicts
@@ -300,8 +301,15 @@ def export_saved_model(model, directory, sampler=None, diffusion_steps=None, spa
     if (litert or onnx) and policy != "float32":
         raise ValueError(f"LiteRT and ONNX have no {policy} convolutions: export a float32 "
                          "model for them (generate.py --precision float32)")  # fmt: skip
-    chosen = sampling_settings(sampler=sampler, diffusion_steps=diffusion_steps,
-                               spacing=spacing, eta=eta)  # fmt: skip
+    chosen = sampling_settings(default_recipe(int(model.train_steps.numpy())), sampler=sampler,
+                               diffusion_steps=diffusion_steps, spacing=spacing,
+                               eta=eta)  # fmt: skip
+    if onnx and chosen["sampler"] == "heun":
+        # Its second evaluation is skipped in the last step by a conditional,
+        # which tf2onnx makes an If around convolutions that onnxruntime rejects.
+        raise ValueError("ONNX export takes the ddim and dpmpp_2m samplers, not heun "
+                         "(onnxruntime rejects its conditional step): give --recipe default "
+                         "or another --sampler, or leave out --onnx")  # fmt: skip
     graph = _Graph(model, chosen["sampler"], chosen["diffusion_steps"], chosen["spacing"],
                    chosen["eta"])  # fmt: skip
     archive = keras.export.ExportArchive()

@@ -10,6 +10,7 @@ loop (`reverse_diffusion`, `ddim_step`) and the seeded noise streams are here to
 
 import numpy as np
 
+from diffusion_keras.config.sampling import OWN_SPACINGS
 from diffusion_keras.editing.edits import HARMONIZE, edit
 from diffusion_keras.sampling import guidance
 from diffusion_keras.sampling import steps as sampling
@@ -88,6 +89,9 @@ class Generator:
 
     def _with_defaults(self, diffusion_steps, sampler, spacing):
         defaults = self.sampling_defaults()
+        if spacing is None and sampler not in (None, defaults["sampler"]):
+            # A sampler with a spacing of its own (EDM's Heun) brings it.
+            spacing = OWN_SPACINGS.get(sampler)
         return (
             defaults["diffusion_steps"] if diffusion_steps is None else diffusion_steps,
             defaults["sampler"] if sampler is None else sampler,
@@ -131,12 +135,15 @@ class Generator:
                 on it. Defaults to 64.
             progress: bool. Show a progress bar over the diffusion steps; or a
                 callable `report(steps_done, steps_total)`, called after each step.
-            sampler: str. `"ddim"` (the book's) or `"dpmpp_2m"` (second order,
+            sampler: str. `"ddim"` (the book's), `"dpmpp_2m"` (second order,
                 one network evaluation per step,
-                closer to the exact ODE solution in few steps). Defaults to `"ddim"`.
-            eta: float. For `ddim`, the share of fresh noise per step in
-                [0, 1]: 0 is deterministic DDIM, 1 DDPM-like ancestral sampling.
-                Defaults to 0.
+                closer to the exact ODE solution in few steps) or `"heun"`
+                (EDM's second-order sampler, two evaluations per step but one
+                in the last). Defaults to `"ddim"`.
+            eta: float in [0, 1]. Fresh noise per step: for `ddim` 0 is
+                deterministic DDIM, 1 DDPM-like ancestral sampling; for
+                `dpmpp_2m` 1 is SDE-DPM-Solver++(2M); for `heun` the share of
+                EDM's largest churn. Defaults to 0.
             class_labels: a class name or index for every image, or one per
                 image; None for unconditional images. A conditional model
                 takes its own classes; an unconditional one those of
@@ -152,8 +159,9 @@ class Generator:
             spacing: str. Where the steps fall: `"uniform"` in time (the
                 book's) or `"log_snr"`, equal steps in log signal-to-noise
                 ratio between the same first and last times, which gives
-                better images in few steps (docs/results/samplers.md). Defaults to
-                `"uniform"`.
+                better images in few steps (docs/results/samplers.md), or
+                `"karras"`, EDM's steps equal in sigma^(1/7). Defaults to
+                `"uniform"`, or `"karras"` for `heun`.
             prompts: a text-conditional model's prompt for every image, or
                 one per image; None (or "") is the empty prompt.
             negative_prompts: what classifier-free guidance steers away from

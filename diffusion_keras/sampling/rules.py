@@ -11,12 +11,15 @@ Symbols, in this package's names and the papers':
 | `pred_noises` | epsilon_theta | the noise the network sees |
 | `lambdas` | lambda_t = log(alpha_t / sigma_t) | log signal-to-noise ratio (halved) |
 
-Every sampler evaluates the network once per step, at times that run from 1
-(noise) towards 0, and, as the book does, returns the clean-image estimate of
-the last step. Where the steps fall is the `spacing` (`sampling_times`): the
-book's `uniform` steps of 1 / diffusion_steps, or `log_snr`, equal steps in
-lambda between the same first and last times (Lu et al. 2022, section 3.3),
-which puts more of them where the image is mostly noise.
+Every sampler steps through times that run from 1 (noise) towards 0 and, as
+the book does, returns the clean-image estimate of the last step. `ddim` and
+`dpmpp_2m` evaluate the network once per step; `heun` (EDM's sampler) twice,
+but once in its last step: `network_evaluations`. Where the steps fall is the
+`spacing` (`sampling_times`): the book's `uniform` steps of 1 /
+diffusion_steps, or `log_snr`, equal steps in lambda between the same first
+and last times (Lu et al. 2022, section 3.3), which puts more of them where
+the image is mostly noise, or `karras`, EDM's steps equal in sigma^(1 / 7),
+sigma = noise / signal, between the two.
 """
 
 import numpy as np
@@ -30,6 +33,10 @@ from diffusion_keras.diffusion.schedules import log_snrs
 # signal vanishes at t = 1 (lambda = -inf); -5 is where DDPM's linear schedule
 # ends (signal rate 0.0067). The book's offset cosine starts at -3.9.
 MIN_LOG_SNR = -5.0
+
+
+# The `karras` spacing's rho: EDM's (Karras et al. 2022, eq. 5).
+KARRAS_RHO = 7.0
 
 
 def validate_spacing(spacing):
@@ -46,8 +53,11 @@ def sampling_times(schedule, diffusion_steps, spacing="uniform", start=1.0, end=
     first and last evaluation times of `uniform` (t = 1 and t = 1 /
     diffusion_steps; the first moved to lambda = MIN_LOG_SNR if the schedule
     starts noisier) and spaces the evaluations between them equally in
-    lambda. The schedule is inverted numerically on a fine grid of times, so
-    any schedule with a decreasing lambda works.
+    lambda; `karras` spaces them between the same ends equally in sigma^(1 /
+    7), sigma = noise / signal (EDM's discretization, Karras et al. 2022, eq.
+    5): shorter in sigma as the noise falls, longer in lambda, so between
+    `log_snr` and `uniform`. The schedule is inverted numerically on a fine grid of times, so any
+    schedule with a decreasing lambda works.
 
     `start` and `end` (1 and 0 for generation) run the same spacing over
     another span of times; editing starts later (`diffusion_keras.editing.edits`),
@@ -68,7 +78,12 @@ def sampling_times(schedule, diffusion_steps, spacing="uniform", start=1.0, end=
     first_lambda = float(np.interp(start, grid, lambdas))
     first = max(first_lambda, MIN_LOG_SNR)
     last = float(np.interp(end + (start - end) / steps, grid, lambdas))
-    wanted = np.linspace(first, last, steps)
+    if spacing == "log_snr":
+        wanted = np.linspace(first, last, steps)
+    else:
+        # karras: equal steps in sigma^(1 / rho), sigma = exp(-lambda).
+        roots = np.linspace(np.exp(-first / KARRAS_RHO), np.exp(-last / KARRAS_RHO), steps)
+        wanted = -KARRAS_RHO * np.log(roots)
     # np.interp needs increasing x: lambda falls with time, so reverse both.
     times = np.interp(wanted, lambdas[::-1], grid[::-1])
     times[0] = start if first_lambda >= MIN_LOG_SNR else times[0]
@@ -150,4 +165,60 @@ def dpmpp_2m_update(
         (next_noise_rates / noise_rates) * churn * current_images
         + next_signal_rates * (1.0 - ops.exp(-(1.0 + eta) * h)) * estimate
         + next_noise_rates * ops.sqrt(ops.maximum(1.0 - churn**2, 0.0)) * step_noises
+    )
+
+
+# EDM's largest churn per step (Karras et al. 2022, algorithm 2: gamma is at
+# most sqrt(2) - 1, which at most doubles the noise variance). `heun`'s eta is
+# the share of it: gamma = eta x HEUN_MAX_CHURN.
+HEUN_MAX_CHURN = 2.0**0.5 - 1.0
+
+
+def network_evaluations(sampler, diffusion_steps):
+    """How many times `sampler` evaluates the network in `diffusion_steps`
+    steps (with classifier-free guidance each is a batch of two halves)."""
+    steps = int(diffusion_steps)
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def churn_update(current_images, noise_rates, signal_rates, top_sigmas, eta, step_noises):
+    """The churn of EDM's stochastic sampler (Karras et al. 2022, algorithm
+    2, lines 5-6) in this package's rates: the images at sigma = noise /
+    signal are noised afresh up to sigma_hat = (1 + gamma) sigma, gamma = eta
+    x (sqrt(2) - 1), but never past `top_sigmas` (the schedule's sigma at t =
+    1, where the network was trained; a step already there is not churned).
+    Returns `(images, noise_rates, signal_rates)` at sigma_hat, which the
+    network is then evaluated at.
+
+    References:
+    - [Karras et al., 2022](https://arxiv.org/abs/2206.00364)
+    """
+    signal_rates = ops.maximum(signal_rates, 1e-6)
+    sigmas = noise_rates / signal_rates
+    wanted = sigmas * (1.0 + eta * HEUN_MAX_CHURN)
+    sigma_hats = ops.maximum(sigmas, ops.minimum(wanted, top_sigmas))
+    hat_signal_rates = 1.0 / ops.sqrt(1.0 + sigma_hats**2)
+    added = ops.sqrt(ops.maximum(sigma_hats**2 - sigmas**2, 0.0))
+    images = hat_signal_rates * (current_images / signal_rates + added * step_noises)
+    return images, sigma_hats * hat_signal_rates, hat_signal_rates
+
+
+def heun_update(pred_noises, pred_images, later_pred_noises, noise_rates, signal_rates,
+                next_noise_rates, next_signal_rates):  # fmt: skip
+    """EDM's second-order step (Karras et al. 2022, algorithm 1, lines 7-8)
+    in sigma = noise / signal, where x / signal = x_0 + sigma eps moves along
+    d = eps: the Euler step to the next sigma (which is DDIM's, and where
+    `later_pred_noises` were predicted) corrected by the mean of the two
+    slopes,
+    x_next / next_signal = x_0 + sigma eps + (next_sigma - sigma) (eps + eps_later) / 2.
+
+    References:
+    - [Karras et al., 2022](https://arxiv.org/abs/2206.00364)
+    """
+    mean_noises = 0.5 * (pred_noises + later_pred_noises)
+    sigmas = noise_rates / ops.maximum(signal_rates, 1e-6)
+    return (
+        next_signal_rates * pred_images
+        + next_noise_rates * mean_noises
+        + next_signal_rates * sigmas * (pred_noises - mean_noises)
     )

@@ -17,14 +17,21 @@ from keras import ops
 
 from diffusion_keras.diffusion.schedules import log_snrs
 from diffusion_keras.sampling import noise
-from diffusion_keras.sampling.rules import ddim_update, dpmpp_2m_update, sampling_times
+from diffusion_keras.sampling.rules import (
+    churn_update,
+    ddim_update,
+    dpmpp_2m_update,
+    heun_update,
+    sampling_times,
+)
 
 
 def sampling_step(
     denoiser, current_images, pred_images, step, diffusion_steps, sampler="ddim", eta=0.0,
     step_noises=None, guide=None, times=None,
 ):  # fmt: skip
-    """One step of `sampler` from step `step` of `diffusion_steps`.
+    """One step of `sampler` from step `step` of `diffusion_steps`: one
+    network evaluation, or two for `heun` (but in its last step).
 
     `pred_images` is the previous step's clean-image estimate (used by the
     multistep `dpmpp_2m`). `guide` steers the prediction (see
@@ -52,12 +59,24 @@ def sampling_step(
         next_times, previous_times = ones * next_time, ones * previous_time
     schedule = denoiser.diffusion_schedule
     noise_rates, signal_rates = schedule(diffusion_times)
+    if sampler == "heun" and step_noises is not None:
+        top_noise_rates, top_signal_rates = schedule(ones)
+        current_images, noise_rates, signal_rates = churn_update(
+            current_images, noise_rates, signal_rates,
+            top_noise_rates / ops.maximum(top_signal_rates, 1e-6), eta, step_noises,
+        )  # fmt: skip
     previous_pred_images = pred_images
     pred_noises, pred_images = denoiser.guided_denoise(
         current_images, noise_rates, signal_rates, guide
     )
     next_noise_rates, next_signal_rates = schedule(next_times)
-    if sampler == "ddim":
+    if sampler == "heun":
+        next_images = _heun_step(
+            denoiser, guide, pred_noises, pred_images, noise_rates, signal_rates,
+            next_noise_rates, next_signal_rates,
+            last=_is_last(step, diffusion_steps),
+        )  # fmt: skip
+    elif sampler == "ddim":
         next_images = ddim_update(
             pred_noises, pred_images, noise_rates, signal_rates, next_noise_rates,
             next_signal_rates, eta, step_noises,
@@ -73,6 +92,37 @@ def sampling_step(
             first_step=ops.cast(step, "float32") == 0.0, eta=eta, step_noises=step_noises,
         )  # fmt: skip
     return next_images, pred_images
+
+
+def _heun_step(denoiser, guide, pred_noises, pred_images, noise_rates, signal_rates,
+               next_noise_rates, next_signal_rates, last):  # fmt: skip
+    """EDM's Heun step (`rules.heun_update`): the network's second evaluation,
+    at the Euler step's images, in every step but the last, whose images
+    nobody reads (the book returns its clean-image estimate)."""
+
+    def euler():
+        return next_signal_rates * pred_images + next_noise_rates * pred_noises
+
+    def corrected():
+        later_pred_noises, _ = denoiser.guided_denoise(
+            euler(), next_noise_rates, next_signal_rates, guide
+        )
+        return heun_update(
+            pred_noises, pred_images, later_pred_noises, noise_rates, signal_rates,
+            next_noise_rates, next_signal_rates,
+        )  # fmt: skip
+
+    if isinstance(last, bool):
+        return euler() if last else corrected()
+    return ops.cond(last, euler, corrected)
+
+
+def _is_last(step, diffusion_steps):
+    """Whether `step` is the last: a bool in an eager loop over Python ints
+    (JAX's `cond` would trace both branches), else a tensor."""
+    if isinstance(step, int) and isinstance(diffusion_steps, int):
+        return step + 1 >= diffusion_steps
+    return ops.cast(step, "int32") + 1 >= ops.cast(diffusion_steps, "int32")
 
 
 def visit_times(denoiser, diffusion_steps, spacing):
