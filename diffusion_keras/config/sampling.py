@@ -32,11 +32,13 @@ OWN_SPACINGS = {"heun": "karras"}
 
 # From this many training steps on, `generate.py` samples a model with `edm`
 # where it would take `default` (`default_recipe`). On the landscapes and the
-# photos (32x32, steps of 64) `edm` cut `default`'s held-out check distance by
-# 31-45% at 784 steps and 45-49% at 1,372 and 2,190, with as much coverage or
-# more; at 392 it tied it on the landscapes and lost coverage on the photos
-# (docs/results/real-data.md, stop 54). Between 392 and 784 is unmeasured.
-LONG_RUN_STEPS = 784
+# photos (32x32, steps of 64, two noise seeds) `edm` cut `default`'s held-out
+# check distance by 19-44% at 588 steps, 31-42% at 784 and 36-49% at 1,372 and
+# 2,190, and won the bench and plain distances too but once; its coverage
+# trailed in 4 of 15 comparisons, all on the photos, by 0.006-0.034. At 392 it
+# tied on the landscapes and lost coverage on the photos by 0.05-0.12
+# (docs/results/real-data.md, stop 54).
+LONG_RUN_STEPS = 588
 
 
 def default_recipe(train_steps):

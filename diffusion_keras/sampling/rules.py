@@ -56,8 +56,8 @@ def sampling_times(schedule, diffusion_steps, spacing="uniform", start=1.0, end=
     lambda; `karras` spaces them between the same ends equally in sigma^(1 /
     7), sigma = noise / signal (EDM's discretization, Karras et al. 2022, eq.
     5): shorter in sigma as the noise falls, longer in lambda, so between
-    `log_snr` and `uniform`. The schedule is inverted numerically on a fine grid of times, so any
-    schedule with a decreasing lambda works.
+    `log_snr` and `uniform`. The schedule is inverted numerically on a fine
+    grid of times, so any schedule with a decreasing lambda works.
 
     `start` and `end` (1 and 0 for generation) run the same spacing over
     another span of times; editing starts later (`diffusion_keras.editing.edits`),
