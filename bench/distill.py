@@ -45,7 +45,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from quality import FEATURE_CHOICES, bench_features, kid_between, load, package_first  # noqa: E402
+from quality import (  # noqa: E402
+    FEATURE_CHOICES,
+    bench_features,
+    kid_between,
+    load,
+    package_first,
+    pixel_grid,
+)
 
 TEACHER_SAMPLINGS = {
     "DDIM 20": dict(sampler="ddim", diffusion_steps=20, spacing="uniform"),
@@ -325,8 +332,6 @@ def plot(results, path):
 def grid_png(grids, path):
     import numpy as np
 
-    from diffusion_keras.utils.images import save_grid
-
     rows = []
     for dataset, (teacher_file, students_file) in grids.items():
         with np.load(teacher_file) as teacher, np.load(students_file) as students:
@@ -334,10 +339,7 @@ def grid_png(grids, path):
             rows.extend(teacher[label] for label in labels)
             rows.extend(students[label] for label in students)
             print(f"grid rows, {dataset}: {', '.join(labels + list(students))}")
-    images = np.concatenate(rows)
-    scale = max(1, 64 // images.shape[1])  # small images drawn larger, pixel for pixel
-    images = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)
-    save_grid(images, path, columns=len(rows[0]))
+    pixel_grid(np.concatenate(rows), path, len(rows[0]))
     print(f"grid: {path}")
 
 

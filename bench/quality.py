@@ -161,6 +161,18 @@ def package_first():
     import diffusion_keras  # noqa: F401
 
 
+def pixel_grid(images, path, columns):
+    """Writes `images` as a PNG grid, images smaller than 64 pixels drawn
+    larger, pixel for pixel."""
+    import numpy as np
+
+    from diffusion_keras.utils.images import save_grid
+
+    scale = max(1, 64 // images.shape[1])
+    images = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)
+    save_grid(images, path, columns=columns)
+
+
 def cpu_seconds():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime

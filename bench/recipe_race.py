@@ -209,8 +209,7 @@ def samples_png(results, args):
     samples (the first 16 of each, `*.keras.LABEL.npy` in `--save-dir`),
     the rows in the order of `--sets`, `--recipes` and `--samplers`."""
     import numpy as np
-
-    from diffusion_keras.utils.images import save_grid
+    from quality import pixel_grid
 
     rows = []
     for result in results:
@@ -220,10 +219,7 @@ def samples_png(results, args):
             if os.path.exists(path):
                 rows.append(np.load(path)[: args.grid_columns])
                 print(f"grid row {len(rows)}: {result['set']} {result['recipe']} {label}")
-    images = np.concatenate(rows)
-    scale = max(1, 64 // images.shape[1])  # small images drawn larger, pixel for pixel
-    images = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)
-    save_grid(images, args.grid, columns=len(rows[0]))
+    pixel_grid(np.concatenate(rows), args.grid, len(rows[0]))
     print(f"grid: {args.grid}")
 
 

@@ -25,10 +25,10 @@ from diffusion_keras.cli.common import (
 from diffusion_keras.config.choices import PRECISIONS, SAMPLERS, SPACINGS
 from diffusion_keras.config.sampling import (
     LONG_RUN_STEPS,
-    OWN_SPACINGS,
     SAMPLING_RECIPES,
     default_recipe,
     sampling_settings,
+    spacing_for,
 )
 from diffusion_keras.editing.files import image_paths_of, load_edit_images, load_masks
 from diffusion_keras.utils.images import save_grid, save_images, spherical_interpolation
@@ -245,8 +245,7 @@ def sampling_arguments(args, student_defaults=None, train_steps=0):
     given = dict(sampler=args.sampler, diffusion_steps=args.steps, spacing=args.spacing)
     if student_defaults and args.recipe is None and not args.mask:
         settings = dict(student_defaults)
-        if args.sampler not in (None, settings["sampler"]) and args.spacing is None:
-            settings["spacing"] = OWN_SPACINGS.get(args.sampler, settings["spacing"])
+        settings["spacing"] = spacing_for(args.sampler, args.spacing, settings)
         settings.update({name: value for name, value in given.items() if value is not None})
         settings["eta"] = 0.0 if args.eta is None else args.eta
         return settings
@@ -286,13 +285,13 @@ def check_export_flags(args):
                          f"KERAS_BACKEND=tensorflow (this process runs on {configured_backend()})")
 
 
-def export(args, model, settings, student=None):
+def export(args, model, settings, student=None, train_steps=0):
     from diffusion_keras.export import export_saved_model
 
     # The edit signatures sample as generate.py edits: --init-image, and --mask too.
     edits = {name: sampling_arguments(argparse.Namespace(**{**vars(args), "init_image": "IMAGE",
                                                             "mask": mask}), student,
-                                    trained_steps(model))
+                                    train_steps)
              for name, mask in (("image_to_image", None), ("inpaint", "MASK"))}  # fmt: skip
     names = export_saved_model(model, args.export, litert=args.litert, onnx=args.onnx,
                                **settings, **edits)  # fmt: skip
@@ -371,9 +370,10 @@ def main(argv=None):
         precision = "float32"  # LiteRT and ONNX have no bfloat16 convolutions
     model = load_model(args.model, compile=False, precision=precision)
     student = model.sampling_defaults() if getattr(model, "student_steps", 0) else None
-    settings = sampling_arguments(args, student, trained_steps(model))
+    train_steps = trained_steps(model)
+    settings = sampling_arguments(args, student, train_steps)
     if args.export:
-        return export(args, model, settings, student)
+        return export(args, model, settings, student, train_steps)
     # A progress bar only at a terminal: in a file its frames are noise.
     progress = not args.no_progress and sys.stdout.isatty()
     generate = dict(

@@ -47,6 +47,17 @@ def default_recipe(train_steps):
     return "edm" if int(train_steps) >= LONG_RUN_STEPS else "default"
 
 
+def spacing_for(sampler, spacing, base):
+    """The spacing to sample with: `spacing` if given, else `sampler`'s own
+    (`OWN_SPACINGS`) where `sampler` is given, is not the sampler of `base`
+    (the recipe's or a model's settings) and has one, else `base`'s."""
+    if spacing is not None:
+        return spacing
+    if sampler not in (None, base["sampler"]):
+        return OWN_SPACINGS.get(sampler, base["spacing"])
+    return base["spacing"]
+
+
 def sampling_settings(recipe="default", **given):
     """`recipe`'s sampler, step count and spacing, with the `given` ones
     (those not None) in their place; a given sampler that is not the
@@ -57,8 +68,6 @@ def sampling_settings(recipe="default", **given):
             f"unknown sampling recipe {recipe!r}; choose one of: {', '.join(SAMPLING_RECIPES)}"
         )
     settings = dict(SAMPLING_RECIPES[recipe])
-    sampler = given.get("sampler")
-    if sampler not in (None, settings["sampler"]) and given.get("spacing") is None:
-        settings["spacing"] = OWN_SPACINGS.get(sampler, settings["spacing"])
+    settings["spacing"] = spacing_for(given.get("sampler"), given.get("spacing"), settings)
     settings.update({name: value for name, value in given.items() if value is not None})
     return settings

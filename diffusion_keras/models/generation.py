@@ -10,7 +10,7 @@ loop (`reverse_diffusion`, `ddim_step`) and the seeded noise streams are here to
 
 import numpy as np
 
-from diffusion_keras.config.sampling import OWN_SPACINGS
+from diffusion_keras.config.sampling import spacing_for
 from diffusion_keras.editing.edits import HARMONIZE, edit
 from diffusion_keras.sampling import guidance
 from diffusion_keras.sampling import steps as sampling
@@ -89,13 +89,11 @@ class Generator:
 
     def _with_defaults(self, diffusion_steps, sampler, spacing):
         defaults = self.sampling_defaults()
-        if spacing is None and sampler not in (None, defaults["sampler"]):
-            # A sampler with a spacing of its own (EDM's Heun) brings it.
-            spacing = OWN_SPACINGS.get(sampler)
         return (
             defaults["diffusion_steps"] if diffusion_steps is None else diffusion_steps,
             defaults["sampler"] if sampler is None else sampler,
-            defaults["spacing"] if spacing is None else spacing,
+            # A sampler with a spacing of its own (EDM's Heun) brings it.
+            spacing_for(sampler, spacing, defaults),
         )
 
     def generate(

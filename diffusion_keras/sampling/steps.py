@@ -101,7 +101,8 @@ def _heun_step(denoiser, guide, pred_noises, pred_images, noise_rates, signal_ra
     nobody reads (the book returns its clean-image estimate)."""
 
     def euler():
-        return next_signal_rates * pred_images + next_noise_rates * pred_noises
+        return ddim_update(pred_noises, pred_images, noise_rates, signal_rates,
+                           next_noise_rates, next_signal_rates)  # fmt: skip
 
     def corrected():
         later_pred_noises, _ = denoiser.guided_denoise(
