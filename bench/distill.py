@@ -5,10 +5,15 @@
     python bench/distill.py --save-dir runs/bench_distill --reuse   # finish a bench
     python bench/distill.py --variant budget0.6 --save-dir runs/bench_distill --reuse
     python bench/distill.py --student-etas 0,0.5,1 --save-dir runs/bench_distill --reuse
+    python bench/distill.py --more-teacher "DDIM 4,EDM 5" --save-dir runs/bench_distill --reuse
+    python bench/distill.py --datasets photos,landscapes --save-dir runs/bench_distill_real
     python bench/distill.py --speed-only                     # images/s at 64x64 only
 
 For each data set (`builtin:flowers` and the rendered glyphs, `--held-out`
-images kept aside as the KID reference, as `bench/quality.py` does) the bench
+images kept aside as the KID reference, as `bench/quality.py` does; or with
+`--datasets photos,landscapes` the real-photo and landscape sets of issue 38,
+`bench/real_sets.py`, 4,096 training images, scored by `bench/set_scores.py`'s
+classifiers of held-out real images) the bench
 
 1. trains a teacher at 32x32 with train.py's default recipe for about
    `--teacher-steps` steps of 64, and records its process's CPU seconds;
@@ -17,10 +22,13 @@ images kept aside as the KID reference, as `bench/quality.py` does) the bench
    CPU seconds from `rounds.csv`;
 3. generates `--held-out` images from the same seeded noise with the teacher
    (DDIM at 20, 50 and 200 uniform steps; DPM-Solver++(2M) at 2, 3, 5 and 10
-   log-SNR steps) and with each student in its own steps (deterministic, and
+   log-SNR steps; `--more-teacher`: DDIM at the students' step counts and
+   EDM's sampler) and with each student in its own steps (deterministic, and
    with each `--student-etas` share of fresh noise per step), and measures KID
    against the held-out images in two feature spaces: `--features` (random
-   features offline) and `bench/trained_features.py`'s classifier;
+   features offline) and `bench/trained_features.py`'s classifier (the real
+   sets: the bench, check and plain classifiers' distances and the check's
+   class coverage, as `bench/recipe_race.py` scores);
 4. writes a table, a PNG of KID against network evaluations (`--plot`) and a
    grid of the teacher and each student from the same seeds (`--grid`).
 
@@ -63,6 +71,16 @@ TEACHER_SAMPLINGS = {
     "DPM++ 5": dict(sampler="dpmpp_2m", diffusion_steps=5, spacing="log_snr"),
     "DPM++ 10": dict(sampler="dpmpp_2m", diffusion_steps=10, spacing="log_snr"),
 }
+# More of the teacher's samplers, measured with `--more-teacher A,B` and kept
+# apart from the rows above (`kid_teacher_more.json`): DDIM at the students'
+# own step counts, and EDM's sampler (generate.py's default for long runs).
+MORE_TEACHER_SAMPLINGS = {
+    "DDIM 8": dict(sampler="ddim", diffusion_steps=8, spacing="uniform"),
+    "DDIM 4": dict(sampler="ddim", diffusion_steps=4, spacing="uniform"),
+    "DDIM 2": dict(sampler="ddim", diffusion_steps=2, spacing="uniform"),
+    "DDIM 1": dict(sampler="ddim", diffusion_steps=1, spacing="uniform"),
+    "EDM 5": dict(sampler="heun", diffusion_steps=5, spacing="karras", eta=1.0),
+}
 # Distillation settings over distill.py's defaults (`DistillConfig`).
 VARIANTS = {
     "default": {},
@@ -81,12 +99,101 @@ VARIANTS = {
     "lr1e-4": dict(learning_rate=1e-4, rate_power=2.0 / 3.0),
     "lr5e-5": dict(learning_rate=5e-5, rate_power=2.0 / 3.0),
     "lr1e-4_power1": dict(learning_rate=1e-4, rate_power=1.0),
+    # Measured on 2026-12-07: the rate falling faster than 1 / N.
+    "lr1e-4_power1.5": dict(learning_rate=1e-4, rate_power=1.5),
+    "lr1e-4_power2": dict(learning_rate=1e-4, rate_power=2.0),
     "ema0.99": dict(ema=0.99),  # a shorter average of the student's weights
+    # A round whose student switches prediction (the 1-step velocity student of
+    # a noise teacher) at the plain rate, as before 2026-12-07
+    # (training.distill.PREDICTION_SWITCH_RATE, a bench-only knob); the
+    # variants above are of before then too, in save dirs of before.
+    "switch1": dict(switch_rate=1.0),
 }
 
 
 def student_etas(args):
     return [float(eta) for eta in args.student_etas.split(",")]
+
+
+# The real-photo and landscape sets of `bench/real_sets.py`: the teacher
+# trains on as many images as `bench/recipe_race.py`'s recipes do, and the
+# images are scored by `bench/set_scores.py`'s classifiers of held-out real
+# images (bench, check and plain), which agreed with held-out data in issue
+# 38's race, where the flowers' and glyphs' trained features are blind to blur.
+REAL_SETS = ("photos", "landscapes")
+REAL_TRAIN_IMAGES = 4096
+
+
+def training_images(args):
+    """`(training ImageData, held-out images in [0, 1] or None)` of `args.dataset`."""
+    if args.dataset in REAL_SETS:
+        from real_sets import set_images
+
+        from diffusion_keras.data.datasets import ImageData
+
+        images, _ = set_images(args.dataset, REAL_TRAIN_IMAGES, args.image_size, seed=0)
+        return ImageData(images, source=args.dataset), None
+    import numpy as np
+
+    train_data, held_out = load(args.dataset, args.image_size, args.held_out, args.seed)
+    return train_data, held_out.images.astype(np.float32) / 255.0
+
+
+def scorers_of(args):
+    """`({column: images -> score}, held-out real images, the random
+    features' name)` of `args.dataset`: the KIDs in random and (flowers,
+    glyphs) trained features, or (real sets) each classifier's scores."""
+    if args.dataset in REAL_SETS:
+        from set_scores import SPLITS, Scorer
+
+        scorers = {role: Scorer(args.dataset, args.image_size, args.held_out, role)
+                   for role in SPLITS}  # fmt: skip
+        real = scorers["bench"].real
+        random = bench_features(args.features, args.dataset, args.image_size)
+        columns = {"random": lambda images: kid_between(random, real, images)}
+        for role, scorer in scorers.items():
+            columns[role] = lambda images, s=scorer: s.score(images)
+        return columns, real, random.name
+    _, real = training_images(args)
+    extractors = {
+        "random": bench_features(args.features, args.dataset, args.image_size),
+        "trained": bench_features("trained", args.dataset, args.image_size),
+    }
+    columns = {name: lambda images, e=extractor: kid_between(e, real, images)
+               for name, extractor in extractors.items()}  # fmt: skip
+    return columns, real, extractors["random"].name
+
+
+def score_columns(row):
+    """A row's scores as flat columns, each lower-is-better but coverage:
+    "random" and "trained" (KIDs), and for the real sets each classifier's
+    distance and the check's coverage. (Kept results of before 2026-12-07
+    hold the two KIDs in the row itself.)"""
+    scores = row.get("scores") or {"random": row["random"], "trained": row["trained"]}
+    columns = {}
+    for name, value in scores.items():
+        if isinstance(value, dict):
+            columns[name] = value["distance"]
+            if name == "check":
+                columns["coverage"] = value["coverage"]
+        else:
+            columns[name] = value
+    return columns
+
+
+def column_title(name, features):
+    if name == "random":
+        return f"KID {features}"
+    return name if name == "coverage" else f"{name} " + ("KID" if name == "trained" else "dist")
+
+
+def more_teacher(args):
+    labels = [label.strip() for label in args.more_teacher.split(",") if label.strip()]
+    unknown = [label for label in labels if label not in MORE_TEACHER_SAMPLINGS]
+    if unknown:
+        raise SystemExit(f"--more-teacher: unknown {unknown}; choose from "
+                         f"{', '.join(MORE_TEACHER_SAMPLINGS)}")  # fmt: skip
+    return labels
 
 
 def students_name(args):
@@ -109,7 +216,7 @@ def teacher_stage(args):
     from diffusion_keras.data.datasets import steps_per_epoch
     from diffusion_keras.training.run import train
 
-    train_data, _ = load(args.dataset, args.image_size, args.held_out, args.seed)
+    train_data, _ = training_images(args)
     per_epoch = steps_per_epoch(train_data, 64, 1)
     config = TrainConfig.for_recipe(
         "default", image_size=args.image_size, seed=args.seed, precision=args.precision,
@@ -132,14 +239,17 @@ def distill_stage(args):
     from diffusion_keras.config.distill import DistillConfig
     from diffusion_keras.training.distill import distill, distill_paths
 
-    train_data, _ = load(args.dataset, args.image_size, args.held_out, args.seed)
+    train_data, _ = training_images(args)
     output = stage_dir(args, args.dataset, f"distilled_{args.variant}")
     settings = dict(VARIANTS[args.variant])
+    from diffusion_keras.training import distill as rounds
+
     power = settings.pop("rate_power", None)
     if power is not None:
-        from diffusion_keras.training import distill as rounds
-
         rounds.ROUND_RATE_POWER = power
+    switch_rate = settings.pop("switch_rate", None)
+    if switch_rate is not None:
+        rounds.PREDICTION_SWITCH_RATE = switch_rate
     config = DistillConfig(
         teacher=os.path.join(stage_dir(args, args.dataset, "teacher"), "model.keras"),
         output=output, precision=args.precision, seed=args.seed, **settings,
@@ -162,12 +272,7 @@ def evaluate_stage(args):
     from diffusion_keras.models.saving import load_model
     from diffusion_keras.training.distill_files import round_dir
 
-    _, held_out = load(args.dataset, args.image_size, args.held_out, args.seed)
-    real = held_out.images.astype(np.float32) / 255.0
-    extractors = {
-        "random": bench_features(args.features, args.dataset, args.image_size),
-        "trained": bench_features("trained", args.dataset, args.image_size),
-    }
+    columns, real, features = scorers_of(args)
     rows, grid = [], {}
 
     def measure(label, model, nfe, **sampling):
@@ -175,11 +280,11 @@ def evaluate_stage(args):
         begin = time.perf_counter()
         images = model.generate(len(real), seed=args.seed, **sampling)
         seconds = time.perf_counter() - begin
-        kids = {name: kid_between(extractor, real, images) for name, extractor in
-                extractors.items()}  # fmt: skip
-        rows.append(dict(label=label, nfe=nfe, images_per_second=len(real) / seconds, **kids))
+        scores = {name: score(images) for name, score in columns.items()}
+        rows.append(dict(label=label, nfe=nfe, images_per_second=len(real) / seconds,
+                         scores=scores))  # fmt: skip
         grid[label] = images[: args.grid_images]
-        print(f"{args.dataset} {label}: {kids}", file=sys.stderr, flush=True)
+        print(f"{args.dataset} {label}: {scores}", file=sys.stderr, flush=True)
 
     if args.students:
         output = stage_dir(args, args.dataset, f"distilled_{args.variant}")
@@ -193,12 +298,19 @@ def evaluate_stage(args):
                         label = f"student {steps}" + (f" eta {eta:g}" if eta else "")
                         measure(label, student, steps, eta=eta)
     else:
+        from diffusion_keras.sampling.rules import network_evaluations
+
         teacher = load_model(os.path.join(stage_dir(args, args.dataset, "teacher"),
                                           "model.keras"), compile=False)  # fmt: skip
-        for label, sampling in TEACHER_SAMPLINGS.items():
-            measure(f"teacher {label}", teacher, sampling["diffusion_steps"], **sampling)
+        samplings = (
+            {label: MORE_TEACHER_SAMPLINGS[label] for label in more_teacher(args)}
+            if args.more else TEACHER_SAMPLINGS
+        )  # fmt: skip
+        for label, sampling in samplings.items():
+            nfe = network_evaluations(sampling["sampler"], sampling["diffusion_steps"])
+            measure(f"teacher {label}", teacher, nfe, **sampling)
     np.savez_compressed(args.grid_file, **grid)
-    print(json.dumps(dict(rows=rows, features=extractors["random"].name)))
+    print(json.dumps(dict(rows=rows, features=features)))
 
 
 def speed_stage(args):
@@ -255,7 +367,8 @@ def run_stage(args, stage, dataset="", saved=None, *extra):
         "--seed", str(args.seed), "--features", args.features, "--precision", args.precision,
         "--teacher-steps", str(args.teacher_steps), "--variant", args.variant,
         "--speed-images", str(args.speed_images), "--speed-repeats", str(args.speed_repeats),
-        "--grid-images", str(args.grid_images), "--student-etas", args.student_etas, *extra,
+        "--grid-images", str(args.grid_images), "--student-etas", args.student_etas,
+        "--more-teacher", args.more_teacher, *extra,
     ]  # fmt: skip
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
     if done.returncode != 0:
@@ -280,12 +393,15 @@ def report(dataset, teacher, rounds, evaluated):
               f"{row['training_steps']} training steps, {cpu / 60:.2f} CPU min")  # fmt: skip
     print(f"  distillation total: {total / 60:.1f} CPU min = "
           f"{total / teacher['cpu_seconds']:.2f} x the teacher's training")  # fmt: skip
-    by = {row["label"]: row for row in rows}
-    print(f"  {'sampler':<20} {'NFE':>4} {'KID ' + evaluated['features']:>14} "
-          f"{'KID trained':>12} {'images/s':>9}")  # fmt: skip
+    by = {row["label"]: score_columns(row) for row in rows}
+    names = list(by[rows[0]["label"]])
+    titles = [column_title(name, evaluated["features"]) for name in names]
+    print(f"  {'sampler':<20} {'NFE':>4} " + " ".join(f"{t:>14}" for t in titles)
+          + f" {'images/s':>9}")  # fmt: skip
     for row in rows:
-        print(f"  {row['label']:<20} {row['nfe']:>4} {row['random']:>14.4f} "
-              f"{row['trained']:>12.4f} {row['images_per_second']:>9.1f}")  # fmt: skip
+        print(f"  {row['label']:<20} {row['nfe']:>4} "
+              + " ".join(f"{by[row['label']][name]:>14.4f}" for name in names)
+              + f" {row['images_per_second']:>9.1f}")  # fmt: skip
     # Each student's target: (the reference row, the factor it may be off by).
     targets = {"student 4": ("teacher DDIM 20", 1.0), "student 2": ("teacher DPM++ 5", 1.0),
                "student 1": ("teacher DDIM 20", 2.0)}  # fmt: skip
@@ -293,10 +409,12 @@ def report(dataset, teacher, rounds, evaluated):
         reference, factor = targets.get(row["label"].split(" eta ")[0], (None, None))
         if reference not in by:
             continue
+        mine, theirs = by[row["label"]], by[reference]
         verdict = " / ".join(
-            f"{features} {row[features]:.4f} <= {factor:g} x {by[reference][features]:.4f}: "
-            f"{'yes' if row[features] <= factor * by[reference][features] else 'no'}"
-            for features in ("random", "trained")
+            f"{name} {mine[name]:.4f} <= {factor:g} x {theirs[name]:.4f}: "
+            f"{'yes' if mine[name] <= factor * theirs[name] else 'no'}"
+            for name in names
+            if name != "coverage"
         )
         print(f"  target {row['label']} vs {reference}: {verdict}")
 
@@ -309,19 +427,22 @@ def plot(results, path):
 
     figure, axes = plt.subplots(len(results), 2, figsize=(10, 3.6 * len(results)), squeeze=False)
     for row_axes, (dataset, evaluated) in zip(axes, results.items()):
-        for axis, features in zip(row_axes, ("random", "trained")):
+        # Random-feature KID, and the trained features' KID or (real sets) the check's distance.
+        second = "trained" if "trained" in score_columns(evaluated["rows"][0]) else "check"
+        for axis, features in zip(row_axes, ("random", second)):
             for prefix, marker in (("teacher DDIM", "o-"), ("teacher DPM++", "s-"),
-                                   ("student", "^-")):  # fmt: skip
+                                   ("teacher EDM", "D"), ("student", "^-")):  # fmt: skip
                 rows = sorted((r for r in evaluated["rows"]
                                if r["label"].startswith(prefix) and " eta " not in r["label"]),
                               key=lambda r: r["nfe"])  # fmt: skip
                 if rows:
-                    axis.plot([r["nfe"] for r in rows], [r[features] for r in rows], marker,
+                    axis.plot([r["nfe"] for r in rows],
+                              [score_columns(r)[features] for r in rows], marker,
                               label=prefix)  # fmt: skip
             axis.set_xscale("log", base=2)
             axis.set_yscale("log")
             axis.set_xlabel("network evaluations per image")
-            axis.set_ylabel(f"KID ({features} features)")
+            axis.set_ylabel(column_title(features, evaluated["features"]))
             axis.set_title(dataset)
             axis.legend()
     figure.tight_layout()
@@ -345,13 +466,20 @@ def grid_png(grids, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="flowers,glyphs")
+    parser.add_argument("--datasets", default="flowers,glyphs",
+                        help="flowers, glyphs, photos, landscapes")  # fmt: skip
     parser.add_argument("--variant", default="default", choices=list(VARIANTS))
     parser.add_argument(
         "--student-etas",
         default="0",
         help="shares of fresh noise per step the students also sample with, "
         "comma-separated (0: deterministic DDIM, as they were taught)",
+    )
+    parser.add_argument(
+        "--more-teacher",
+        default="",
+        help="more of the teacher's samplers to measure, comma-separated: "
+        + ", ".join(MORE_TEACHER_SAMPLINGS),
     )
     parser.add_argument("--teacher-steps", type=int, default=392)
     parser.add_argument("--image-size", type=int, default=32)
@@ -374,9 +502,11 @@ def main():
     parser.add_argument("--largest-student", type=int, default=8, help=argparse.SUPPRESS)
     parser.add_argument("--grid-file", help=argparse.SUPPRESS)
     parser.add_argument("--students", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--more", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
         return STAGES[args.stage](args)
+    more_teacher(args)  # checked before any work
     if args.held_out < 128 or args.held_out % 128:
         raise SystemExit("--held-out: a multiple of 128 (KID averages subsets of 128 images)")
     flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
@@ -392,7 +522,13 @@ def main():
                               "--grid-file", grids[dataset][0])  # fmt: skip
         students = run_stage(args, "evaluate", dataset, keep(f"kid_{students_name(args)}.json"),
                              "--grid-file", grids[dataset][1], "--students")  # fmt: skip
-        evaluated = dict(evaluated, rows=evaluated["rows"] + students["rows"])
+        more = []
+        if more_teacher(args):
+            name = "_".join(label.replace(" ", "") for label in more_teacher(args))
+            more = run_stage(args, "evaluate", dataset, keep(f"kid_teacher_{name}.json"),
+                             "--grid-file", keep(f"grid_teacher_{name}.npz"),
+                             "--more")["rows"]  # fmt: skip
+        evaluated = dict(evaluated, rows=evaluated["rows"] + more + students["rows"])
         results[dataset] = evaluated
         report(dataset, teacher, rounds, evaluated)
     if results:

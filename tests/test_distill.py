@@ -110,6 +110,15 @@ def test_a_round_of_fewer_steps_learns_faster():
     assert round_learning_rate(DistillConfig(), 4) == pytest.approx(2.5e-5)
 
 
+def test_a_round_whose_students_switch_prediction_learns_four_times_faster():
+    # They start far from their teacher: at the plain rate the 1-step velocity
+    # students of noise teachers came out speckled (docs/results/distillation.md).
+    config = DistillConfig()
+    assert round_learning_rate(config, 1, switches_prediction=True) == pytest.approx(4e-4)
+    assert round_learning_rate(config, 2, switches_prediction=True) == pytest.approx(2e-4)
+    assert round_learning_rate(config, 1) == pytest.approx(1e-4)
+
+
 def test_a_round_over_fewer_images_takes_a_seeded_subset_with_its_labels():
     data = ImageData(np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1), labels=np.arange(10),
                      captions=[str(i) for i in range(10)])  # fmt: skip
@@ -189,6 +198,11 @@ def test_distill_py_writes_a_student_that_generate_py_samples_in_its_steps(teach
     assert student.student_steps == 1 and student.prediction == "velocity"
     two = load_model(str(output / "rounds" / "steps_002" / "model.keras"))
     assert two.prediction == "noise"
+    # The 2-step round keeps the noise prediction, at 1e-4 / 2; the 1-step one
+    # switches to velocity and learns at 4x 1e-4.
+    rates = {steps: TrainConfig.load(output / "rounds" / f"steps_00{steps}" / "config.json")
+             .learning_rate for steps in (1, 2)}  # fmt: skip
+    assert rates == {1: pytest.approx(4e-4), 2: pytest.approx(5e-5)}
 
     grid = tmp_path / "grid.png"
     result = run_script("generate.py", output / "model.keras", "--num-images", 2, "--seed", 3,

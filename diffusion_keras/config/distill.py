@@ -17,7 +17,8 @@ from diffusion_keras.config.run import DEFAULT_CHECKPOINT_EVERY
 FIRST_TEACHER_STEPS = 16
 
 # The 1-step round's learning rate; an N-step round's is this / N
-# (`training.distill.ROUND_RATE_POWER`). Against 2e-4 (the default before
+# (`training.distill.ROUND_RATE_POWER`), 4x that where the students switch
+# prediction (`training.distill.PREDICTION_SWITCH_RATE`). Against 2e-4 (the default before
 # 2026-12-06), 1e-4 gave better trained-feature KID at every step count, on
 # flowers and glyphs, with two teachers each: 16 of 16 comparisons
 # (docs/results/distillation.md).
@@ -62,7 +63,9 @@ class DistillTrainingConfig:
                                        type=types.positive_int)  # fmt: skip
     batch_size: int = setting(16, "images per step", type=types.positive_int)
     learning_rate: float = setting(LEARNING_RATE, "AdamW learning rate of the 1-step round; "
-                                   "a round of N-step students starts at this / N and "
+                                   "a round of N-step students starts at this / N, 4x that "
+                                   "where the students predict something else than their "
+                                   "teacher (a noise teacher's 1-step student), and "
                                    "decays to 0 along a cosine",
                                    type=types.positive_float)  # fmt: skip
     ema: float = setting(0.999, "EMA decay of the student's sampling network, at most (1 + n) "

@@ -103,20 +103,34 @@ def round_plan(config, teacher_images, rounds, data):
 # random-feature KID in 14 (docs/results/distillation.md).
 ROUND_RATE_POWER = 1.0
 
+# How much faster a round learns whose student predicts something else than
+# its teacher (a noise teacher's 1-step student predicts velocity:
+# `round_prediction`). Such a student does not start as its teacher: its
+# first images are about the negated noise, and at 1x (1e-4) the 1-step
+# students came out speckled with it, on all four bench sets. At 4x the
+# photos' 1-step student's distance by the check classifier of held-out
+# photographs went 156 -> 42 (1e-3: 45), and its images became the teacher's,
+# blurred (docs/results/distillation.md, 2026-12-07).
+PREDICTION_SWITCH_RATE = 4.0
 
-def round_learning_rate(config, student_steps):
+
+def round_learning_rate(config, student_steps, switches_prediction=False):
     """The peak learning rate of the round that makes a `student_steps`
     student: `config.learning_rate` / student_steps (`ROUND_RATE_POWER`),
-    from 1e-4 for the 1-step student down to 3.1e-6 for the 32-step one. A student of
-    many steps starts within a hair of its target and a large rate only
-    shakes it; one of few steps has far to go. Measured (flowers, 32x32, 96
-    steps of 16 from the teacher): the 32-step student's error against its
-    teacher went 0.013 -> 0.039 at 2e-4, -> 0.009 at 6e-5, -> 0.006 at 2e-5;
-    the 1-step velocity student's 0.264 -> 0.229 at 2e-5, -> 0.131 at 2e-4
-    (`docs/results/distillation.md`). Yet by KID, half those rates made
-    better students at every step count (`config.distill.LEARNING_RATE`),
-    and a rate falling as 1 / N rather than N^(-2/3) better ones still."""
-    return config.learning_rate * float(student_steps) ** -ROUND_RATE_POWER
+    from 1e-4 for the 1-step student down to 3.1e-6 for the 32-step one, and
+    `PREDICTION_SWITCH_RATE` x that for a student that predicts something
+    else than its teacher (`switches_prediction`), which starts far away. A
+    student of many steps starts within a hair of its target and a large
+    rate only shakes it; one of few steps has far to go. Measured (flowers,
+    32x32, 96 steps of 16 from the teacher): the 32-step student's error
+    against its teacher went 0.013 -> 0.039 at 2e-4, -> 0.009 at 6e-5, ->
+    0.006 at 2e-5 (`docs/results/distillation.md`). By KID, 1e-4 made better
+    students than 2e-4 (`config.distill.LEARNING_RATE`), and a rate falling
+    as 1 / N rather than N^(-2/3) better ones still; faster falls (N^-1.5,
+    N^-2) were better by the flowers' and glyphs' trained features but not
+    by the classifiers of held-out photographs."""
+    rate = config.learning_rate * float(student_steps) ** -ROUND_RATE_POWER
+    return rate * (PREDICTION_SWITCH_RATE if switches_prediction else 1.0)
 
 
 def round_config(config, teacher, student_steps, output, epochs):
@@ -129,10 +143,11 @@ def round_config(config, teacher, student_steps, output, epochs):
         if f.name in model_config
     }
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+    prediction = round_prediction(config, teacher, student_steps)
     settings.update(
         student_steps=student_steps,
         student_guidance=config.guidance_scale,
-        prediction=round_prediction(config, teacher, student_steps),
+        prediction=prediction,
         ema=config.ema,
         ema_warmup=True,
         ema_length=0.0,
@@ -144,7 +159,8 @@ def round_config(config, teacher, student_steps, output, epochs):
         batch_size=config.batch_size,
         dataset_repetitions=config.dataset_repetitions,
         epochs=epochs,
-        learning_rate=round_learning_rate(config, student_steps),
+        learning_rate=round_learning_rate(config, student_steps,
+                                          prediction != teacher.prediction),  # fmt: skip
         lr_schedule="cosine",
         seed=config.seed,
         precision=config.precision,
