@@ -72,7 +72,7 @@ TEACHER_SAMPLINGS = {
     "DPM++ 10": dict(sampler="dpmpp_2m", diffusion_steps=10, spacing="log_snr"),
 }
 # More of the teacher's samplers, measured with `--more-teacher A,B` and kept
-# apart from the rows above (`kid_teacher_more.json`): DDIM at the students'
+# apart from the rows above (`kid_teacher_A_B.json`): DDIM at the students'
 # own step counts, and EDM's sampler (generate.py's default for long runs).
 MORE_TEACHER_SAMPLINGS = {
     "DDIM 8": dict(sampler="ddim", diffusion_steps=8, spacing="uniform"),

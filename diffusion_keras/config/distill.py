@@ -16,7 +16,7 @@ from diffusion_keras.config.run import DEFAULT_CHECKPOINT_EVERY
 # teacher's DDIM 20 over its many-step DDIM.
 FIRST_TEACHER_STEPS = 16
 
-# The 1-step round's learning rate; an N-step round's is this / N
+# The rounds' learning rate: an N-step round's is this / N
 # (`training.distill.ROUND_RATE_POWER`), 4x that where the students switch
 # prediction (`training.distill.PREDICTION_SWITCH_RATE`). Against 2e-4 (the default before
 # 2026-12-06), 1e-4 gave better trained-feature KID at every step count, on
@@ -62,7 +62,7 @@ class DistillTrainingConfig:
     dataset_repetitions: int = setting(1, "passes over the data per epoch",
                                        type=types.positive_int)  # fmt: skip
     batch_size: int = setting(16, "images per step", type=types.positive_int)
-    learning_rate: float = setting(LEARNING_RATE, "AdamW learning rate of the 1-step round; "
+    learning_rate: float = setting(LEARNING_RATE, "AdamW learning rate of the rounds: "
                                    "a round of N-step students starts at this / N, 4x that "
                                    "where the students predict something else than their "
                                    "teacher (a noise teacher's 1-step student), and "
