@@ -61,6 +61,8 @@ from quality import (  # noqa: E402
     package_first,
     pixel_grid,
 )
+from real_sets import SETS as REAL_SETS  # noqa: E402
+from real_sets import TRAIN_IMAGES  # noqa: E402
 
 TEACHER_SAMPLINGS = {
     "DDIM 20": dict(sampler="ddim", diffusion_steps=20, spacing="uniform"),
@@ -105,8 +107,9 @@ VARIANTS = {
     "ema0.99": dict(ema=0.99),  # a shorter average of the student's weights
     # A round whose student switches prediction (the 1-step velocity student of
     # a noise teacher) at the plain rate, as before 2026-12-07
-    # (training.distill.PREDICTION_SWITCH_RATE, a bench-only knob); the
-    # variants above are of before then too, in save dirs of before.
+    # (training.distill.PREDICTION_SWITCH_RATE, a bench-only knob). Kept results
+    # of the variants above from before then had this rule; run again, they
+    # get the 4x rule.
     "switch1": dict(switch_rate=1.0),
 }
 
@@ -115,23 +118,20 @@ def student_etas(args):
     return [float(eta) for eta in args.student_etas.split(",")]
 
 
-# The real-photo and landscape sets of `bench/real_sets.py`: the teacher
-# trains on as many images as `bench/recipe_race.py`'s recipes do, and the
-# images are scored by `bench/set_scores.py`'s classifiers of held-out real
-# images (bench, check and plain), which agreed with held-out data in issue
-# 38's race, where the flowers' and glyphs' trained features are blind to blur.
-REAL_SETS = ("photos", "landscapes")
-REAL_TRAIN_IMAGES = 4096
-
-
 def training_images(args):
-    """`(training ImageData, held-out images in [0, 1] or None)` of `args.dataset`."""
+    """`(training ImageData, held-out images in [0, 1] or None)` of
+    `args.dataset`. A real-photo or landscape set (`bench/real_sets.py`)
+    trains the teacher on as many images as `bench/recipe_race.py`'s recipes
+    train on, and its images are scored by `bench/set_scores.py`'s
+    classifiers of held-out real images (`scorers_of`), which agreed with
+    held-out data in issue 38's race, where the flowers' and glyphs' trained
+    features are blind to blur."""
     if args.dataset in REAL_SETS:
         from real_sets import set_images
 
         from diffusion_keras.data.datasets import ImageData
 
-        images, _ = set_images(args.dataset, REAL_TRAIN_IMAGES, args.image_size, seed=0)
+        images, _ = set_images(args.dataset, TRAIN_IMAGES, args.image_size, seed=0)
         return ImageData(images, source=args.dataset), None
     import numpy as np
 
@@ -506,7 +506,7 @@ def main():
     args = parser.parse_args()
     if args.stage:
         return STAGES[args.stage](args)
-    more_teacher(args)  # checked before any work
+    more_labels = more_teacher(args)  # checked before any work
     if args.held_out < 128 or args.held_out % 128:
         raise SystemExit("--held-out: a multiple of 128 (KID averages subsets of 128 images)")
     flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if "avx512" in f}))
@@ -523,8 +523,8 @@ def main():
         students = run_stage(args, "evaluate", dataset, keep(f"kid_{students_name(args)}.json"),
                              "--grid-file", grids[dataset][1], "--students")  # fmt: skip
         more = []
-        if more_teacher(args):
-            name = "_".join(label.replace(" ", "") for label in more_teacher(args))
+        if more_labels:
+            name = "_".join(label.replace(" ", "") for label in more_labels)
             more = run_stage(args, "evaluate", dataset, keep(f"kid_teacher_{name}.json"),
                              "--grid-file", keep(f"grid_teacher_{name}.npz"),
                              "--more")["rows"]  # fmt: skip

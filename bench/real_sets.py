@@ -27,6 +27,8 @@ PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg",
 TIMES = ("dawn", "noon", "dusk", "night")
 TERRAINS = ("mountains", "hills", "sea", "desert")
 SETS = ("photos", "landscapes")
+# The images of a set (seed 0) that a bench teacher or raced recipe trains on.
+TRAIN_IMAGES = 4096
 
 
 def class_count(name):

@@ -34,7 +34,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-TRAIN_IMAGES = 4096
+from real_sets import TRAIN_IMAGES  # noqa: E402
+
 # name: generate() settings. "default" is whatever generate.py does unless
 # told (`SAMPLING_RECIPES["default"]`; the library's `generate()` keeps the book's).
 SAMPLERS = {
