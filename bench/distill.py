@@ -64,6 +64,8 @@ from quality import (  # noqa: E402
 from real_sets import SETS as REAL_SETS  # noqa: E402
 from real_sets import TRAIN_IMAGES  # noqa: E402
 
+from diffusion_keras.config.sampling import STUDENT_ETA  # noqa: E402
+
 TEACHER_SAMPLINGS = {
     "DDIM 20": dict(sampler="ddim", diffusion_steps=20, spacing="uniform"),
     "DDIM 50": dict(sampler="ddim", diffusion_steps=50, spacing="uniform"),
@@ -471,9 +473,10 @@ def main():
     parser.add_argument("--variant", default="default", choices=list(VARIANTS))
     parser.add_argument(
         "--student-etas",
-        default="0",
-        help="shares of fresh noise per step the students also sample with, "
-        "comma-separated (0: deterministic DDIM, as they were taught)",
+        default=f"0,{STUDENT_ETA:g}",
+        help="shares of fresh noise per step the students sample with, comma-separated "
+        f"(0: deterministic DDIM, as they were taught; {STUDENT_ETA:g}: their default, "
+        "STUDENT_ETA)",
     )
     parser.add_argument(
         "--more-teacher",

@@ -26,6 +26,7 @@ from diffusion_keras.config.choices import PRECISIONS, SAMPLERS, SPACINGS
 from diffusion_keras.config.sampling import (
     LONG_RUN_STEPS,
     SAMPLING_RECIPES,
+    STUDENT_ETA,
     default_recipe,
     sampling_settings,
     spacing_for,
@@ -65,7 +66,7 @@ def parser():
         "one for masks (inpaint: ddim, 20 uniform steps, eta 1; the default with "
         "--mask); --sampler, "
         "--steps, --spacing and --eta still win; a distilled student's default is its own DDIM "
-        "steps".format(**default),
+        f"steps with eta {STUDENT_ETA:g}".format(**default),
     )
     steps = default["diffusion_steps"]
     add("--steps", type=positive_int, default=None,
@@ -106,7 +107,8 @@ def parser():
         help="fresh noise per step, 0 (deterministic) to 1 (ddim: DDPM's ancestral "
         "sampling; dpmpp_2m: SDE-DPM-Solver++(2M); heun: the share of EDM's largest "
         "churn); default the recipe's (default: "
-        f"{default.get('eta', 0.0)}), 0 with --interpolate and --show-steps")  # fmt: skip
+        f"{default.get('eta', 0.0)}; a student's: {STUDENT_ETA:g}); 0 with --interpolate, "
+        "--show-steps and --init-image without --mask")  # fmt: skip
     add("--class", dest="class_label", metavar="NAME|INDEX",
         help="generate this class: a conditional model's, or the classifier's")  # fmt: skip
     add("--prompt", help="a text-conditional model's prompt (train.py --captions)")
@@ -243,19 +245,22 @@ def sampling_arguments(args, student_defaults=None, train_steps=0):
 
     recipe = args.recipe or ("inpaint" if args.mask else default_recipe(train_steps))
     given = dict(sampler=args.sampler, diffusion_steps=args.steps, spacing=args.spacing)
+    # Interpolations and step rows show where one noise leads, and
+    # image-to-image and denoising keep to their image: a deterministic path
+    # there, unless --eta asks for fresh noise (inpainting's recipe has its own).
+    deterministic = args.interpolate or args.show_steps or args.init_image
     if student_defaults and args.recipe is None and not args.mask:
         settings = dict(student_defaults)
         settings["spacing"] = spacing_for(args.sampler, args.spacing, settings)
         settings.update({name: value for name, value in given.items() if value is not None})
-        settings["eta"] = 0.0 if args.eta is None else args.eta
+        # The student's eta goes with its own sampler (`STUDENT_ETA`).
+        eta = student_defaults["eta"] if settings["sampler"] == student_defaults["sampler"] else 0.0
+        settings["eta"] = (0.0 if deterministic else eta) if args.eta is None else args.eta
         return settings
     settings = sampling_settings(recipe, **given)
     # The recipe's eta goes with the recipe's sampler, not with another one.
     recipes_sampler = sampling_settings(recipe)["sampler"]
     eta = settings.pop("eta", 0.0) if settings["sampler"] == recipes_sampler else 0.0
-    # Interpolations and step rows show where one noise leads, and
-    # image-to-image and denoising keep to their image: a deterministic path
-    # there, unless --eta asks for fresh noise (inpainting's recipe has its own).
     if args.interpolate or args.show_steps or (args.init_image and recipe in ("default", "edm")):
         eta = 0.0
     settings["eta"] = eta if args.eta is None else args.eta

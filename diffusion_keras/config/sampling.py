@@ -23,6 +23,18 @@ SAMPLING_RECIPES = {
 }
 
 
+# The share of fresh noise per step a distilled student samples with unless
+# told (its `sampling_defaults`, `generate.py`): DDIM over its own steps with
+# eta 0.5. On the real-photo and landscape benches (two teachers each, 384
+# steps; students of 8, 4 and 2 steps) it beat eta 0 in 26 of 36 held-out
+# distances: the photos' check distance in 6 of 6 (by 4-8%), the landscapes'
+# bench distance in 6 of 6; it lost the landscapes' check in 5 of 6, by at
+# most 1.5%. Eta 1 won 22 of 36 and lost the landscapes' check by up to 6%
+# (docs/results/distillation.md, 2026-12-07). A 1-step student's only step
+# ends at the image, so it takes no fresh noise whatever eta says.
+STUDENT_ETA = 0.5
+
+
 # A sampler's own spacing, which it takes in place of a recipe's when it is not
 # the recipe's sampler and no spacing is given. EDM's Heun steps need
 # EDM's spacing: on the uniform one their first step, from sigma 50, overshoots
