@@ -194,7 +194,10 @@ class Sampler:
         initial = np.asarray(initial, dtype="float32")
         count = len(initial)
         shape = tuple(self.denoiser.sample_shape)
-        stochastic = float(eta) > 0.0
+        # One DDIM step ends at its clean-image estimate: no fresh noise
+        # enters it, so none is drawn (a 1-step student's default eta).
+        one_ddim_step = sampler == "ddim" and int(diffusion_steps) == 1 and edit is None
+        stochastic = float(eta) > 0.0 and not one_ddim_step
         label_shape = tuple(getattr(self.denoiser, "label_shape", ()))
         if labels is None:
             labels = np.zeros((count,) + label_shape, np.int32)
