@@ -18,7 +18,7 @@ classifiers of held-out real images) the bench
 1. trains a teacher at 32x32 with train.py's default recipe for about
    `--teacher-steps` steps of 64, and records its process's CPU seconds;
 2. distils it with `distill.py`'s defaults (or a `--variant` from `VARIANTS`),
-   16 steps down to 1 (64 with `--variant from64`), and takes each round's
+   8 steps down to 1 (16 or 64 with `--variant from16` or `from64`), and takes each round's
    CPU seconds from `rounds.csv`;
 3. generates `--held-out` images from the same seeded noise with the teacher
    (DDIM at 20, 50 and 200 uniform steps; DPM-Solver++(2M) at 2, 3, 5 and 10
@@ -92,7 +92,10 @@ VARIANTS = {
     # Rounds from the teacher's DDIM 64, the same budget (the default until
     # 2026-12-06; save dirs of before then hold it as "default").
     "from64": dict(from_steps=64),
-    "from8": dict(from_steps=8),  # rounds 8 -> 4 -> 2 -> 1 only, the same budget
+    # Rounds from the teacher's DDIM 16 (the default from 2026-12-06 to
+    # 2026-12-07; save dirs of then hold it as "default").
+    "from16": dict(from_steps=16),
+    "from8": dict(from_steps=8),  # rounds 8 -> 4 -> 2 -> 1, the default since 2026-12-07
     "budget0.5": dict(budget=0.5),
     "budget0.25": dict(budget=0.25),
     # The rounds' rates, measured on 2026-12-06: the 1-step round's rate, and

@@ -73,11 +73,16 @@ def test_rounds_halve_the_steps_down_to_the_students():
             round_steps(*bad)
 
 
-def test_the_first_round_distils_the_teachers_ddim_16_unless_told(tmp_path):
+def test_the_first_round_distils_the_teachers_ddim_8_unless_told(tmp_path):
+    # From 8 its students came nearer held-out real images than from 16 or 64.
     teacher = types.SimpleNamespace(student_steps=0)
     given = dict(teacher=str(tmp_path / "model.keras"), data="builtin:flowers", steps=1)
-    assert resolve_config(DistillConfig(**given), teacher).from_steps == 16
+    assert resolve_config(DistillConfig(**given), teacher).from_steps == 8
     assert resolve_config(DistillConfig(**given, from_steps=64), teacher).from_steps == 64
+    # A student of 8 steps or more starts from twice its steps.
+    given["steps"] = 8
+    assert resolve_config(DistillConfig(**given), teacher).from_steps == 16
+    given["steps"] = 1
     student = types.SimpleNamespace(student_steps=4)
     assert resolve_config(DistillConfig(**given), student).from_steps == 4
     with pytest.raises(ValueError, match="--from-steps must be 4"):

@@ -1,7 +1,7 @@
 """`distill`: progressive distillation of a trained model, round by round.
 
 Each round is a training run (`training.run.train` with a `teacher`) that
-halves the sampling steps: 16 -> 8 -> ... -> `steps` by default
+halves the sampling steps: 8 -> 4 -> ... -> `steps` by default
 (`from_steps`). The directory holds
 
 - `config.json`: the `DistillConfig`;
@@ -184,7 +184,8 @@ def round_config(config, teacher, student_steps, output, epochs):
 def resolve_config(config, teacher):
     """`config` with its defaults filled in from the teacher: the first
     round's teacher steps and the teacher run's data."""
-    from_steps = config.from_steps or int(teacher.student_steps) or FIRST_TEACHER_STEPS
+    from_steps = (config.from_steps or int(teacher.student_steps)
+                  or max(FIRST_TEACHER_STEPS, 2 * int(config.steps)))  # fmt: skip
     if teacher.student_steps and from_steps != teacher.student_steps:
         raise ValueError(
             f"this teacher is a student of {teacher.student_steps} steps; --from-steps must be "
