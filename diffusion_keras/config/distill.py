@@ -58,7 +58,7 @@ class DistillTrainingConfig:
                                 "(default: as the teacher's run)")  # fmt: skip
     budget: float = setting(0.4, "the images all rounds train on together, as a share of the "
                             "images the teacher trained on (each student step also runs the "
-                            "teacher twice: 0.4 cost 0.70-0.89 of the teacher's training CPU "
+                            "teacher twice: 0.4 cost 0.67-0.84 of the teacher's training CPU "
                             "time, measured)", type=types.positive_float)  # fmt: skip
     round_epochs: int = setting(0, "epochs of each round (0: from --budget)",
                                 type=types.non_negative_int)  # fmt: skip
