@@ -97,6 +97,16 @@ VARIANTS = {
     "from16": dict(from_steps=16),
     "from8": dict(from_steps=8),  # rounds 8 -> 4 -> 2 -> 1, the default since 2026-12-07
     "budget0.5": dict(budget=0.5),
+    # A first round whose teacher takes 5 DDIM steps per student step: the
+    # 4-step student copies the teacher's DDIM 20 at once, then 4 -> 2 -> 1.
+    "first20x5": dict(from_steps=20, first_substeps=5),
+    "first16x4": dict(from_steps=16, first_substeps=4),
+    # The same, its first round at 4x the rate (training.distill.FINER_COPY_RATE,
+    # a bench-only knob): its student starts farther from its target.
+    "first20x5_lr4": dict(from_steps=20, first_substeps=5, finer_rate=4.0),
+    # The default's budget split 1 : 3.5 : 3.5 over the 4-, 2- and 1-step rounds
+    # instead of 2 : 3 : 3 (training.distill.ROUND_WEIGHTS, a bench-only knob).
+    "split1_3.5_3.5": dict(round_weights={4: 1.0, 2: 3.5, 1: 3.5}),
     "budget0.25": dict(budget=0.25),
     # The rounds' rates, measured on 2026-12-06: the 1-step round's rate, and
     # N-step rounds at that x N^-power (training.distill.ROUND_RATE_POWER, a
@@ -249,12 +259,12 @@ def distill_stage(args):
     settings = dict(VARIANTS[args.variant])
     from diffusion_keras.training import distill as rounds
 
-    power = settings.pop("rate_power", None)
-    if power is not None:
-        rounds.ROUND_RATE_POWER = power
-    switch_rate = settings.pop("switch_rate", None)
-    if switch_rate is not None:
-        rounds.PREDICTION_SWITCH_RATE = switch_rate
+    # Bench-only knobs: module constants of training.distill.
+    knobs = dict(rate_power="ROUND_RATE_POWER", switch_rate="PREDICTION_SWITCH_RATE",
+                 round_weights="ROUND_WEIGHTS", finer_rate="FINER_COPY_RATE")  # fmt: skip
+    for key, constant in knobs.items():
+        if key in settings:
+            setattr(rounds, constant, settings.pop(key))
     config = DistillConfig(
         teacher=os.path.join(stage_dir(args, args.dataset, "teacher"), "model.keras"),
         output=output, precision=args.precision, seed=args.seed, **settings,

@@ -14,7 +14,12 @@ from diffusion_keras.config.distill import DistillConfig
 from diffusion_keras.config.sampling import STUDENT_ETA
 from diffusion_keras.data.datasets import ImageData, load_images, random_subset
 from diffusion_keras.diffusion.schedules import get_schedule
-from diffusion_keras.models.distillation import student_of, student_times, two_step_target
+from diffusion_keras.models.distillation import (
+    attach_teacher,
+    student_of,
+    student_times,
+    two_step_target,
+)
 from diffusion_keras.models.saving import load_model
 from diffusion_keras.training.distill import (
     claim_distill_directory,
@@ -45,24 +50,45 @@ def teacher(tmp_path_factory):
 # -- the target ---------------------------------------------------------------
 
 
-def test_one_ddim_step_to_the_target_lands_where_the_teachers_two_steps_do():
+@pytest.mark.parametrize("substeps", [2, 5])
+def test_one_ddim_step_to_the_target_lands_where_the_teachers_steps_do(substeps):
     schedule = get_schedule("offset_cosine", 0.02, 0.95)
     rng = np.random.default_rng(0)
     steps = 4
+
+    def rates(t):
+        return [float(keras.ops.convert_to_numpy(r)) for r in schedule(np.float32(t))]
+
     for index in range(steps - 1):  # the last step returns its estimate instead
-        times, mid_times, next_times = student_times(np.float32(index), steps)
-        (noise, signal), (mid_noise, mid_signal), (next_noise, next_signal) = (
-            [float(keras.ops.convert_to_numpy(r)) for r in schedule(np.float32(t))]
-            for t in (times, mid_times, next_times)
-        )
+        times, sub_times, next_times = student_times(np.float32(index), steps, substeps)
+        # The teacher's steps cut the student's into equal parts.
+        grid = np.array([times, *sub_times, next_times])
+        np.testing.assert_allclose(np.diff(grid), -1 / (steps * substeps), atol=1e-6)
         noisy = rng.normal(size=(2, 4, 4, 3))
-        # Any teacher: two DDIM steps with arbitrary estimates.
-        first, second = rng.normal(size=(2, 2, 4, 4, 3))
-        mid = mid_signal * first + mid_noise * (noisy - signal * first) / noise
-        landing = next_signal * second + next_noise * (mid - mid_signal * second) / mid_noise
-        target = two_step_target(noisy, landing, signal, noise, next_signal, next_noise)
+        # Any teacher: DDIM steps with arbitrary estimates.
+        current = noisy
+        for t, next_t in zip(grid[:-1], grid[1:]):
+            (noise, signal), (next_noise, next_signal) = rates(t), rates(next_t)
+            estimate = rng.normal(size=(2, 4, 4, 3))
+            current = next_signal * estimate + next_noise * (current - signal * estimate) / noise
+        (noise, signal), (next_noise, next_signal) = rates(times), rates(next_times)
+        target = two_step_target(noisy, current, signal, noise, next_signal, next_noise)
         one_step = next_signal * target + next_noise * (noisy - signal * target) / noise
-        np.testing.assert_allclose(one_step, landing, atol=1e-9)
+        np.testing.assert_allclose(one_step, current, atol=1e-9)
+
+
+@pytest.mark.parametrize("substeps", [2, 4])
+def test_a_one_step_students_target_is_its_teachers_ddim_in_substeps(teacher, substeps):
+    model = load_model(teacher, precision="float32")  # bfloat16 rounds the two paths apart
+    student = attach_teacher(student_of(model, 1), model, substeps)
+    images = np.random.default_rng(1).uniform(size=(4, *model.sample_shape)).astype("float32")
+    _, (targets, _, noisy_images, *_) = student.steps._forward(images)
+    wanted = model.generate(initial_noise=noisy_images, diffusion_steps=substeps, sampler="ddim",
+                            spacing="uniform", eta=0.0)  # fmt: skip
+    got = keras.ops.convert_to_numpy(student.denormalize(targets))
+    np.testing.assert_allclose(got, wanted, atol=2e-4)
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        attach_teacher(student_of(model, 1), model, 1)
 
 
 def test_rounds_halve_the_steps_down_to_the_students():
@@ -73,12 +99,26 @@ def test_rounds_halve_the_steps_down_to_the_students():
             round_steps(*bad)
 
 
+def test_a_first_round_may_cut_each_student_step_in_more_teacher_steps():
+    # 5 of the teacher's DDIM 20 steps per step of a 4-step student, then halvings.
+    assert round_steps(20, 1, first_substeps=5) == [4, 2, 1]
+    assert round_steps(12, 3, first_substeps=4) == [3]
+    for bad in ((20, 1, 3), (15, 1, 5), (10, 4, 5)):
+        with pytest.raises(ValueError, match=f"cuts each student step in {bad[2]}"):
+            round_steps(*bad)
+    for few in (1, 0):
+        with pytest.raises(ValueError, match="at least 2 steps"):
+            round_steps(8, 1, first_substeps=few)
+
+
 def test_the_first_round_distils_the_teachers_ddim_8_unless_told(tmp_path):
     # From 8 its students came nearer held-out real images than from 16 or 64.
     teacher = types.SimpleNamespace(student_steps=0)
     given = dict(teacher=str(tmp_path / "model.keras"), data="builtin:flowers", steps=1)
     assert resolve_config(DistillConfig(**given), teacher).from_steps == 8
     assert resolve_config(DistillConfig(**given, from_steps=64), teacher).from_steps == 64
+    # Cutting the first student's steps in 5 starts it from DDIM 20.
+    assert resolve_config(DistillConfig(**given, first_substeps=5), teacher).from_steps == 20
     # A student of 8 steps or more starts from twice its steps.
     given["steps"] = 8
     assert resolve_config(DistillConfig(**given), teacher).from_steps == 16
@@ -272,9 +312,14 @@ def test_distill_py_writes_a_student_that_generate_py_samples_in_its_steps(teach
     # A second distillation into the same folder is refused in one line.
     line = one_line_error(run_script("distill.py", teacher, *flags))
     assert "already holds a distillation" in line and "--resume" in line
-    result = run_script("distill.py", teacher, *flags, "--overwrite")
+    # Its first round may copy a finer DDIM: the teacher's 8 steps, 4 per student step.
+    result = run_script("distill.py", teacher, *flags, "--overwrite", "--from-steps", 8,
+                        "--first-substeps", 4)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert any(name.startswith("student.old-") for name in os.listdir(tmp_path))
+    with open(output / "rounds.csv") as handle:
+        rows = [row.split(",")[:2] for row in handle.read().splitlines()[1:]]
+    assert rows == [["2", "8"], ["1", "2"]]
 
 
 def test_a_distillation_directory_is_claimed_as_a_run_directory_is(tmp_path):
@@ -303,6 +348,9 @@ def test_distill_py_refuses_bad_input_in_one_line(teacher, tmp_path):
         run_script("distill.py", teacher, "--steps", 3, "--output", tmp_path / "x")
     )
     assert "halves the steps" in line
+    line = one_line_error(run_script("distill.py", teacher, "--from-steps", 20, "--first-substeps",
+                                     3, "--output", tmp_path / "z"))  # fmt: skip
+    assert "cuts each student step in 3" in line
     lonely = tmp_path / "lonely.keras"
     lonely.write_bytes(open(teacher, "rb").read())
     line = one_line_error(run_script("distill.py", lonely, "--output", tmp_path / "y"))

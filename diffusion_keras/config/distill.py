@@ -39,6 +39,12 @@ class DistillRoundsConfig:
                               f"{FIRST_TEACHER_STEPS}, as measured, or twice --steps where "
                               "that is more, or a student's own steps)",
                               type=types.non_negative_int)  # fmt: skip
+    first_substeps: int = setting(2, "the teacher's DDIM steps per student step in the first "
+                                  "round: 2 halves --from-steps, as every later round does; "
+                                  "more copies a finer DDIM at once (5 with --from-steps 20: "
+                                  "a 4-step student of DDIM 20; measured worse than the "
+                                  "default at its budget)",
+                                  type=types.positive_int)  # fmt: skip
     guidance_scale: float = setting(1.0, "a conditional teacher's classifier-free guidance, "
                                     "built into the student",
                                     type=types.non_negative_float)  # fmt: skip

@@ -3,12 +3,14 @@ deterministic DDIM step where its teacher takes two.
 
 A student of `student_steps` = N samples with DDIM over N uniform steps, from
 t = 1 to t = 1/N (`sampling.rules.sampling_times`); its teacher samples over
-2N steps on the same grid, halved. `DistillationStep` trains the student on
-the teacher's two steps:
+2N steps on the same grid, halved (or K x N, each step cut in K, where a
+round copies a finer DDIM at once). `DistillationStep` trains the student on
+the teacher's steps:
 
 1. a training image is noised to z_t at a student time t = 1 - i/N;
 2. the teacher (its EMA network, with classifier-free guidance when asked)
-   takes DDIM steps t -> t - 1/(2N) -> t - 1/N, landing at z_next;
+   takes DDIM steps t -> t - 1/(2N) -> t - 1/N (or K steps of 1/(KN)),
+   landing at z_next;
 3. the student's target is the clean image x~ with which one DDIM step from
    z_t lands exactly at z_next (`two_step_target`); at the last step, where
    sampling returns the estimate itself, x~ is the teacher's last estimate;
@@ -44,13 +46,15 @@ def two_step_target(noisy_images, next_images, signal_rates, noise_rates, next_s
     return (next_images - ratio * noisy_images) / (next_signal_rates - ratio * signal_rates)
 
 
-def student_times(indices, student_steps):
-    """`(times, mid_times, next_times)` of student steps `indices` (0 is the
-    first, at t = 1): the student's time, the teacher's step between, and the
-    student's next time, on the uniform grid of `student_steps` steps."""
+def student_times(indices, student_steps, substeps=2):
+    """`(times, sub_times, next_times)` of student steps `indices` (0 is the
+    first, at t = 1): the student's time, the `substeps - 1` times of the
+    teacher's DDIM steps between (a list), and the student's next time, on the
+    uniform grid of `student_steps` steps, each cut in `substeps`."""
     step_size = 1.0 / student_steps
     times = 1.0 - indices * step_size
-    return times, times - 0.5 * step_size, times - step_size
+    sub_times = [times - k * step_size / substeps for k in range(1, substeps)]
+    return times, sub_times, times - step_size
 
 
 def teacher_guide(teacher, labels, guidance_scale):
@@ -65,16 +69,21 @@ def teacher_guide(teacher, labels, guidance_scale):
 
 
 class DistillationStep(TrainingStep):
-    """`train_step` for a student: the teacher's two DDIM steps as the target.
+    """`train_step` for a student: the teacher's DDIM steps as the target.
 
     `teacher` is a `DiffusionModel` (frozen; its EMA network is used), kept in
     this plain object so that it is not one of the student's weights and not
-    in the student's file.
+    in the student's file. `substeps` is the teacher's DDIM steps per student
+    step: 2 halves the steps (the paper's rounds); more makes the student copy
+    a finer DDIM in one round (5 for a 4-step student copies DDIM 20).
     """
 
-    def __init__(self, model, teacher):
+    def __init__(self, model, teacher, substeps=2):
         super().__init__(model)
         self.teacher = teacher
+        self.substeps = int(substeps)
+        if self.substeps < 2:
+            raise ValueError(f"the teacher takes at least 2 steps per student step, not {substeps}")
         if teacher.sample_shape != model.sample_shape:
             raise ValueError(
                 f"the teacher's samples are {teacher.sample_shape}, the student's "
@@ -90,22 +99,21 @@ class DistillationStep(TrainingStep):
         noises = global_draw(backend.stateless_normal, local_batch, ops.shape(images)[1:], seed)
         draws = global_draw(backend.stateless_uniform, local_batch, [1, 1, 1], substream(seed, 1))
         indices = ops.minimum(ops.floor(draws * steps), steps - 1)
-        times, mid_times, next_times = student_times(indices, steps)
+        times, sub_times, next_times = student_times(indices, steps, self.substeps)
         schedule = model.diffusion_schedule
         noise_rates, signal_rates = schedule(times)
-        mid_noise_rates, mid_signal_rates = schedule(mid_times)
         next_noise_rates, next_signal_rates = schedule(next_times)
         noisy_images = signal_rates * images + noise_rates * noises
         labels = self._training_labels(data, seed, local_batch)
 
+        # The teacher's DDIM steps from t to the student's next time.
         guide = teacher_guide(teacher, labels, model.student_guidance)
-        pred_noises, pred_images = teacher.guided_denoise(
-            noisy_images, noise_rates, signal_rates, guide
-        )
-        mid_images = mid_signal_rates * pred_images + mid_noise_rates * pred_noises
-        pred_noises, last_images = teacher.guided_denoise(
-            mid_images, mid_noise_rates, mid_signal_rates, guide
-        )
+        current, rates = noisy_images, (noise_rates, signal_rates)
+        for sub_time in sub_times:
+            pred_noises, pred_images = teacher.guided_denoise(current, *rates, guide)
+            rates = schedule(sub_time)
+            current = rates[1] * pred_images + rates[0] * pred_noises
+        pred_noises, last_images = teacher.guided_denoise(current, *rates, guide)
         next_images = next_signal_rates * last_images + next_noise_rates * pred_noises
         target_images = two_step_target(
             noisy_images, next_images, signal_rates, noise_rates, next_signal_rates,
@@ -133,12 +141,13 @@ class DistillationStep(TrainingStep):
         return loss, aux
 
 
-def attach_teacher(student, teacher):
-    """Makes `student` train towards `teacher` (`DistillationStep`)."""
+def attach_teacher(student, teacher, substeps=2):
+    """Makes `student` train towards `teacher`'s `substeps` DDIM steps per
+    student step (`DistillationStep`)."""
     if not student.student_steps:
         raise ValueError("this model is not a student (student_steps is 0)")
     teacher.ema_network.trainable = False
-    student.steps = DistillationStep(student, teacher)
+    student.steps = DistillationStep(student, teacher, substeps)
     return student
 
 

@@ -2,7 +2,8 @@
 
 Each round is a training run (`training.run.train` with a `teacher`) that
 halves the sampling steps: 8 -> 4 -> ... -> `steps` by default
-(`from_steps`). The directory holds
+(`from_steps`); the first may cut each student step in more teacher steps
+(`first_substeps`: 20 -> 4 in 5, then 4 -> 2 -> 1). The directory holds
 
 - `config.json`: the `DistillConfig`;
 - `rounds/steps_NNN/`: round N's run directory (config, checkpoints, sample
@@ -62,11 +63,16 @@ def round_prediction(config, teacher, student_steps):
     return teacher.prediction
 
 
+# Each round's share of the budget by its students' steps (8 and more: 1);
+# the bench's `--variant` may replace it.
+ROUND_WEIGHTS = {4: 2.0, 2: 3.0, 1: 3.0}
+
+
 def round_weight(student_steps):
     """A round's share of the budget, relative to the others: the rounds
     down to the 8-step student start close to their teachers and need
     little, the last ones most (`docs/results/distillation.md`)."""
-    return 1 if student_steps >= 8 else 2 if student_steps == 4 else 3
+    return ROUND_WEIGHTS.get(int(student_steps), 1.0) if student_steps < 8 else 1.0
 
 
 def round_plan(config, teacher_images, rounds, data):
@@ -114,7 +120,12 @@ ROUND_RATE_POWER = 1.0
 PREDICTION_SWITCH_RATE = 4.0
 
 
-def round_learning_rate(config, student_steps, switches_prediction=False):
+# How much faster a first round learns whose teacher takes more than two
+# steps per student step (`DistillConfig.first_substeps`); a bench-only knob.
+FINER_COPY_RATE = 1.0
+
+
+def round_learning_rate(config, student_steps, switches_prediction=False, substeps=2):
     """The peak learning rate of the round that makes a `student_steps`
     student: `config.learning_rate` / student_steps (`ROUND_RATE_POWER`),
     from 1e-4 for the 1-step student down to 3.1e-6 for the 32-step one, and
@@ -130,10 +141,11 @@ def round_learning_rate(config, student_steps, switches_prediction=False):
     N^-2) were better by the flowers' and glyphs' trained features but not
     by the classifiers of held-out photographs."""
     rate = config.learning_rate * float(student_steps) ** -ROUND_RATE_POWER
+    rate *= FINER_COPY_RATE if substeps > 2 else 1.0
     return rate * (PREDICTION_SWITCH_RATE if switches_prediction else 1.0)
 
 
-def round_config(config, teacher, student_steps, output, epochs):
+def round_config(config, teacher, student_steps, output, epochs, substeps=2):
     """The `TrainConfig` of the round that makes a `student_steps` student."""
     model_config = teacher.get_config()
     settings = {
@@ -160,7 +172,7 @@ def round_config(config, teacher, student_steps, output, epochs):
         dataset_repetitions=config.dataset_repetitions,
         epochs=epochs,
         learning_rate=round_learning_rate(config, student_steps,
-                                          prediction != teacher.prediction),  # fmt: skip
+                                          prediction != teacher.prediction, substeps),  # fmt: skip
         lr_schedule="cosine",
         seed=config.seed,
         precision=config.precision,
@@ -184,14 +196,15 @@ def round_config(config, teacher, student_steps, output, epochs):
 def resolve_config(config, teacher):
     """`config` with its defaults filled in from the teacher: the first
     round's teacher steps and the teacher run's data."""
+    first_student = max(FIRST_TEACHER_STEPS, 2 * int(config.steps)) // 2
     from_steps = (config.from_steps or int(teacher.student_steps)
-                  or max(FIRST_TEACHER_STEPS, 2 * int(config.steps)))  # fmt: skip
+                  or config.first_substeps * first_student)  # fmt: skip
     if teacher.student_steps and from_steps != teacher.student_steps:
         raise ValueError(
             f"this teacher is a student of {teacher.student_steps} steps; --from-steps must be "
             f"{teacher.student_steps} (or left out)"
         )
-    round_steps(from_steps, config.steps)  # checked before any work
+    round_steps(from_steps, config.steps, config.first_substeps)  # checked before any work
     data, center_crop = config.data, config.center_crop
     found = teacher_run_settings(config.teacher)
     if not data:
@@ -246,7 +259,7 @@ def distill(config, resume=False, overwrite=False, verbose="auto", data=None,
         finished = finished_rounds(paths["rounds_csv"])
         student, plan = None, None
         budget_images = teacher_images(config, teacher)
-        rounds = round_steps(config.from_steps, config.steps)
+        rounds = round_steps(config.from_steps, config.steps, config.first_substeps)
         for student_steps in rounds:
             directory = round_dir(output, student_steps)
             done = os.path.join(directory, "model.keras")
@@ -265,16 +278,17 @@ def distill(config, resume=False, overwrite=False, verbose="auto", data=None,
             if plan is None:
                 plan = round_plan(config, budget_images, rounds, data)
             epochs, images = plan[student_steps]
+            substeps = config.first_substeps if student_steps == rounds[0] else 2
             student = train(
-                round_config(config, teacher, student_steps, directory, epochs),
+                round_config(config, teacher, student_steps, directory, epochs, substeps),
                 resume=resume_round, verbose=verbose,
                 data=random_subset(data, images, [config.seed, student_steps]),
-                extra_callbacks=extra_callbacks, teacher=teacher,
+                extra_callbacks=extra_callbacks, teacher=teacher, teacher_substeps=substeps,
                 overwrite=not resume_round and existing_run(directory) is not None,
             )  # fmt: skip
             record_round(paths["rounds_csv"], dict(
                 steps=student_steps,
-                teacher_steps=2 * student_steps,
+                teacher_steps=substeps * student_steps,
                 training_steps=int(student.train_steps.numpy()),
                 cpu_seconds=f"{time.process_time() - started[0]:.1f}",
                 wall_seconds=f"{time.monotonic() - started[1]:.1f}",

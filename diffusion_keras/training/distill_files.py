@@ -9,16 +9,28 @@ import os
 from diffusion_keras.training.run_files import claim_run_directory, existing_run
 
 
-def round_steps(from_steps, steps):
-    """The student steps of each round: from_steps / 2, ..., steps; raises
-    `ValueError` unless from_steps is steps times a power of 2 above 1."""
-    ratio, remainder = divmod(int(from_steps), int(steps))
-    if remainder or ratio < 2 or ratio & (ratio - 1):
+def round_steps(from_steps, steps, first_substeps=2):
+    """The student steps of each round: from_steps / first_substeps, then
+    halving down to steps; raises `ValueError` unless that first student's
+    steps are steps times a power of 2 (above 1 where the first round
+    halves)."""
+    if int(first_substeps) < 2:
+        raise ValueError(f"--first-substeps {first_substeps}: the teacher takes at least 2 steps "
+                         "per student step")  # fmt: skip
+    first, remainder = divmod(int(from_steps), int(first_substeps))
+    ratio, rest = divmod(first, int(steps))
+    if remainder or rest or ratio < 1 or ratio & (ratio - 1) or from_steps <= steps:
+        if int(first_substeps) == 2:
+            raise ValueError(
+                f"each round halves the steps: --from-steps {from_steps} must be --steps "
+                f"{steps} times 2, 4, 8, ..."
+            )
         raise ValueError(
-            f"each round halves the steps: --from-steps {from_steps} must be --steps {steps} "
-            "times 2, 4, 8, ..."
+            f"the first round cuts each student step in {first_substeps}, then each round "
+            f"halves the steps: --from-steps {from_steps} must be --steps {steps} times "
+            f"{first_substeps}, {2 * int(first_substeps)}, {4 * int(first_substeps)}, ..."
         )
-    rounds, current = [], int(from_steps)
+    rounds, current = [first], first
     while current > steps:
         current //= 2
         rounds.append(current)

@@ -210,6 +210,7 @@ class Run:
     checkpointer: object = None
     line_log: bool = False
     teacher: object = None
+    teacher_substeps: int = 2
 
     def dataset(self, first_epoch=0, first_step=0):
         """The training batches from `first_epoch`, `first_step` on."""
@@ -222,7 +223,7 @@ class Run:
 
 
 def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), strategy=None,
-          overwrite=False, teacher=None):  # fmt: skip
+          overwrite=False, teacher=None, teacher_substeps=2):  # fmt: skip
     """Trains a model as `config` says and writes the run directory.
 
     Args:
@@ -246,6 +247,8 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
             `config.student_steps` steps made from the teacher (or the
             checkpoint's, resuming), trained towards the teacher's two DDIM
             steps; `diffusion_keras.training.distill.distill` runs the rounds.
+        teacher_substeps: the teacher's DDIM steps per student step (2: a
+            halving).
 
     Returns:
         The trained `DiffusionModel`.
@@ -264,12 +267,14 @@ def train(config, resume=False, verbose="auto", data=None, extra_callbacks=(), s
         claim_run_directory(config.output, resume, overwrite)
     # One writer per run directory: the chief holds its lock until the run ends.
     with RunLock(config.output) if chief else contextlib.nullcontext():
-        return _train(config, resume, verbose, data, extra_callbacks, strategy, teacher)
+        return _train(config, resume, verbose, data, extra_callbacks, strategy, teacher,
+                      teacher_substeps)  # fmt: skip
 
 
-def _train(config, resume, verbose, data, extra_callbacks, strategy, teacher=None):
+def _train(config, resume, verbose, data, extra_callbacks, strategy, teacher=None,
+           teacher_substeps=2):  # fmt: skip
     run = start_run(config, strategy, verbose)
-    run.teacher = teacher
+    run.teacher, run.teacher_substeps = teacher, teacher_substeps
     prepare_data(run, data)
     prepare_text_encoder(run)
     # Built now so that less than a batch of data fails before any model is built.
@@ -384,7 +389,7 @@ def prepare_model(run, resume):
             # Encoded once (flips would need the flipped images' latents too).
             run.data = encoded_once(model, run.data, run.run_dir, config.batch_size)
         if run.teacher is not None:
-            attach_teacher(model, run.teacher)
+            attach_teacher(model, run.teacher, run.teacher_substeps)
         elif not resume:
             model.adapt(image_dataset(run.data, config.batch_size))
     run.model = model
