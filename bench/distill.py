@@ -79,6 +79,7 @@ TEACHER_SAMPLINGS = {
 # apart from the rows above (`kid_teacher_A_B.json`): DDIM at the students'
 # own step counts, and EDM's sampler (generate.py's default for long runs).
 MORE_TEACHER_SAMPLINGS = {
+    "DDIM 12": dict(sampler="ddim", diffusion_steps=12, spacing="uniform"),
     "DDIM 8": dict(sampler="ddim", diffusion_steps=8, spacing="uniform"),
     "DDIM 4": dict(sampler="ddim", diffusion_steps=4, spacing="uniform"),
     "DDIM 2": dict(sampler="ddim", diffusion_steps=2, spacing="uniform"),
@@ -101,9 +102,12 @@ VARIANTS = {
     # 4-step student copies the teacher's DDIM 20 at once, then 4 -> 2 -> 1.
     "first20x5": dict(from_steps=20, first_substeps=5),
     "first16x4": dict(from_steps=16, first_substeps=4),
-    # The same, its first round at 4x the rate (training.distill.FINER_COPY_RATE,
+    # The same, its first round at 4x the rate (training.distill.FIRST_ROUND_RATE,
     # a bench-only knob): its student starts farther from its target.
-    "first20x5_lr4": dict(from_steps=20, first_substeps=5, finer_rate=4.0),
+    "first20x5_lr4": dict(from_steps=20, first_substeps=5, first_rate=4.0),
+    "first12x3": dict(from_steps=12, first_substeps=3),  # a 4-step student of DDIM 12
+    "first12x3_lr4": dict(from_steps=12, first_substeps=3, first_rate=4.0),
+    "from8_lr4": dict(first_rate=4.0),  # the default's first round at 4x its rate
     # The default's budget split 1 : 3.5 : 3.5 over the 4-, 2- and 1-step rounds
     # instead of 2 : 3 : 3 (training.distill.ROUND_WEIGHTS, a bench-only knob).
     "split1_3.5_3.5": dict(round_weights={4: 1.0, 2: 3.5, 1: 3.5}),
@@ -261,7 +265,7 @@ def distill_stage(args):
 
     # Bench-only knobs: module constants of training.distill.
     knobs = dict(rate_power="ROUND_RATE_POWER", switch_rate="PREDICTION_SWITCH_RATE",
-                 round_weights="ROUND_WEIGHTS", finer_rate="FINER_COPY_RATE")  # fmt: skip
+                 round_weights="ROUND_WEIGHTS", first_rate="FIRST_ROUND_RATE")  # fmt: skip
     for key, constant in knobs.items():
         if key in settings:
             setattr(rounds, constant, settings.pop(key))

@@ -120,12 +120,13 @@ ROUND_RATE_POWER = 1.0
 PREDICTION_SWITCH_RATE = 4.0
 
 
-# How much faster a first round learns whose teacher takes more than two
-# steps per student step (`DistillConfig.first_substeps`); a bench-only knob.
-FINER_COPY_RATE = 1.0
+# How much faster the first round learns (its students start the farthest
+# from their target where its teacher takes more than two steps per student
+# step, `DistillConfig.first_substeps`); a bench-only knob.
+FIRST_ROUND_RATE = 1.0
 
 
-def round_learning_rate(config, student_steps, switches_prediction=False, substeps=2):
+def round_learning_rate(config, student_steps, switches_prediction=False, first_round=False):
     """The peak learning rate of the round that makes a `student_steps`
     student: `config.learning_rate` / student_steps (`ROUND_RATE_POWER`),
     from 1e-4 for the 1-step student down to 3.1e-6 for the 32-step one, and
@@ -141,11 +142,11 @@ def round_learning_rate(config, student_steps, switches_prediction=False, subste
     N^-2) were better by the flowers' and glyphs' trained features but not
     by the classifiers of held-out photographs."""
     rate = config.learning_rate * float(student_steps) ** -ROUND_RATE_POWER
-    rate *= FINER_COPY_RATE if substeps > 2 else 1.0
+    rate *= FIRST_ROUND_RATE if first_round else 1.0
     return rate * (PREDICTION_SWITCH_RATE if switches_prediction else 1.0)
 
 
-def round_config(config, teacher, student_steps, output, epochs, substeps=2):
+def round_config(config, teacher, student_steps, output, epochs, first_round=False):
     """The `TrainConfig` of the round that makes a `student_steps` student."""
     model_config = teacher.get_config()
     settings = {
@@ -172,7 +173,8 @@ def round_config(config, teacher, student_steps, output, epochs, substeps=2):
         dataset_repetitions=config.dataset_repetitions,
         epochs=epochs,
         learning_rate=round_learning_rate(config, student_steps,
-                                          prediction != teacher.prediction, substeps),  # fmt: skip
+                                          prediction != teacher.prediction,
+                                          first_round),  # fmt: skip
         lr_schedule="cosine",
         seed=config.seed,
         precision=config.precision,
@@ -278,9 +280,10 @@ def distill(config, resume=False, overwrite=False, verbose="auto", data=None,
             if plan is None:
                 plan = round_plan(config, budget_images, rounds, data)
             epochs, images = plan[student_steps]
-            substeps = config.first_substeps if student_steps == rounds[0] else 2
+            first_round = student_steps == rounds[0]
+            substeps = config.first_substeps if first_round else 2
             student = train(
-                round_config(config, teacher, student_steps, directory, epochs, substeps),
+                round_config(config, teacher, student_steps, directory, epochs, first_round),
                 resume=resume_round, verbose=verbose,
                 data=random_subset(data, images, [config.seed, student_steps]),
                 extra_callbacks=extra_callbacks, teacher=teacher, teacher_substeps=substeps,
