@@ -110,7 +110,7 @@ VARIANTS = {
     "from8_lr4": dict(first_rate=4.0),  # the default's first round at 4x its rate
     # The default's budget split 1 : 3.5 : 3.5 over the 4-, 2- and 1-step rounds
     # instead of 2 : 3 : 3 (training.distill.ROUND_WEIGHTS, a bench-only knob).
-    "split1_3.5_3.5": dict(round_weights={4: 1.0, 2: 3.5, 1: 3.5}),
+    "split1_3.5_3.5": dict(round_weights=dict(many=1.0, four=1.0, few=3.5)),
     "budget0.25": dict(budget=0.25),
     # The rounds' rates, measured on 2026-12-06: the 1-step round's rate, and
     # N-step rounds at that x N^-power (training.distill.ROUND_RATE_POWER, a

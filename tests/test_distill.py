@@ -141,6 +141,10 @@ def test_the_budget_is_spread_over_the_rounds_with_most_for_the_last():
         assert abs(sum(steps.values()) - 0.4 * 384 * 64 / 16) <= epochs
         assert steps[32] == steps[16] == steps[8] < steps[4] < steps[2] == steps[1]
         assert all(16 <= images <= count for _, images in plan.values())
+    # Rounds of other step counts below 8 (12 -> 6 -> 3) get the last rounds' share.
+    odd = round_plan(DistillConfig(budget=0.4, batch_size=16), 384 * 64, [12, 6, 3], data)
+    odd = {s: epochs * (images // 16) for s, (epochs, images) in odd.items()}
+    assert odd[12] < odd[6] == odd[3]
     fixed = round_plan(DistillConfig(round_epochs=3), 0, rounds, data)
     assert set(fixed.values()) == {(3, 40)}
     with pytest.raises(ValueError, match="--round-epochs"):

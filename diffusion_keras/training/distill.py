@@ -63,16 +63,17 @@ def round_prediction(config, teacher, student_steps):
     return teacher.prediction
 
 
-# Each round's share of the budget by its students' steps (8 and more: 1);
-# the bench's `--variant` may replace it.
-ROUND_WEIGHTS = {4: 2.0, 2: 3.0, 1: 3.0}
+# Each round's share of the budget by its students' steps: 8 and more, 4,
+# and the others (fewer); the bench's `--variant` may replace it.
+ROUND_WEIGHTS = dict(many=1.0, four=2.0, few=3.0)
 
 
 def round_weight(student_steps):
     """A round's share of the budget, relative to the others: the rounds
     down to the 8-step student start close to their teachers and need
     little, the last ones most (`docs/results/distillation.md`)."""
-    return ROUND_WEIGHTS.get(int(student_steps), 1.0) if student_steps < 8 else 1.0
+    kind = "many" if student_steps >= 8 else "four" if student_steps == 4 else "few"
+    return ROUND_WEIGHTS[kind]
 
 
 def round_plan(config, teacher_images, rounds, data):

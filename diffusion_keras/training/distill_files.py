@@ -19,7 +19,7 @@ def round_steps(from_steps, steps, first_substeps=2):
                          "per student step")  # fmt: skip
     first, remainder = divmod(int(from_steps), int(first_substeps))
     ratio, rest = divmod(first, int(steps))
-    if remainder or rest or ratio < 1 or ratio & (ratio - 1) or from_steps <= steps:
+    if remainder or rest or ratio < 1 or ratio & (ratio - 1):
         if int(first_substeps) == 2:
             raise ValueError(
                 f"each round halves the steps: --from-steps {from_steps} must be --steps "
