@@ -85,6 +85,10 @@ MORE_TEACHER_SAMPLINGS = {
     "DDIM 2": dict(sampler="ddim", diffusion_steps=2, spacing="uniform"),
     "DDIM 1": dict(sampler="ddim", diffusion_steps=1, spacing="uniform"),
     "EDM 5": dict(sampler="heun", diffusion_steps=5, spacing="karras", eta=1.0),
+    # The grids a student could copy (measured 2026-12-07: docs/results/distillation.md).
+    "DDIM 8 log_snr": dict(sampler="ddim", diffusion_steps=8, spacing="log_snr"),
+    "DDIM 8 karras": dict(sampler="ddim", diffusion_steps=8, spacing="karras"),
+    "DDIM 8 span": dict(sampler="ddim", diffusion_steps=8, spacing="log_snr_span"),
 }
 # Distillation settings over distill.py's defaults (`DistillConfig`).
 VARIANTS = {
@@ -112,6 +116,11 @@ VARIANTS = {
     # instead of 2 : 3 : 3 (training.distill.ROUND_WEIGHTS, a bench-only knob).
     "split1_3.5_3.5": dict(round_weights=dict(many=1.0, four=1.0, few=3.5)),
     "budget0.25": dict(budget=0.25),
+    # The students' steps equal in log-SNR over the schedule's whole span
+    # (`--spacing log_snr_span`): the teacher's DDIM 8 on that grid came
+    # within 3% of its uniform DDIM 20 by the photographs' check.
+    "span": dict(spacing="log_snr_span"),
+    "span_uniform": dict(spacing="uniform"),
     # The rounds' rates, measured on 2026-12-06: the 1-step round's rate, and
     # N-step rounds at that x N^-power (training.distill.ROUND_RATE_POWER, a
     # bench-only knob). 2e-4 with 2/3 was the default until then ("default" in

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, one_line_error, run_script
-from diffusion_keras.config.distill import DistillConfig
+from diffusion_keras.config.distill import STUDENT_SPACING, DistillConfig
 from diffusion_keras.config.sampling import STUDENT_ETA
 from diffusion_keras.data.datasets import ImageData, load_images, random_subset
 from diffusion_keras.diffusion.schedules import get_schedule
@@ -21,6 +21,7 @@ from diffusion_keras.models.distillation import (
     two_step_target,
 )
 from diffusion_keras.models.saving import load_model
+from diffusion_keras.sampling.rules import sampling_times
 from diffusion_keras.training.distill import (
     claim_distill_directory,
     distill,
@@ -77,18 +78,46 @@ def test_one_ddim_step_to_the_target_lands_where_the_teachers_steps_do(substeps)
         np.testing.assert_allclose(one_step, current, atol=1e-9)
 
 
-@pytest.mark.parametrize("substeps", [2, 4])
-def test_a_one_step_students_target_is_its_teachers_ddim_in_substeps(teacher, substeps):
+@pytest.mark.parametrize("substeps,spacing", [(2, "uniform"), (4, "uniform"),
+                                              (4, "log_snr_span")])  # fmt: skip
+def test_a_one_step_students_target_is_its_teachers_ddim_in_substeps(teacher, substeps, spacing):
     model = load_model(teacher, precision="float32")  # bfloat16 rounds the two paths apart
-    student = attach_teacher(student_of(model, 1), model, substeps)
+    student = attach_teacher(student_of(model, 1, spacing=spacing), model, substeps)
     images = np.random.default_rng(1).uniform(size=(4, *model.sample_shape)).astype("float32")
     _, (targets, _, noisy_images, *_) = student.steps._forward(images)
     wanted = model.generate(initial_noise=noisy_images, diffusion_steps=substeps, sampler="ddim",
-                            spacing="uniform", eta=0.0)  # fmt: skip
+                            spacing=spacing, eta=0.0)  # fmt: skip
     got = keras.ops.convert_to_numpy(student.denormalize(targets))
     np.testing.assert_allclose(got, wanted, atol=2e-4)
     with pytest.raises(ValueError, match="at least 2 steps"):
         attach_teacher(student_of(model, 1), model, 1)
+
+
+def test_log_snr_span_steps_halve_onto_their_teachers_and_fall_where_the_image_is_noise():
+    schedule = get_schedule("offset_cosine", 0.02, 0.95)
+    times = {n: sampling_times(schedule, n, "log_snr_span") for n in (1, 2, 4, 8, 16)}
+    # From pure noise to the end of the schedule, whatever the steps.
+    for n, grid in times.items():
+        assert grid[0] == 1.0 and grid[-1] == 0.0 and len(grid) == n + 1
+        # Each student's steps are every other step of its teacher's.
+        if n > 1:
+            np.testing.assert_allclose(times[n // 2], grid[::2], atol=1e-6)
+    # Equal steps in log-SNR, so most of them where the image is mostly noise.
+    noise_rates, signal_rates = (keras.ops.convert_to_numpy(r) for r in schedule(times[8]))
+    lambdas = np.log(signal_rates / noise_rates)
+    np.testing.assert_allclose(np.diff(lambdas), (lambdas[-1] - lambdas[0]) / 8, atol=1e-4)
+    assert (times[8] > 0.5).sum() == 6
+    # A student's teacher steps fall on that grid, K to a student step.
+    grid = sampling_times(schedule, 4 * 3, "log_snr_span")
+    for index in range(4):
+        now, between, later = student_times(np.float32(index), 4, 3, grid)
+        got = [keras.ops.convert_to_numpy(t) for t in (now, *between, later)]
+        np.testing.assert_allclose(got, grid[3 * index : 3 * index + 4])
+    # A schedule whose noise vanishes at t = 0 stops at log-SNR 5.
+    cosine = sampling_times(get_schedule("cosine"), 4, "log_snr_span")
+    noise_rates, signal_rates = (keras.ops.convert_to_numpy(r) for r in
+                                 get_schedule("cosine")(cosine))  # fmt: skip
+    np.testing.assert_allclose(np.log(signal_rates / noise_rates)[[0, -1]], [-5, 5], atol=1e-3)
 
 
 def test_rounds_halve_the_steps_down_to_the_students():
@@ -123,10 +152,33 @@ def test_the_first_round_distils_the_teachers_ddim_8_unless_told(tmp_path):
     given["steps"] = 8
     assert resolve_config(DistillConfig(**given), teacher).from_steps == 16
     given["steps"] = 1
-    student = types.SimpleNamespace(student_steps=4)
+    student = types.SimpleNamespace(student_steps=4, student_spacing="uniform")
     assert resolve_config(DistillConfig(**given), student).from_steps == 4
     with pytest.raises(ValueError, match="--from-steps must be 4"):
         resolve_config(DistillConfig(**given, from_steps=16), student)
+
+
+def test_the_students_steps_fall_on_the_measured_spacing_or_their_teachers(tmp_path):
+    teacher = types.SimpleNamespace(student_steps=0)
+    given = dict(teacher=str(tmp_path / "model.keras"), data="builtin:flowers")
+    assert resolve_config(DistillConfig(**given), teacher).spacing == STUDENT_SPACING
+    for spacing in ("uniform", "log_snr_span"):
+        assert resolve_config(DistillConfig(**given, spacing=spacing), teacher).spacing == spacing
+        # A student's students keep its grid: their steps must be every other of its own.
+        student = types.SimpleNamespace(student_steps=4, student_spacing=spacing)
+        assert resolve_config(DistillConfig(**given), student).spacing == spacing
+        other = "uniform" if spacing == "log_snr_span" else "log_snr_span"
+        with pytest.raises(ValueError, match=f"--spacing must be {spacing}"):
+            resolve_config(DistillConfig(**given, spacing=other), student)
+    # A distillation saved before the setting existed ran on uniform steps.
+    path = tmp_path / "config.json"
+    DistillConfig(**given).save(str(path))
+    import json
+
+    saved = json.loads(path.read_text())
+    del saved["spacing"]
+    path.write_text(json.dumps(saved))
+    assert DistillConfig.load(str(path)).spacing == "uniform"
 
 
 def test_the_budget_is_spread_over_the_rounds_with_most_for_the_last():
@@ -195,6 +247,12 @@ def test_a_student_starts_as_its_teacher_and_knows_its_sampling(teacher):
     assert model.sampling_defaults() == dict(  # the book's, as before
         sampler="ddim", diffusion_steps=20, spacing="uniform", eta=0.0
     )
+    # A student on log-SNR steps samples on them, and its students keep them.
+    span = student_of(model, 2, prediction="noise", spacing="log_snr_span")
+    assert span.sampling_defaults()["spacing"] == "log_snr_span"
+    assert student_of(span, 1).student_spacing == "log_snr_span"
+    with pytest.raises(ValueError, match="same spacing"):
+        attach_teacher(student_of(model, 1, spacing="uniform"), span)
     # The same prediction and weights: the same images as the teacher's 2 DDIM
     # steps with the student's fresh noise, from the same seed.
     np.testing.assert_allclose(
@@ -316,14 +374,17 @@ def test_distill_py_writes_a_student_that_generate_py_samples_in_its_steps(teach
     # A second distillation into the same folder is refused in one line.
     line = one_line_error(run_script("distill.py", teacher, *flags))
     assert "already holds a distillation" in line and "--resume" in line
-    # Its first round may copy a finer DDIM: the teacher's 8 steps, 4 per student step.
+    # Its first round may copy a finer DDIM: the teacher's 8 steps, 4 per student
+    # step; and the students' steps may fall equally in log-SNR.
     result = run_script("distill.py", teacher, *flags, "--overwrite", "--from-steps", 8,
-                        "--first-substeps", 4)  # fmt: skip
+                        "--first-substeps", 4, "--spacing", "log_snr_span")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert any(name.startswith("student.old-") for name in os.listdir(tmp_path))
     with open(output / "rounds.csv") as handle:
         rows = [row.split(",")[:2] for row in handle.read().splitlines()[1:]]
     assert rows == [["2", "8"], ["1", "2"]]
+    for path in (output / "model.keras", output / "rounds" / "steps_002" / "model.keras"):
+        assert load_model(str(path)).sampling_defaults()["spacing"] == "log_snr_span"
 
 
 def test_a_distillation_directory_is_claimed_as_a_run_directory_is(tmp_path):

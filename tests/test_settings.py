@@ -62,7 +62,7 @@ def test_every_setting_is_a_flag_in_a_group_or_said_to_be_derived():
     assert groups == {f.name for f in SETTINGS}
     derived = {f.name for f in SETTINGS if not fields.flag_name(f)}
     # The images' RGB (from the data), and what distill.py makes a student.
-    assert derived == {"channels", "student_steps", "student_guidance"}
+    assert derived == {"channels", "student_steps", "student_spacing", "student_guidance"}
     help_text = train.parser().format_help()
     for cls in GROUPS:
         assert cls.TITLE in help_text

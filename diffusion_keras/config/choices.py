@@ -17,6 +17,9 @@ TEXT_ENCODER_TRAINING = ("frozen", "joint")
 KID_FEATURES = ("auto", "inception", "random")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 SAMPLERS = ("ddim", "dpmpp_2m", "heun")
-SPACINGS = ("uniform", "log_snr", "karras")
+SPACINGS = ("uniform", "log_snr", "karras", "log_snr_span")
+# The spacings whose N-step times are every other time of their 2N-step ones,
+# as a distillation round's student and teacher need.
+NESTED_SPACINGS = ("uniform", "log_snr_span")
 LATENT_FACTORS = (4, 8)
 RECIPE_NAMES = ("default", "book")

@@ -89,11 +89,14 @@ class DiffusionConfig:
                                    "trained as 'no class' (the empty prompt)",
                                    type=types.unit_interval)  # fmt: skip
     # A distilled student (`diffusion_keras.models.distillation`) samples as it was
-    # taught: deterministic DDIM over this many uniform steps, with the
+    # taught: DDIM over this many steps on its spacing's grid, with the
     # teacher's classifier-free guidance at `student_guidance` built in.
-    student_steps: int = setting(0, "a distilled student: the DDIM steps (uniform in time) it "
+    student_steps: int = setting(0, "a distilled student: the DDIM steps it "
                                  "samples in; 0 for a model that is not a student",
                                  type=types.non_negative_int, flag=NO_FLAG)  # fmt: skip
+    student_spacing: str = setting("uniform", "a distilled student: where its steps fall "
+                                   "(uniform in time, or log_snr_span: equal in log-SNR)",
+                                   choices=choices.NESTED_SPACINGS, flag=NO_FLAG)  # fmt: skip
     student_guidance: float = setting(1.0, "a distilled student: the teacher's classifier-free "
                                       "guidance it learnt (generate then uses 1)",
                                       type=types.non_negative_float, flag=NO_FLAG)  # fmt: skip

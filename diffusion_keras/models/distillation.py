@@ -1,10 +1,13 @@
 """Progressive distillation (Salimans & Ho 2022): a student that takes one
 deterministic DDIM step where its teacher takes two.
 
-A student of `student_steps` = N samples with DDIM over N uniform steps, from
-t = 1 to t = 1/N (`sampling.rules.sampling_times`); its teacher samples over
-2N steps on the same grid, halved (or K x N, each step cut in K, where a
-round copies a finer DDIM at once). `DistillationStep` trains the student on
+A student of `student_steps` = N samples with DDIM over N steps of its
+`student_spacing` (`sampling.rules.sampling_times`): uniform ones, from t = 1
+to t = 1/N, or `log_snr_span` ones, equal in log-SNR; its teacher samples over
+2N steps of the same spacing, each student step halved (or K x N, each step
+cut in K, where a round copies a finer DDIM at once). Both spacings keep
+every other time when the steps halve, so each round's teacher, itself a
+student, is asked only at the times it was taught. `DistillationStep` trains the student on
 the teacher's steps:
 
 1. a training image is noised to z_t at a student time t = 1 - i/N;
@@ -33,6 +36,7 @@ import keras
 from keras import ops
 
 from diffusion_keras.models.steps import TrainingStep, global_draw, substream
+from diffusion_keras.sampling.rules import sampling_times
 from diffusion_keras.utils import backend
 from diffusion_keras.utils.pixels import images_of
 
@@ -46,15 +50,35 @@ def two_step_target(noisy_images, next_images, signal_rates, noise_rates, next_s
     return (next_images - ratio * noisy_images) / (next_signal_rates - ratio * signal_rates)
 
 
-def student_times(indices, student_steps, substeps=2):
+def student_times(indices, student_steps, substeps=2, grid=None):
     """`(times, sub_times, next_times)` of student steps `indices` (0 is the
     first, at t = 1): the student's time, the `substeps - 1` times of the
     teacher's DDIM steps between (a list), and the student's next time, on the
-    uniform grid of `student_steps` steps, each cut in `substeps`."""
-    step_size = 1.0 / student_steps
-    times = 1.0 - indices * step_size
-    sub_times = [times - k * step_size / substeps for k in range(1, substeps)]
-    return times, sub_times, times - step_size
+    uniform grid of `student_steps` steps, each cut in `substeps`; or, given
+    `grid` (the `student_steps` x `substeps` + 1 times of another spacing,
+    `spacing_grid`), on that one."""
+    if grid is None:
+        step_size = 1.0 / student_steps
+        times = 1.0 - indices * step_size
+        sub_times = [times - k * step_size / substeps for k in range(1, substeps)]
+        return times, sub_times, times - step_size
+    grid = ops.convert_to_tensor(grid, "float32")
+    first = ops.cast(indices, "int32") * substeps
+
+    def at(offset):
+        return ops.take(grid, first + offset)
+
+    return at(0), [at(k) for k in range(1, substeps)], at(substeps)
+
+
+def spacing_grid(model, student_steps, substeps):
+    """The times of `model`'s `student_spacing` over `student_steps` x
+    `substeps` steps (float32 numpy), or None for uniform ones
+    (`student_times` computes those, as the book's sampler does)."""
+    if model.student_spacing == "uniform":
+        return None
+    return sampling_times(model.diffusion_schedule, student_steps * substeps,
+                          model.student_spacing)  # fmt: skip
 
 
 def teacher_guide(teacher, labels, guidance_scale):
@@ -84,6 +108,13 @@ class DistillationStep(TrainingStep):
         self.substeps = int(substeps)
         if self.substeps < 2:
             raise ValueError(f"the teacher takes at least 2 steps per student step, not {substeps}")
+        if teacher.student_steps and teacher.student_spacing != model.student_spacing:
+            raise ValueError(
+                f"the teacher is a student of {teacher.student_spacing} steps; its students "
+                f"take the same spacing, not {model.student_spacing}"
+            )
+        # The student's and its teacher's times (None: uniform ones).
+        self.grid = spacing_grid(model, model.student_steps, self.substeps)
         if teacher.sample_shape != model.sample_shape:
             raise ValueError(
                 f"the teacher's samples are {teacher.sample_shape}, the student's "
@@ -99,7 +130,7 @@ class DistillationStep(TrainingStep):
         noises = global_draw(backend.stateless_normal, local_batch, ops.shape(images)[1:], seed)
         draws = global_draw(backend.stateless_uniform, local_batch, [1, 1, 1], substream(seed, 1))
         indices = ops.minimum(ops.floor(draws * steps), steps - 1)
-        times, sub_times, next_times = student_times(indices, steps, self.substeps)
+        times, sub_times, next_times = student_times(indices, steps, self.substeps, self.grid)
         schedule = model.diffusion_schedule
         noise_rates, signal_rates = schedule(times)
         next_noise_rates, next_signal_rates = schedule(next_times)
@@ -152,15 +183,18 @@ def attach_teacher(student, teacher, substeps=2):
 
 
 def student_of(teacher, student_steps, guidance_scale=1.0, prediction=None, seed=None,
-               precision=None):  # fmt: skip
+               precision=None, spacing=None):  # fmt: skip
     """A new student of `teacher` that samples in `student_steps` steps.
 
     It has the teacher's settings and sub-models, `prediction` (None: the
-    teacher's), and starts from the teacher's EMA weights in both of its
+    teacher's), the step grid `spacing` (None: a student teacher's, else
+    uniform), and starts from the teacher's EMA weights in both of its
     networks; its step counters start at 0. Uncompiled.
     """
     config = teacher.get_config()
     config.update(student_steps=int(student_steps), student_guidance=float(guidance_scale))
+    if spacing is not None:
+        config["student_spacing"] = spacing
     if prediction is not None:
         config["prediction"] = prediction
     if seed is not None:

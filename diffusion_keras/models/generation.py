@@ -80,13 +80,14 @@ class Generator:
     def sampling_defaults(self):
         """How this model samples unless told otherwise: a distilled
         student in the steps it was taught (DDIM over its `student_steps`
-        uniform steps) with `STUDENT_ETA` of fresh noise per step, which
+        on its `student_spacing`) with `STUDENT_ETA` of fresh noise per step, which
         took it nearer held-out real images than the deterministic path
         (`config.sampling.STUDENT_ETA`); any other model as the book does
         (deterministic DDIM, 20 uniform steps)."""
         steps = int(self.model.student_steps)
         if steps:
-            return dict(sampler="ddim", diffusion_steps=steps, spacing="uniform", eta=STUDENT_ETA)
+            return dict(sampler="ddim", diffusion_steps=steps, spacing=self.model.student_spacing,
+                        eta=STUDENT_ETA)  # fmt: skip
         return dict(sampler="ddim", diffusion_steps=20, spacing="uniform", eta=0.0)
 
     def _with_defaults(self, diffusion_steps, sampler, spacing):

@@ -19,7 +19,10 @@ but once in its last step: `network_evaluations`. Where the steps fall is the
 diffusion_steps, or `log_snr`, equal steps in lambda between the same first
 and last times (Lu et al. 2022, section 3.3), which puts more of them where
 the image is mostly noise, or `karras`, EDM's steps equal in sigma^(1 / 7),
-sigma = noise / signal, between the two.
+sigma = noise / signal, between the two, or `log_snr_span`, equal steps in
+lambda over the schedule's whole span (t = 1 to t = 0, lambda kept within
+-5 and 5), whose N-step times are every other time of its 2N-step ones:
+the grid of distilled students (`diffusion_keras.models.distillation`).
 """
 
 import numpy as np
@@ -34,6 +37,11 @@ from diffusion_keras.diffusion.schedules import log_snrs
 # ends (signal rate 0.0067). The book's offset cosine starts at -3.9.
 MIN_LOG_SNR = -5.0
 
+
+# The least noisy log-SNR a `log_snr_span` grid ends at, for schedules whose
+# noise vanishes at t = 0 (the linear and cosine ones; the book's offset
+# cosine ends at 1.1).
+MAX_LOG_SNR = 5.0
 
 # The `karras` spacing's rho: EDM's (Karras et al. 2022, eq. 5).
 KARRAS_RHO = 7.0
@@ -56,8 +64,12 @@ def sampling_times(schedule, diffusion_steps, spacing="uniform", start=1.0, end=
     lambda; `karras` spaces them between the same ends equally in sigma^(1 /
     7), sigma = noise / signal (EDM's discretization, Karras et al. 2022, eq.
     5): shorter in sigma as the noise falls, longer in lambda, so between
-    `log_snr` and `uniform`. The schedule is inverted numerically on a fine
-    grid of times, so any schedule with a decreasing lambda works.
+    `log_snr` and `uniform`. `log_snr_span` spaces all `diffusion_steps` + 1
+    times equally in lambda from `start` to `end` (lambda kept within
+    MIN_LOG_SNR and MAX_LOG_SNR), so its ends do not depend on the step
+    count and its N-step times are every other one of its 2N-step times.
+    The schedule is inverted numerically on a fine grid of times, so any
+    schedule with a decreasing lambda works.
 
     `start` and `end` (1 and 0 for generation) run the same spacing over
     another span of times; editing starts later (`diffusion_keras.editing.edits`),
@@ -70,13 +82,20 @@ def sampling_times(schedule, diffusion_steps, spacing="uniform", start=1.0, end=
     uniform = (start - span).astype(np.float32)
     if start == 1.0 and end == 0.0:
         uniform = (1.0 - np.arange(steps + 1, dtype=np.float64) / steps).astype(np.float32)
-    if spacing == "uniform" or steps == 1:
+    if spacing == "uniform" or (steps == 1 and spacing != "log_snr_span"):
         return uniform
     grid = np.linspace(min(end, 0.0), 1.0, 100_001)
     noise_rates, signal_rates = schedule(grid.astype(np.float32))
     lambdas = ops.convert_to_numpy(log_snrs(noise_rates, signal_rates)).astype(np.float64)
     first_lambda = float(np.interp(start, grid, lambdas))
     first = max(first_lambda, MIN_LOG_SNR)
+    if spacing == "log_snr_span":
+        last_lambda = float(np.interp(end, grid, lambdas))
+        wanted = np.linspace(first, min(last_lambda, MAX_LOG_SNR), steps + 1)
+        times = np.interp(wanted, lambdas[::-1], grid[::-1])
+        times[0] = start if first_lambda >= MIN_LOG_SNR else times[0]
+        times[-1] = end if last_lambda <= MAX_LOG_SNR else times[-1]
+        return times.astype(np.float32)
     last = float(np.interp(end + (start - end) / steps, grid, lambdas))
     if spacing == "log_snr":
         wanted = np.linspace(first, last, steps)

@@ -23,7 +23,7 @@ import os
 import time
 
 from diffusion_keras.config import fields
-from diffusion_keras.config.distill import FIRST_TEACHER_STEPS, DistillConfig
+from diffusion_keras.config.distill import FIRST_TEACHER_STEPS, STUDENT_SPACING, DistillConfig
 from diffusion_keras.config.model import DiffusionConfig, NetworkConfig
 from diffusion_keras.config.run import TrainConfig, run_paths
 from diffusion_keras.data.datasets import load_images, random_subset, steps_per_epoch
@@ -160,6 +160,7 @@ def round_config(config, teacher, student_steps, output, epochs, first_round=Fal
     prediction = round_prediction(config, teacher, student_steps)
     settings.update(
         student_steps=student_steps,
+        student_spacing=config.spacing,
         student_guidance=config.guidance_scale,
         prediction=prediction,
         ema=config.ema,
@@ -198,7 +199,7 @@ def round_config(config, teacher, student_steps, output, epochs, first_round=Fal
 
 def resolve_config(config, teacher):
     """`config` with its defaults filled in from the teacher: the first
-    round's teacher steps and the teacher run's data."""
+    round's teacher steps, the students' spacing and the teacher run's data."""
     first_student = max(FIRST_TEACHER_STEPS, 2 * int(config.steps)) // 2
     from_steps = (config.from_steps or int(teacher.student_steps)
                   or config.first_substeps * first_student)  # fmt: skip
@@ -206,6 +207,14 @@ def resolve_config(config, teacher):
         raise ValueError(
             f"this teacher is a student of {teacher.student_steps} steps; --from-steps must be "
             f"{teacher.student_steps} (or left out)"
+        )
+    spacing = config.spacing
+    if spacing == "auto":
+        spacing = teacher.student_spacing if teacher.student_steps else STUDENT_SPACING
+    if teacher.student_steps and spacing != teacher.student_spacing:
+        raise ValueError(
+            f"this teacher is a student of {teacher.student_spacing} steps; --spacing must be "
+            f"{teacher.student_spacing} (or left out)"
         )
     round_steps(from_steps, config.steps, config.first_substeps)  # checked before any work
     data, center_crop = config.data, config.center_crop
@@ -217,7 +226,8 @@ def resolve_config(config, teacher):
                 "teacher's training images with --data"
             )
         data, center_crop = found["data"], found["center_crop"]
-    return dataclasses.replace(config, from_steps=from_steps, data=data, center_crop=center_crop)
+    return dataclasses.replace(config, from_steps=from_steps, spacing=spacing, data=data,
+                               center_crop=center_crop)  # fmt: skip
 
 
 def teacher_images(config, teacher):

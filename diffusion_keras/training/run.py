@@ -371,7 +371,7 @@ def prepare_model(run, resume):
         elif run.teacher is not None:
             model = student_of(
                 run.teacher, config.student_steps, config.student_guidance, config.prediction,
-                seed=config.seed, precision=config.precision,
+                seed=config.seed, precision=config.precision, spacing=config.student_spacing,
             )  # fmt: skip
             compile_model(model, config, steps * config.epochs)
         else:
