@@ -7,13 +7,14 @@ to t = 1/N, or `log_snr_span` ones, equal in log-SNR; its teacher samples over
 2N steps of the same spacing, each student step halved (or K x N, each step
 cut in K, where a round copies a finer DDIM at once). Both spacings keep
 every other time when the steps halve, so each round's teacher, itself a
-student, is asked only at the times it was taught. `DistillationStep` trains the student on
-the teacher's steps:
+student, is asked only at the times it was taught. `DistillationStep` trains
+the student on the teacher's steps:
 
-1. a training image is noised to z_t at a student time t = 1 - i/N;
+1. a training image is noised to z_t at one of the student's times t (1 - i/N
+   on uniform steps);
 2. the teacher (its EMA network, with classifier-free guidance when asked)
-   takes DDIM steps t -> t - 1/(2N) -> t - 1/N (or K steps of 1/(KN)),
-   landing at z_next;
+   takes DDIM steps t -> t - 1/(2N) -> t - 1/N on uniform steps (or K steps
+   of 1/(KN)), landing at z_next, the student's next time;
 3. the student's target is the clean image x~ with which one DDIM step from
    z_t lands exactly at z_next (`two_step_target`); at the last step, where
    sampling returns the estimate itself, x~ is the teacher's last estimate;
@@ -24,7 +25,7 @@ the teacher's steps:
 
 `student_of` makes a student from a teacher: the teacher's settings and EMA
 weights (network, normaliser, autoencoder, text encoder), its
-`student_steps`, and optionally another `prediction` (velocity is what the
+`student_steps` and spacing, and optionally another `prediction` (velocity is what the
 paper distils: a noise prediction divides by a signal rate near 0 at t = 1).
 
 References:
