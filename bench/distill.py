@@ -18,8 +18,9 @@ classifiers of held-out real images) the bench
 1. trains a teacher at 32x32 with train.py's default recipe for about
    `--teacher-steps` steps of 64, and records its process's CPU seconds;
 2. distils it with `distill.py`'s defaults (or a `--variant` from `VARIANTS`),
-   8 steps down to 1 (16 or 64 with `--variant from16` or `from64`), and takes each round's
-   CPU seconds from `rounds.csv`;
+   a 4-step student of the teacher's DDIM 12, then down to 1 (halving from 8, 16 or
+   64 with `--variant from8`, `from16` or `from64`), and takes each round's CPU
+   seconds from `rounds.csv`;
 3. generates `--held-out` images from the same seeded noise with the teacher
    (DDIM at 20, 50 and 200 uniform steps; DPM-Solver++(2M) at 2, 3, 5 and 10
    log-SNR steps; `--more-teacher`: DDIM at the students' step counts and
@@ -89,9 +90,14 @@ MORE_TEACHER_SAMPLINGS = {
     "DDIM 8 log_snr": dict(sampler="ddim", diffusion_steps=8, spacing="log_snr"),
     "DDIM 8 karras": dict(sampler="ddim", diffusion_steps=8, spacing="karras"),
     "DDIM 8 span": dict(sampler="ddim", diffusion_steps=8, spacing="log_snr_span"),
+    "DDIM 12 span": dict(sampler="ddim", diffusion_steps=12, spacing="log_snr_span"),
 }
 # Distillation settings over distill.py's defaults (`DistillConfig`).
 VARIANTS = {
+    # From the teacher's DDIM 12 in 3, then halving, the first round at 4x its
+    # rate: the default since 2026-12-08 (save dirs of before hold "from8" as
+    # "default"; the variants below that set no start were measured on the
+    # default of their day: from 8 before 2026-12-08).
     "default": {},
     "uniform": dict(round_epochs=1),  # every round one epoch of all the images, no weights
     # Rounds from the teacher's DDIM 64, the same budget (the default until
@@ -100,26 +106,34 @@ VARIANTS = {
     # Rounds from the teacher's DDIM 16 (the default from 2026-12-06 to
     # 2026-12-07; save dirs of then hold it as "default").
     "from16": dict(from_steps=16),
-    "from8": dict(from_steps=8),  # rounds 8 -> 4 -> 2 -> 1, the default since 2026-12-07
+    "from8": dict(from_steps=8),  # rounds 8 -> 4 -> 2 -> 1, the default from 2026-12-07 to -08
     "budget0.5": dict(budget=0.5),
     # A first round whose teacher takes 5 DDIM steps per student step: the
-    # 4-step student copies the teacher's DDIM 20 at once, then 4 -> 2 -> 1.
-    "first20x5": dict(from_steps=20, first_substeps=5),
-    "first16x4": dict(from_steps=16, first_substeps=4),
-    # The same, its first round at 4x the rate (training.distill.FIRST_ROUND_RATE,
-    # a bench-only knob): its student starts farther from its target.
+    # 4-step student copies the teacher's DDIM 20 at once, then 4 -> 2 -> 1, at
+    # the plain rate (training.distill.FIRST_ROUND_RATE, a bench-only knob).
+    "first20x5": dict(from_steps=20, first_substeps=5, first_rate=1.0),
+    "first16x4": dict(from_steps=16, first_substeps=4, first_rate=1.0),
+    # The same, its first round at 4x the rate (the rule since 2026-12-08): its
+    # student starts farther from its target.
     "first20x5_lr4": dict(from_steps=20, first_substeps=5, first_rate=4.0),
-    "first12x3": dict(from_steps=12, first_substeps=3),  # a 4-step student of DDIM 12
+    # A 4-step student of DDIM 12, at 1x; at 4x, the default since 2026-12-08.
+    "first12x3": dict(from_steps=12, first_substeps=3, first_rate=1.0),
     "first12x3_lr4": dict(from_steps=12, first_substeps=3, first_rate=4.0),
-    "from8_lr4": dict(first_rate=4.0),  # the default's first round at 4x its rate
-    # The default's budget split 1 : 3.5 : 3.5 over the 4-, 2- and 1-step rounds
+    # (`from8_lr4`, the from-8 rounds' first round at 4x, measured on 2026-12-07,
+    # is gone: the 4x rule now holds only for a first round of more than two
+    # teacher steps a step.)
+    # The from-8 budget split 1 : 3.5 : 3.5 over the 4-, 2- and 1-step rounds
     # instead of 2 : 3 : 3 (training.distill.ROUND_WEIGHTS, a bench-only knob).
-    "split1_3.5_3.5": dict(round_weights=dict(many=1.0, four=1.0, few=3.5)),
+    "split1_3.5_3.5": dict(from_steps=8, round_weights=dict(many=1.0, four=1.0, few=3.5)),
     "budget0.25": dict(budget=0.25),
     # The students' steps equal in log-SNR over the schedule's whole span
-    # (`--spacing log_snr_span`): on the third photographs teacher its DDIM 8
-    # beat its uniform DDIM 20 by the check, on three others not (2026-12-07).
-    "span": dict(spacing="log_snr_span"),
+    # (`--spacing log_snr_span`), from 8: on the third photographs teacher its
+    # DDIM 8 beat its uniform DDIM 20 by the check, on three others not (2026-12-07).
+    "span": dict(spacing="log_snr_span", from_steps=8),
+    # Both: the 4-step student of the teacher's DDIM 12 on that grid (its 4
+    # times are every third of its 12), its round at 4x the rate.
+    "span_first12x3_lr4": dict(spacing="log_snr_span", from_steps=12, first_substeps=3,
+                               first_rate=4.0),  # fmt: skip
     # The rounds' rates, measured on 2026-12-06: the 1-step round's rate, and
     # N-step rounds at that x N^-power (training.distill.ROUND_RATE_POWER, a
     # bench-only knob). 2e-4 with 2/3 was the default until then ("default" in

@@ -9,15 +9,22 @@ from diffusion_keras.config import choices, fields, types
 from diffusion_keras.config.fields import setting
 from diffusion_keras.config.run import DEFAULT_CHECKPOINT_EVERY
 
-# The teacher steps of the first round, unless the teacher is a student or
-# --steps asks for this many or more (then twice --steps). A student copies its
-# first teacher's DDIM, and on held-out real images a briefly trained teacher's
-# few-step DDIM is often its best. From 8, the 4-, 2- and 1-step students beat
-# those from 16 in the real sets' check distance in 11 of 12 comparisons (the
-# photographs and the landscapes, two teachers each, the same budget) and in
-# 25 of 36 held-out distances; 16 (the default from 2026-12-06) had beaten 64
-# in the flowers' and glyphs' trained features (docs/results/distillation.md).
-FIRST_TEACHER_STEPS = 8
+# The first round: unless the teacher is a student, or --steps asks for more
+# than FIRST_STUDENT_STEPS (then the first round halves twice --steps), it
+# makes a student of FIRST_STUDENT_STEPS steps, each of which copies
+# FIRST_SUBSTEPS of the teacher's DDIM steps: a 4-step student of the
+# teacher's DDIM 12, at FIRST_ROUND_RATE x its rate
+# (`training.distill.round_learning_rate`). A student copies its first
+# teacher's DDIM, and a briefly trained teacher's DDIM 8 (the default from
+# 8 -> 4 before 2026-12-08) is 2-18% farther from held-out real images than
+# its DDIM 20, the 4-step target; DDIM 12 lies nearer DDIM 20. On four
+# real-set teachers the 4- and 2-step students from 12 in 3 were nearer
+# held-out images in 19 of 24 distances (5 of 8 by the check classifier, by
+# 7-9% on the photographs), the 1-step ones farther by the check on 3 of 4; on
+# the flowers and glyphs they met 8 of the issue's 12 KID targets against 6
+# (docs/results/distillation.md).
+FIRST_STUDENT_STEPS = 4
+FIRST_SUBSTEPS = 3
 
 # Where the students' steps fall (`sampling.rules.sampling_times`): uniform
 # in time, as the book samples, or `log_snr_span`, equal in log-SNR from t = 1
@@ -45,15 +52,18 @@ class DistillRoundsConfig:
                          "the steps, from --from-steps down to this",
                          type=types.positive_int)  # fmt: skip
     from_steps: int = setting(0, "the teacher's DDIM steps that the first round distils (0: "
-                              f"{FIRST_TEACHER_STEPS}, as measured, or twice --steps where "
-                              "that is more, or a student's own steps)",
+                              f"{FIRST_STUDENT_STEPS * FIRST_SUBSTEPS}, {FIRST_SUBSTEPS} to "
+                              f"each step of a {FIRST_STUDENT_STEPS}-step student, as measured "
+                              "(18 for --steps 3); twice --steps above "
+                              f"{FIRST_STUDENT_STEPS}; or a student's own steps)",
                               type=types.non_negative_int)  # fmt: skip
-    first_substeps: int = setting(2, "the teacher's DDIM steps per student step in the first "
+    first_substeps: int = setting(0, "the teacher's DDIM steps per student step in the first "
                                   "round: 2 halves --from-steps, as every later round does; "
-                                  "more copies a finer DDIM at once (5 with --from-steps 20: "
-                                  "a 4-step student of DDIM 20; measured worse than the "
-                                  "default at its budget)",
-                                  type=types.positive_int)  # fmt: skip
+                                  "more copies a finer DDIM at once, at 4x the round's rate "
+                                  f"(0: {FIRST_SUBSTEPS} where --from-steps is left out and "
+                                  f"--steps is at most {FIRST_STUDENT_STEPS}, as measured, "
+                                  "else 2)",
+                                  type=types.non_negative_int, legacy_run=2)  # fmt: skip
     spacing: str = setting("auto", "where the students' steps fall: uniform in time, or "
                            "log_snr_span, equal in log signal-to-noise ratio over the whole "
                            f"schedule (auto: {STUDENT_SPACING}, or a student teacher's own)",

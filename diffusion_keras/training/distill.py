@@ -1,9 +1,9 @@
 """`distill`: progressive distillation of a trained model, round by round.
 
 Each round is a training run (`training.run.train` with a `teacher`) that
-halves the sampling steps: 8 -> 4 -> ... -> `steps` by default
-(`from_steps`); the first may cut each student step in more teacher steps
-(`first_substeps`: 20 -> 4 in 5, then 4 -> 2 -> 1). The directory holds
+halves the sampling steps, but the first, which by default cuts each student
+step in three teacher steps: 12 -> 4 -> 2 -> 1 (`from_steps`,
+`first_substeps`; 8 -> 4 -> 2 -> 1 with `--from-steps 8`). The directory holds
 
 - `config.json`: the `DistillConfig`;
 - `rounds/steps_NNN/`: round N's run directory (config, checkpoints, sample
@@ -23,7 +23,12 @@ import os
 import time
 
 from diffusion_keras.config import fields
-from diffusion_keras.config.distill import FIRST_TEACHER_STEPS, STUDENT_SPACING, DistillConfig
+from diffusion_keras.config.distill import (
+    FIRST_STUDENT_STEPS,
+    FIRST_SUBSTEPS,
+    STUDENT_SPACING,
+    DistillConfig,
+)
 from diffusion_keras.config.model import DiffusionConfig, NetworkConfig
 from diffusion_keras.config.run import TrainConfig, run_paths
 from diffusion_keras.data.datasets import load_images, random_subset, steps_per_epoch
@@ -121,18 +126,23 @@ ROUND_RATE_POWER = 1.0
 PREDICTION_SWITCH_RATE = 4.0
 
 
-# How much faster the first round learns (its students start the farthest
-# from their target where its teacher takes more than two steps per student
-# step, `DistillConfig.first_substeps`); a bench-only knob.
-FIRST_ROUND_RATE = 1.0
+# How much faster a first round learns whose teacher takes more than two
+# steps per student step (`DistillConfig.first_substeps`): its student starts
+# farther from its target. From the teacher's DDIM 12 in 3 at 1x, the seed-0
+# landscapes' students were farther from held-out images than the default's
+# (then from 8) in 15 of 15 distances; at 4x nearer in 12
+# (docs/results/distillation.md, 2026-12-07).
+FIRST_ROUND_RATE = 4.0
 
 
-def round_learning_rate(config, student_steps, switches_prediction=False, first_round=False):
+def round_learning_rate(config, student_steps, switches_prediction=False, substeps=2):
     """The peak learning rate of the round that makes a `student_steps`
     student: `config.learning_rate` / student_steps (`ROUND_RATE_POWER`),
-    from 1e-4 for the 1-step student down to 3.1e-6 for the 32-step one, and
-    `PREDICTION_SWITCH_RATE` x that for a student that predicts something
-    else than its teacher (`switches_prediction`), which starts far away. A
+    from 1e-4 for the 1-step student down to 3.1e-6 for the 32-step one,
+    `FIRST_ROUND_RATE` x that where its teacher takes more than two steps per
+    student step (`substeps`), and `PREDICTION_SWITCH_RATE` x that for a
+    student that predicts something else than its teacher
+    (`switches_prediction`), which starts far away. A
     student of many steps starts within a hair of its target and a large
     rate only shakes it; one of few steps has far to go. Measured (flowers,
     32x32, 96 steps of 16 from the teacher): the 32-step student's error
@@ -143,12 +153,13 @@ def round_learning_rate(config, student_steps, switches_prediction=False, first_
     N^-2) were better by the flowers' and glyphs' trained features but not
     by the classifiers of held-out photographs."""
     rate = config.learning_rate * float(student_steps) ** -ROUND_RATE_POWER
-    rate *= FIRST_ROUND_RATE if first_round else 1.0
+    rate *= FIRST_ROUND_RATE if int(substeps) > 2 else 1.0
     return rate * (PREDICTION_SWITCH_RATE if switches_prediction else 1.0)
 
 
-def round_config(config, teacher, student_steps, output, epochs, first_round=False):
-    """The `TrainConfig` of the round that makes a `student_steps` student."""
+def round_config(config, teacher, student_steps, output, epochs, substeps=2):
+    """The `TrainConfig` of the round that makes a `student_steps` student
+    from `substeps` of its teacher's steps per step."""
     model_config = teacher.get_config()
     settings = {
         f.name: model_config[f.name]
@@ -176,7 +187,7 @@ def round_config(config, teacher, student_steps, output, epochs, first_round=Fal
         epochs=epochs,
         learning_rate=round_learning_rate(config, student_steps,
                                           prediction != teacher.prediction,
-                                          first_round),  # fmt: skip
+                                          substeps),  # fmt: skip
         lr_schedule="cosine",
         seed=config.seed,
         precision=config.precision,
@@ -199,10 +210,19 @@ def round_config(config, teacher, student_steps, output, epochs, first_round=Fal
 
 def resolve_config(config, teacher):
     """`config` with its defaults filled in from the teacher: the first
-    round's teacher steps, the students' spacing and the teacher run's data."""
-    first_student = max(FIRST_TEACHER_STEPS, 2 * int(config.steps)) // 2
+    round's teacher steps and its steps per student step, the students'
+    spacing and the teacher run's data."""
+    first_substeps = config.first_substeps or (
+        FIRST_SUBSTEPS
+        if not config.from_steps and not teacher.student_steps
+        and int(config.steps) <= FIRST_STUDENT_STEPS
+        else 2
+    )  # fmt: skip
+    first_student = int(config.steps)  # times the least power of 2 that reaches 4
+    while first_student < FIRST_STUDENT_STEPS:
+        first_student *= 2
     from_steps = (config.from_steps or int(teacher.student_steps)
-                  or config.first_substeps * first_student)  # fmt: skip
+                  or first_substeps * first_student)  # fmt: skip
     if teacher.student_steps and from_steps != teacher.student_steps:
         raise ValueError(
             f"this teacher is a student of {teacher.student_steps} steps; --from-steps must be "
@@ -216,7 +236,7 @@ def resolve_config(config, teacher):
             f"this teacher is a student of {teacher.student_spacing} steps; --spacing must be "
             f"{teacher.student_spacing} (or left out)"
         )
-    round_steps(from_steps, config.steps, config.first_substeps)  # checked before any work
+    round_steps(from_steps, config.steps, first_substeps)  # checked before any work
     data, center_crop = config.data, config.center_crop
     found = teacher_run_settings(config.teacher)
     if not data:
@@ -226,8 +246,8 @@ def resolve_config(config, teacher):
                 "teacher's training images with --data"
             )
         data, center_crop = found["data"], found["center_crop"]
-    return dataclasses.replace(config, from_steps=from_steps, spacing=spacing, data=data,
-                               center_crop=center_crop)  # fmt: skip
+    return dataclasses.replace(config, from_steps=from_steps, first_substeps=first_substeps,
+                               spacing=spacing, data=data, center_crop=center_crop)  # fmt: skip
 
 
 def teacher_images(config, teacher):
@@ -291,10 +311,9 @@ def distill(config, resume=False, overwrite=False, verbose="auto", data=None,
             if plan is None:
                 plan = round_plan(config, budget_images, rounds, data)
             epochs, images = plan[student_steps]
-            first_round = student_steps == rounds[0]
-            substeps = config.first_substeps if first_round else 2
+            substeps = config.first_substeps if student_steps == rounds[0] else 2
             student = train(
-                round_config(config, teacher, student_steps, directory, epochs, first_round),
+                round_config(config, teacher, student_steps, directory, epochs, substeps),
                 resume=resume_round, verbose=verbose,
                 data=random_subset(data, images, [config.seed, student_steps]),
                 extra_callbacks=extra_callbacks, teacher=teacher, teacher_substeps=substeps,
