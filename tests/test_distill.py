@@ -416,6 +416,9 @@ def test_distill_py_writes_a_student_that_generate_py_samples_in_its_steps(teach
     with open(output / "rounds.csv") as handle:
         rows = [row.split(",")[:2] for row in handle.read().splitlines()[1:]]
     assert rows == [["2", "8"], ["1", "2"]]
+    # That first round, farther from its target, learns at 4x 1e-4 / 2.
+    rate = TrainConfig.load(output / "rounds" / "steps_002" / "config.json").learning_rate
+    assert rate == pytest.approx(2e-4)
     for path in (output / "model.keras", output / "rounds" / "steps_002" / "model.keras"):
         assert load_model(str(path)).sampling_defaults()["spacing"] == "log_snr_span"
 
